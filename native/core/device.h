@@ -1,0 +1,53 @@
+// The device layer: everything the rest of the native code needs from CUDA,
+// behind plain functions. Implemented by cuda/device.cu when the build has
+// CUDA, by native/core/device_none.cc otherwise. Nothing here runs at load
+// time: the first call initialises the runtime.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "status.h"
+
+namespace kvsq {
+
+struct DeviceInfo {
+  std::string name;
+  int cc_major = 0, cc_minor = 0;
+  uint64_t memory_bytes = 0;
+};
+
+struct CudaInfo {
+  bool compiled = false;       // built with CUDA
+  bool available = false;      // at least one usable device
+  std::string reason;          // why not available ("" when available)
+  int runtime_version = 0;     // e.g. 13000
+  int driver_version = 0;      // 0 when no driver
+  std::string archs;           // architectures compiled in, e.g. "80;86;89;90"
+  std::vector<DeviceInfo> devices;
+};
+
+// Queries the runtime (first call initialises it). Error 35 (no driver) and
+// 100 (no device) mean zero devices, with the reason set; never a failure.
+CudaInfo cuda_info();
+int cuda_device_count();
+
+// Device memory. Return Status::Cuda with last_cuda_error() set on failure,
+// Status::OOM when the device is out of memory, Status::Device when the
+// device index is invalid, Status::Unsupported in a CPU-only build.
+Status device_alloc(int device, size_t bytes, void** ptr);
+Status device_free(int device, void* ptr);
+Status copy_host_to_device(int device, void* dst, const void* src, size_t bytes);
+Status copy_device_to_host(int device, void* dst, const void* src, size_t bytes);
+Status copy_device_to_device(int device, void* dst, const void* src, size_t bytes);
+Status device_memset(int device, void* dst, int value, size_t bytes);
+Status device_synchronize(int device);
+
+// Name and text of the last CUDA error seen on this thread ("" if none).
+std::string last_cuda_error();
+// True once a sticky error (illegal address, launch failure) poisoned the
+// context: every later device call fails fast with this reason.
+bool device_poisoned(int device, std::string* why);
+
+}  // namespace kvsq
