@@ -1,0 +1,182 @@
+// Device layer of a CUDA build (see native/core/device.h).
+//
+// The runtime is linked statically and is first touched by the first call
+// here, never at load. cudaErrorInsufficientDriver (35) and cudaErrorNoDevice
+// (100) mean "zero devices" with a reason, not a failure. Sticky errors
+// (illegal address, launch failure, ...) poison the context for the rest of
+// the process: we remember the first one per device and fail fast after it
+// with that reason, instead of failing at random later.
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <mutex>
+#include <string>
+
+#include "core/device.h"
+
+namespace kvsq {
+
+namespace {
+
+thread_local std::string t_last_error;
+std::mutex g_mu;
+std::string g_poison[64];
+std::atomic<bool> g_any_poison{false};
+
+bool is_sticky(cudaError_t e) {
+  switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorAssert:
+    case cudaErrorECCUncorrectable:
+      return true;
+    default:
+      return false;
+  }
+}
+
+Status record(int device, cudaError_t e) {
+  if (e == cudaSuccess) return Status::Ok;
+  t_last_error = std::string(cudaGetErrorName(e)) + " (" + std::to_string(int(e)) + "): " + cudaGetErrorString(e);
+  if (is_sticky(e) && device >= 0 && device < 64) {
+    std::lock_guard<std::mutex> lk(g_mu);
+    if (g_poison[device].empty()) g_poison[device] = t_last_error;
+    g_any_poison = true;
+  }
+  cudaGetLastError();  // clear the non-sticky error state
+  if (e == cudaErrorMemoryAllocation) return Status::OOM;
+  if (e == cudaErrorInvalidDevice || e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver) return Status::Device;
+  return Status::Cuda;
+}
+
+// Every call: refuse a poisoned device, then select it (each async worker
+// thread must set the device itself).
+Status enter(int device) {
+  if (g_any_poison) {
+    std::string why;
+    if (device_poisoned(device, &why)) {
+      t_last_error = "device unusable after an earlier sticky error: " + why;
+      return Status::Cuda;
+    }
+  }
+  int count = cuda_device_count();
+  if (device < 0 || device >= count) return Status::Device;
+  return record(device, cudaSetDevice(device));
+}
+
+}  // namespace
+
+int cuda_device_count() {
+  static std::once_flag once;
+  static int count = 0;
+  std::call_once(once, [] {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
+    cudaGetLastError();
+    count = n;
+  });
+  return count;
+}
+
+CudaInfo cuda_info() {
+  CudaInfo info;
+  info.compiled = true;
+#ifdef KVSQ_CUDA_ARCHS
+  info.archs = KVSQ_CUDA_ARCHS;
+#endif
+  cudaRuntimeGetVersion(&info.runtime_version);
+  int drv = 0;
+  if (cudaDriverGetVersion(&drv) == cudaSuccess) info.driver_version = drv;
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  cudaGetLastError();
+  if (e == cudaErrorInsufficientDriver) {
+    info.reason = info.driver_version == 0 ? "driver not installed (cudaErrorInsufficientDriver, 35)"
+                                           : "driver too old for this build (cudaErrorInsufficientDriver, 35)";
+    return info;
+  }
+  if (e == cudaErrorNoDevice) {
+    info.reason = "no CUDA device (cudaErrorNoDevice, 100)";
+    return info;
+  }
+  if (e != cudaSuccess) {
+    info.reason = std::string(cudaGetErrorName(e)) + " (" + std::to_string(int(e)) + ")";
+    return info;
+  }
+  if (n == 0) {
+    info.reason = "no CUDA device";
+    return info;
+  }
+  for (int i = 0; i < n; ++i) {
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, i) != cudaSuccess) { cudaGetLastError(); continue; }
+    DeviceInfo d;
+    d.name = p.name;
+    d.cc_major = p.major;
+    d.cc_minor = p.minor;
+    d.memory_bytes = p.totalGlobalMem;
+    info.devices.push_back(d);
+  }
+  info.available = !info.devices.empty();
+  if (!info.available) info.reason = "devices present but none could be queried";
+  return info;
+}
+
+Status device_alloc(int device, size_t bytes, void** ptr) {
+  Status s = enter(device);
+  if (s != Status::Ok) return s;
+  return record(device, cudaMalloc(ptr, bytes));
+}
+
+Status device_free(int device, void* ptr) {
+  Status s = enter(device);
+  if (s != Status::Ok) return s;
+  return record(device, cudaFree(ptr));
+}
+
+Status copy_host_to_device(int device, void* dst, const void* src, size_t bytes) {
+  Status s = enter(device);
+  if (s != Status::Ok) return s;
+  return record(device, cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+
+Status copy_device_to_host(int device, void* dst, const void* src, size_t bytes) {
+  Status s = enter(device);
+  if (s != Status::Ok) return s;
+  return record(device, cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+
+Status copy_device_to_device(int device, void* dst, const void* src, size_t bytes) {
+  Status s = enter(device);
+  if (s != Status::Ok) return s;
+  return record(device, cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+}
+
+Status device_memset(int device, void* dst, int value, size_t bytes) {
+  Status s = enter(device);
+  if (s != Status::Ok) return s;
+  return record(device, cudaMemset(dst, value, bytes));
+}
+
+Status device_synchronize(int device) {
+  Status s = enter(device);
+  if (s != Status::Ok) return s;
+  return record(device, cudaDeviceSynchronize());
+}
+
+std::string last_cuda_error() { return t_last_error; }
+
+bool device_poisoned(int device, std::string* why) {
+  if (!g_any_poison || device < 0 || device >= 64) return false;
+  std::lock_guard<std::mutex> lk(g_mu);
+  if (g_poison[device].empty()) return false;
+  if (why) *why = g_poison[device];
+  return true;
+}
+
+}  // namespace kvsq

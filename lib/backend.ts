@@ -1,0 +1,45 @@
+/** What this build and this machine can do. Touches CUDA at first call, never at load. */
+import { KvsqRangeError } from './errors';
+import { native } from './native';
+
+export interface CudaDevice {
+  name: string;
+  /** e.g. "9.0" */
+  computeCapability: string;
+  memoryBytes: number;
+}
+
+export interface BackendInfo {
+  version: string;
+  cpu: { threads: number; hardwareThreads: number; avx2: boolean; fma: boolean; f16c: boolean; simd: string };
+  cuda: {
+    compiled: boolean;
+    available: boolean;
+    /** Why CUDA is unavailable ("driver not installed", "no CUDA device", ...); null when available. */
+    reason: string | null;
+    runtimeVersion: number;
+    driverVersion: number;
+    archs: string;
+    devices: CudaDevice[];
+  };
+  build: { cuda: boolean; cudaArchs: string; napiVersion: number; compiler?: string };
+}
+
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const pkg = require('../package.json') as { version: string };
+
+export const backend = {
+  info(): BackendInfo {
+    const raw = native.backendInfo() as Omit<BackendInfo, 'version'>;
+    return { version: pkg.version, ...raw };
+  },
+  /** Threads of the CPU kernel pool (0 = default: KVSQ_THREADS or all cores). Returns the count in use. */
+  setThreads(n: number): number {
+    if (!Number.isInteger(n) || n < 0 || n > 256) throw new KvsqRangeError(`setThreads: expected an integer in [0, 256], got ${n}`);
+    return native.setThreads(n);
+  },
+  /** @internal tests: force the portable (0) or SIMD (1) CPU paths; -1 restores detection. */
+  forceSimd(mode: -1 | 0 | 1): void {
+    native.forceSimd(mode);
+  },
+};

@@ -1,0 +1,8 @@
+/**
+ * kvsqueeze: KV-cache compression for LLM inference.
+ */
+export * from './errors';
+export { Tensor } from './tensor';
+export type { DType, Device, TensorData, TensorOptions } from './tensor';
+export { backend } from './backend';
+export type { BackendInfo, CudaDevice } from './backend';

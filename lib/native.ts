@@ -1,0 +1,45 @@
+/**
+ * Loads the addon (a prebuild from prebuilds/, or build/Release from a source
+ * build) and hands it the error classes. Loading never touches CUDA.
+ */
+import * as path from 'path';
+import { errorClasses } from './errors';
+
+export interface NativeTensorHandle {
+  readonly shape: number[];
+  readonly dtype: string;
+  readonly device: string;
+  readonly nbytes: number;
+  readonly disposed: boolean;
+  toArray(): Float32Array | Uint16Array | Int32Array;
+  toFloat32(): Float32Array;
+  to(device: string): NativeTensorHandle;
+  dispose(): void;
+}
+
+export interface NativeAddon {
+  NativeTensor: new (
+    data: Float32Array | Uint16Array | Int32Array | null,
+    shape: number[],
+    dtype: string,
+    device?: string,
+  ) => NativeTensorHandle;
+  setErrorClasses(map: Record<string, unknown>): void;
+  backendInfo(): unknown;
+  setThreads(n: number): number;
+  forceSimd(mode: number): void;
+  // op bindings (native/napi/ops.cc); typed by lib/ops.ts
+  [op: string]: unknown;
+}
+
+function load(): NativeAddon {
+  // dist/native.js and lib/native.ts both sit one level below the package root.
+  const root = path.join(__dirname, '..');
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const nodeGypBuild = require('node-gyp-build') as (dir: string) => NativeAddon;
+  const addon = nodeGypBuild(root);
+  addon.setErrorClasses(errorClasses);
+  return addon;
+}
+
+export const native: NativeAddon = load();

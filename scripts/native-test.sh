@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The native suite: builds test/native with CMake and runs it through ctest.
+#   scripts/native-test.sh              release build; CUDA tests compiled when nvcc is found
+#                                       (they print SKIP without a device)
+#   scripts/native-test.sh --sanitize   AddressSanitizer + UBSan build, CPU only
+# Ends with the suite's own line "N passed, N failed, N skipped".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-}
+if [ "$mode" = "--sanitize" ]; then
+  dir=build-asan
+  cfg=(-DKVSQ_CUDA=OFF -DKVSQ_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo)
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+else
+  dir=build-test
+  cfg=(-DKVSQ_CUDA=${KVSQ_CUDA:-AUTO} -DKVSQ_CUDA_ARCHS=${KVSQ_CUDA_ARCHS:-90})
+fi
+gen=()
+command -v ninja >/dev/null 2>&1 && gen=(-G Ninja)
+cmake -S . -B "$dir" "${gen[@]}" "${cfg[@]}" -DKVSQ_TESTS=ON >/dev/null
+cmake --build "$dir" --target kvsq_native_tests -j "$(nproc)"
+# ctest for the registry; the suite's own output (per-test lines and the closing
+# "N passed, N failed, N skipped") is printed in full.
+(cd "$dir" && ctest --output-on-failure -V) | grep -E '^[0-9]+: (PASS|FAIL|SKIP|kvsqueeze|[0-9]+ passed)|tests passed|tests failed' | sed -E 's/^[0-9]+: //'
+exit "${PIPESTATUS[0]}"
