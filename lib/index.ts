@@ -6,3 +6,19 @@ export { Tensor } from './tensor';
 export type { DType, Device, TensorData, TensorOptions } from './tensor';
 export { backend } from './backend';
 export type { BackendInfo, CudaDevice } from './backend';
+export { ops } from './ops';
+export type {
+  Reduce,
+  PoolMode,
+  DecodeAttentionArgs,
+  DecodeAttentionResult,
+  WindowScoresOptions,
+  Pool1dOptions,
+  ChunkScoresOptions,
+  TopkOptions,
+  TopkResult,
+  QuestBoundsArgs,
+  AppendArgs,
+  GatherArgs,
+  PageMetaArgs,
+} from './ops';

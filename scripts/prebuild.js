@@ -12,7 +12,11 @@ const root = path.join(__dirname, '..');
 const prebuildify = require.resolve('prebuildify/bin.js', { paths: [root] });
 const r = spawnSync(
   process.execPath,
-  [prebuildify, '--napi', '--strip', '--node-gyp', `"${process.execPath}" scripts/cmake-gyp.js`],
+  // prebuildify spawns the node-gyp stand-in directly (no shell): an executable path.
+  // prebuildify 6 names the file after --name (default: the package name);
+  // 'node.napi' gives node.napi.node, which node-gyp-build reads as runtime
+  // node + Node-API.
+  [prebuildify, '--napi', '--strip', '--name', 'node.napi', '--node-gyp', path.join(root, 'scripts', 'cmake-gyp.js')],
   { cwd: root, stdio: 'inherit' },
 );
 if (r.status !== 0) process.exit(r.status === null ? 1 : r.status);

@@ -40,10 +40,11 @@ maybe('npm pack with the prebuild', () => {
     expect(files).toContain('dist/index.js');
     expect(files).toContain('dist/index.d.ts');
 
-    // PATH with node and npm only: no cmake, no compiler, no make.
+    // PATH with node, npm and sh (npm runs scripts through it) only: no cmake, no compiler, no make.
     const bin = path.join(work, 'bin');
     fs.mkdirSync(bin);
     fs.symlinkSync(process.execPath, path.join(bin, 'node'));
+    fs.symlinkSync('/bin/sh', path.join(bin, 'sh'));
     const npmCli = fs.realpathSync(sh('sh', ['-c', 'command -v npm'], root).trim());
     fs.writeFileSync(path.join(bin, 'npm'), `#!/bin/sh\nexec "${process.execPath}" "${npmCli}" "$@"\n`, { mode: 0o755 });
     noCompilers = { ...process.env, PATH: bin, CC: 'false', CXX: 'false', npm_config_node_gyp: '/nonexistent' };

@@ -1,9 +1,833 @@
+// Op bindings: read an options object, check every tensor's dtype, rank,
+// sizes and device against the others (so no kernel can read or write out of
+// bounds whatever JS passes), allocate outputs, dispatch by device, and map
+// the kernel's status to a typed JS error. Each op has a sync form `name(o)`
+// and a Promise form `nameAsync(o)` that runs the kernel on libuv's pool.
+//
+// Index contents (page ids, slots, rows, lengths) are range-checked by the
+// kernels themselves before they write anything; the binding checks the
+// indptr arrays here because the kernels do not know their lengths.
+#include <napi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
 #include "bindings.h"
+#include "core/ops.h"
+#include "cpu/kernels.h"
+#include "errors.h"
+#include "tensor.h"
 
 namespace kvsq {
 namespace napi {
 
-void register_ops(Napi::Env env, Napi::Object exports) {}
+namespace {
+
+// ------------------------------------------------------------------ argument reading
+
+struct Opts {
+  Napi::Env env;
+  Napi::Object o;
+  std::string op;
+
+  Opts(const Napi::CallbackInfo& info, const char* name) : env(info.Env()), op(name) {
+    if (info.Length() < 1 || !info[0].IsObject() || info[0].IsArray())
+      throw_error(env, "KVSQ_ARG", op + ": expected an options object");
+    o = info[0].As<Napi::Object>();
+  }
+  std::string where(const char* key) const { return op + ": " + key; }
+  bool has(const char* key) const {
+    Napi::Value v = o.Get(key);
+    return !v.IsUndefined() && !v.IsNull();
+  }
+  Tensor* tensor(const char* key, bool required = true) const {
+    Napi::Value v = o.Get(key);
+    if (v.IsUndefined() || v.IsNull()) {
+      if (required) throw_error(env, "KVSQ_ARG", where(key) + " is required (a Tensor)");
+      return nullptr;
+    }
+    // Accept the TS wrapper too: it keeps the native object in .handle.
+    if (v.IsObject() && !v.As<Napi::Object>().Get("handle").IsUndefined()) v = v.As<Napi::Object>().Get("handle");
+    return Tensor::From(env, v, where(key));
+  }
+  double number(const char* key, double def, bool required = false) const {
+    Napi::Value v = o.Get(key);
+    if (v.IsUndefined() || v.IsNull()) {
+      if (required) throw_error(env, "KVSQ_ARG", where(key) + " is required (a number)");
+      return def;
+    }
+    if (!v.IsNumber()) throw_error(env, "KVSQ_ARG", where(key) + " must be a number");
+    return v.As<Napi::Number>().DoubleValue();
+  }
+  int32_t integer(const char* key, int32_t def, int64_t lo, int64_t hi, bool required = false) const {
+    double x = number(key, double(def), required);
+    if (!std::isfinite(x) || x != std::floor(x) || x < double(lo) || x > double(hi))
+      throw_error(env, "KVSQ_RANGE", where(key) + " = " + std::to_string(x) + ": expected an integer in [" +
+                                         std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    return int32_t(x);
+  }
+  bool boolean(const char* key, bool def) const {
+    Napi::Value v = o.Get(key);
+    if (v.IsUndefined() || v.IsNull()) return def;
+    if (!v.IsBoolean()) throw_error(env, "KVSQ_ARG", where(key) + " must be a boolean");
+    return v.As<Napi::Boolean>().Value();
+  }
+  std::string choice(const char* key, const char* def, std::initializer_list<const char*> allowed) const {
+    Napi::Value v = o.Get(key);
+    std::string s = def;
+    if (!v.IsUndefined() && !v.IsNull()) {
+      if (!v.IsString()) throw_error(env, "KVSQ_ARG", where(key) + " must be a string");
+      s = v.As<Napi::String>().Utf8Value();
+    }
+    std::string list;
+    for (const char* a : allowed) {
+      if (s == a) return s;
+      list += std::string(list.empty() ? "" : ", ") + a;
+    }
+    throw_error(env, "KVSQ_RANGE", where(key) + " = '" + s + "': expected one of " + list);
+  }
+};
+
+const Storage& S(Tensor* t) { return t->storage(); }
+
+void need_dtype(const Opts& a, Tensor* t, const char* key, std::initializer_list<DType> ok) {
+  for (DType d : ok)
+    if (S(t).dtype == d) return;
+  std::string list;
+  for (DType d : ok) list += std::string(list.empty() ? "" : ", ") + dtype_name(d);
+  throw_error(a.env, "KVSQ_DTYPE", a.where(key) + " has dtype " + dtype_name(S(t).dtype) + "; expected " + list);
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+void need_rank(const Opts& a, Tensor* t, const char* key, size_t rank) {
+  if (S(t).shape.size() != rank)
+    throw_error(a.env, "KVSQ_SHAPE", a.where(key) + " has shape " + shape_str(S(t).shape) + "; expected " +
+                                         std::to_string(rank) + " dimensions");
+}
+
+void need_shape(const Opts& a, Tensor* t, const char* key, const std::vector<int64_t>& want) {
+  if (S(t).shape != want)
+    throw_error(a.env, "KVSQ_SHAPE", a.where(key) + " has shape " + shape_str(S(t).shape) + "; expected " + shape_str(want));
+}
+
+void need_numel(const Opts& a, Tensor* t, const char* key, int64_t n) {
+  if (S(t).numel() != n)
+    throw_error(a.env, "KVSQ_SHAPE", a.where(key) + " has " + std::to_string(S(t).numel()) + " elements; expected " + std::to_string(n));
+}
+
+// All tensors of one op live on one device; returns it.
+int same_device(const Opts& a, std::initializer_list<std::pair<const char*, Tensor*>> ts) {
+  int dev = -2;
+  const char* first = nullptr;
+  for (auto& [key, t] : ts) {
+    if (!t) continue;
+    if (dev == -2) {
+      dev = S(t).device;
+      first = key;
+    } else if (S(t).device != dev) {
+      throw_error(a.env, "KVSQ_DEVICE", a.op + ": " + key + " is on " + S(t).device_name() + " but " + first + " is on " +
+                                            (dev == kCpu ? std::string("cpu") : "cuda:" + std::to_string(dev)));
+    }
+  }
+  return dev == -2 ? kCpu : dev;
+}
+
+// An indptr array (i32, CPU) must start at >= 0, never decrease, and end
+// within the array it indexes.
+void check_indptr(const Opts& a, Tensor* t, const char* key, int64_t entries, int64_t target_len) {
+  need_numel(a, t, key, entries + 1);
+  const int32_t* p = static_cast<const int32_t*>(S(t).data);
+  if (p[0] < 0) throw_error(a.env, "KVSQ_RANGE", a.where(key) + "[0] is negative");
+  for (int64_t i = 0; i < entries; ++i)
+    if (p[i + 1] < p[i]) throw_error(a.env, "KVSQ_RANGE", a.where(key) + " decreases at " + std::to_string(i + 1));
+  if (p[entries] > target_len)
+    throw_error(a.env, "KVSQ_RANGE", a.where(key) + " ends at " + std::to_string(p[entries]) + " but the indexed array has " +
+                                         std::to_string(target_len) + " entries");
+}
+
+// ------------------------------------------------------------------ jobs
+
+// One op invocation, parsed and checked on the JS thread, runnable on any thread.
+struct Job {
+  std::string what;
+  std::vector<Tensor*> inputs;           // pinned while an async run is in flight
+  std::vector<Napi::ObjectReference> refs;
+  std::vector<Storage> outputs;          // allocated up front, wrapped on success
+  std::function<Status()> run;
+  // Builds the JS result from the wrapped outputs (same order as `outputs`).
+  std::function<Napi::Value(Napi::Env, std::vector<Napi::Object>&)> result;
+  std::vector<std::vector<uint8_t>> scratch;  // host-side converted arguments
+
+  void use(Tensor* t) {
+    if (t) inputs.push_back(t);
+  }
+  // Output storage on `device`; index into outputs.
+  size_t output(Napi::Env env, DType dt, std::vector<int64_t> shape, int device) {
+    Storage s;
+    s.dtype = dt;
+    s.shape = std::move(shape);
+    s.device = device;
+    s.nbytes = size_t(s.numel()) * dtype_size(dt);
+    Status st = storage_alloc(s);
+    if (st != Status::Ok) {
+      free_outputs();
+      throw_status(env, st, what + ": output allocation of " + std::to_string(s.nbytes) + " bytes");
+    }
+    outputs.push_back(std::move(s));
+    return outputs.size() - 1;
+  }
+  void* out_ptr(size_t i) { return outputs[i].data; }
+  void free_outputs() {
+    for (Storage& s : outputs) storage_free(s);
+    outputs.clear();
+  }
+  Napi::Value finish(Napi::Env env) {
+    std::vector<Napi::Object> wrapped;
+    for (Storage& s : outputs) {
+      wrapped.push_back(Tensor::Wrap(env, std::move(s)));
+      s.data = nullptr;
+    }
+    outputs.clear();
+    return result ? result(env, wrapped) : env.Undefined();
+  }
+};
+
+using Parser = std::unique_ptr<Job> (*)(const Napi::CallbackInfo&);
+
+Napi::Value run_sync(const Napi::CallbackInfo& info, Parser parse) {
+  std::unique_ptr<Job> job = parse(info);
+  Status st = job->run();
+  if (st != Status::Ok) {
+    job->free_outputs();
+    throw_status(info.Env(), st, job->what);
+  }
+  return job->finish(info.Env());
+}
+
+class OpWorker : public Napi::AsyncWorker {
+ public:
+  OpWorker(Napi::Env env, std::unique_ptr<Job> job)
+      : Napi::AsyncWorker(env, "kvsqueeze.op"), job_(std::move(job)), deferred_(Napi::Promise::Deferred::New(env)) {
+    for (Tensor* t : job_->inputs) {
+      t->pin();
+      job_->refs.push_back(Napi::Persistent(t->Value()));
+    }
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override { status_ = job_->run(); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    unpin(env);
+    if (status_ != Status::Ok) {
+      job_->free_outputs();
+      deferred_.Reject(make_error(env, status_code(status_), status_message(status_, job_->what)).Value());
+      return;
+    }
+    try {
+      deferred_.Resolve(job_->finish(env));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override {
+    unpin(Env());
+    job_->free_outputs();
+    deferred_.Reject(e.Value());
+  }
+
+ private:
+  void unpin(Napi::Env env) {
+    for (Tensor* t : job_->inputs) t->unpin(env);
+    job_->inputs.clear();
+    job_->refs.clear();
+  }
+  std::unique_ptr<Job> job_;
+  Napi::Promise::Deferred deferred_;
+  Status status_ = Status::Ok;
+};
+
+Napi::Value run_async(const Napi::CallbackInfo& info, Parser parse) {
+  std::unique_ptr<Job> job = parse(info);
+  OpWorker* w = new OpWorker(info.Env(), std::move(job));
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// The CUDA twins are dispatched here once they are built (cuda/); until then a
+// device tensor gets KVSQ_UNSUPPORTED naming the op.
+void need_cpu(const Opts& a, int device) {
+  if (device != kCpu)
+    throw_error(a.env, "KVSQ_UNSUPPORTED", a.op + ": the CUDA kernel is not in this build yet; move the tensors to 'cpu'");
+}
+
+Reduce parse_reduce(const Opts& a) {
+  std::string r = a.choice("reduce", "mean", {"mean", "sum", "max"});
+  return r == "sum" ? Reduce::Sum : r == "max" ? Reduce::Max : Reduce::Mean;
+}
+
+const int32_t* i32(Tensor* t) { return t ? static_cast<const int32_t*>(S(t).data) : nullptr; }
+
+std::vector<int64_t> widen(Tensor* t) {
+  const int32_t* p = i32(t);
+  return std::vector<int64_t>(p, p + S(t).numel());
+}
+
+constexpr int64_t kMaxI32 = 0x7fffffff;
+
+// ------------------------------------------------------------------ ops
+
+std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
+  Opts a(info, "decodeAttention");
+  Tensor* q = a.tensor("q");
+  Tensor* kp = a.tensor("kPool");
+  Tensor* vp = a.tensor("vPool");
+  Tensor* indptr = a.tensor("pageIndptr");
+  Tensor* ids = a.tensor("pageIds");
+  Tensor* len = a.tensor("kvLen");
+  Tensor* sel_indptr = a.tensor("selIndptr", false);
+  Tensor* sel_pages = a.tensor("selPages", false);
+  Tensor* score = a.tensor("scorePool", false);
+  int dev = same_device(a, {{"q", q}, {"kPool", kp}, {"vPool", vp}, {"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len},
+                            {"selIndptr", sel_indptr}, {"selPages", sel_pages}, {"scorePool", score}});
+  need_cpu(a, dev);
+  need_dtype(a, q, "q", {DType::F32, DType::F16, DType::BF16});
+  need_dtype(a, kp, "kPool", {DType::F32, DType::F16, DType::BF16});
+  need_rank(a, q, "q", 3);
+  need_rank(a, kp, "kPool", 3);
+  const int64_t B = S(q).shape[0], Hq = S(q).shape[1], D = S(q).shape[2];
+  const int64_t N = S(kp).shape[0], P = S(kp).shape[1];
+  if (S(kp).shape[2] != D) throw_error(a.env, "KVSQ_SHAPE", a.op + ": kPool rows have " + std::to_string(S(kp).shape[2]) + " elements but q has head dim " + std::to_string(D));
+  if (S(vp).dtype != S(kp).dtype) throw_error(a.env, "KVSQ_DTYPE", a.op + ": vPool dtype differs from kPool");
+  need_shape(a, vp, "vPool", S(kp).shape);
+  const int32_t Hkv = a.integer("numKvHeads", 0, 1, kMaxI32, true);
+  if (Hq % Hkv) throw_error(a.env, "KVSQ_SHAPE", a.op + ": q has " + std::to_string(Hq) + " heads, not a multiple of numKvHeads " + std::to_string(Hkv));
+  for (auto [k, t] : {std::pair{"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}, {"selIndptr", sel_indptr}, {"selPages", sel_pages}})
+    if (t) need_dtype(a, t, k, {DType::I32});
+  need_numel(a, len, "kvLen", B * Hkv);
+  check_indptr(a, indptr, "pageIndptr", B * Hkv, S(ids).numel());
+  if (bool(sel_indptr) != bool(sel_pages)) throw_error(a.env, "KVSQ_ARG", a.op + ": selIndptr and selPages go together");
+  if (sel_indptr) check_indptr(a, sel_indptr, "selIndptr", B * Hq, S(sel_pages).numel());
+  if (score) {
+    need_dtype(a, score, "scorePool", {DType::F32});
+    need_shape(a, score, "scorePool", {N, P});
+  }
+  const bool want_lse = a.boolean("lse", false);
+  const double scale = a.number("scale", 1.0 / std::sqrt(double(D)));
+  if (!std::isfinite(scale)) throw_error(a.env, "KVSQ_RANGE", a.op + ": scale must be finite");
+
+  auto job = std::make_unique<Job>();
+  job->what = a.op;
+  for (Tensor* t : {q, kp, vp, indptr, ids, len, sel_indptr, sel_pages, score}) job->use(t);
+  size_t o_i = job->output(a.env, S(q).dtype, {B, Hq, D}, dev);
+  size_t lse_i = want_lse ? job->output(a.env, DType::F32, {B, Hq}, dev) : 0;
+  DecodeAttnArgs args;
+  args.batch = int32_t(B);
+  args.num_q_heads = int32_t(Hq);
+  args.num_kv_heads = Hkv;
+  args.head_dim = int32_t(D);
+  args.page_size = int32_t(P);
+  args.q_dtype = S(q).dtype;
+  args.kv_dtype = S(kp).dtype;
+  args.scale = float(scale);
+  args.q = S(q).data;
+  args.k_pool = S(kp).data;
+  args.v_pool = S(vp).data;
+  args.num_pages = N;
+  args.page_indptr = i32(indptr);
+  args.page_ids = i32(ids);
+  args.kv_len = i32(len);
+  args.sel_indptr = i32(sel_indptr);
+  args.sel_pages = i32(sel_pages);
+  args.score_pool = score ? static_cast<float*>(S(score).data) : nullptr;
+  args.reduce = parse_reduce(a);
+  Job* j = job.get();
+  job->run = [j, args, o_i, lse_i, want_lse]() mutable {
+    args.o = j->out_ptr(o_i);
+    args.lse = want_lse ? static_cast<float*>(j->out_ptr(lse_i)) : nullptr;
+    return cpu_decode_attention(args);
+  };
+  job->result = [want_lse](Napi::Env env, std::vector<Napi::Object>& outs) -> Napi::Value {
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("o", outs[0]);
+    if (want_lse) r.Set("lse", outs[1]);
+    return r;
+  };
+  return job;
+}
+
+std::unique_ptr<Job> parse_window_scores(const Napi::CallbackInfo& info) {
+  Opts a(info, "windowScores");
+  Tensor* q = a.tensor("q");
+  Tensor* k = a.tensor("k");
+  int dev = same_device(a, {{"q", q}, {"k", k}});
+  need_cpu(a, dev);
+  need_dtype(a, q, "q", {DType::F32, DType::F16, DType::BF16});
+  if (S(k).dtype != S(q).dtype) throw_error(a.env, "KVSQ_DTYPE", a.op + ": k and q must share a dtype");
+  need_rank(a, q, "q", 3);
+  need_rank(a, k, "k", 3);
+  const int64_t Hq = S(q).shape[0], rows = S(q).shape[1], D = S(q).shape[2];
+  const int64_t Hkv = S(k).shape[0], L = S(k).shape[1];
+  if (S(k).shape[2] != D) throw_error(a.env, "KVSQ_SHAPE", a.op + ": k head dim differs from q's");
+  if (Hkv == 0 || Hq % Hkv) throw_error(a.env, "KVSQ_SHAPE", a.op + ": q heads must be a multiple of k heads");
+  const int32_t w = a.integer("window", int32_t(std::min<int64_t>(rows, L)), 1, std::min<int64_t>(rows, L));
+  const double scale = a.number("scale", 1.0 / std::sqrt(double(D)));
+  if (!std::isfinite(scale)) throw_error(a.env, "KVSQ_RANGE", a.op + ": scale must be finite");
+  auto job = std::make_unique<Job>();
+  job->what = a.op;
+  job->use(q);
+  job->use(k);
+  size_t out_i = job->output(a.env, DType::F32, {Hkv, L}, dev);
+  WindowScoresArgs args;
+  args.num_q_heads = int32_t(Hq);
+  args.num_kv_heads = int32_t(Hkv);
+  args.head_dim = int32_t(D);
+  args.seq_len = int32_t(L);
+  args.window = w;
+  args.q_rows = int32_t(rows);
+  args.dtype = S(q).dtype;
+  args.scale = float(scale);
+  args.q = S(q).data;
+  args.k = S(k).data;
+  args.reduce = parse_reduce(a);
+  Job* j = job.get();
+  job->run = [j, args, out_i]() mutable {
+    args.out = static_cast<float*>(j->out_ptr(out_i));
+    return cpu_window_scores(args);
+  };
+  job->result = [](Napi::Env, std::vector<Napi::Object>& outs) -> Napi::Value { return outs[0]; };
+  return job;
+}
+
+// Rows view of a 1-D or 2-D f32 tensor.
+void rows_of(const Opts& a, Tensor* x, const char* key, int64_t& rows, int64_t& stride) {
+  need_dtype(a, x, key, {DType::F32});
+  if (S(x).shape.size() == 1) {
+    rows = 1;
+    stride = S(x).shape[0];
+  } else if (S(x).shape.size() == 2) {
+    rows = S(x).shape[0];
+    stride = S(x).shape[1];
+  } else {
+    throw_error(a.env, "KVSQ_SHAPE", a.where(key) + " must be 1-D or 2-D [rows, length]");
+  }
+}
+
+std::unique_ptr<Job> parse_pool1d(const Napi::CallbackInfo& info) {
+  Opts a(info, "pool1d");
+  Tensor* x = a.tensor("x");
+  int dev = same_device(a, {{"x", x}});
+  need_cpu(a, dev);
+  int64_t rows, stride;
+  rows_of(a, x, "x", rows, stride);
+  const int32_t n = a.integer("n", int32_t(stride), 0, stride);
+  const int32_t kernel = a.integer("kernel", 7, 1, 1 << 20);
+  if (kernel % 2 == 0) throw_error(a.env, "KVSQ_RANGE", a.op + ": kernel must be odd");
+  const std::string mode = a.choice("mode", "max", {"max", "avg"});
+  auto job = std::make_unique<Job>();
+  job->what = a.op;
+  job->use(x);
+  std::vector<int64_t> shape = S(x).shape.size() == 1 ? std::vector<int64_t>{n} : std::vector<int64_t>{rows, n};
+  size_t out_i = job->output(a.env, DType::F32, shape, dev);
+  Pool1dArgs args;
+  args.rows = int32_t(rows);
+  args.n = n;
+  args.in_stride = stride;
+  args.kernel = kernel;
+  args.mode = mode == "avg" ? PoolMode::Avg : PoolMode::Max;
+  args.in = static_cast<const float*>(S(x).data);
+  Job* j = job.get();
+  job->run = [j, args, out_i]() mutable {
+    if (args.rows == 0 || args.n == 0) return Status::Ok;
+    args.out = static_cast<float*>(j->out_ptr(out_i));
+    return cpu_pool1d(args);
+  };
+  job->result = [](Napi::Env, std::vector<Napi::Object>& outs) -> Napi::Value { return outs[0]; };
+  return job;
+}
+
+std::unique_ptr<Job> parse_chunk_scores(const Napi::CallbackInfo& info) {
+  Opts a(info, "chunkScores");
+  Tensor* x = a.tensor("x");
+  int dev = same_device(a, {{"x", x}});
+  need_cpu(a, dev);
+  int64_t rows, stride;
+  rows_of(a, x, "x", rows, stride);
+  const int32_t n = a.integer("n", int32_t(stride), 0, stride);
+  const int32_t chunk = a.integer("chunk", 10, 1, kMaxI32);
+  const int64_t nchunks = (int64_t(n) + chunk - 1) / chunk;
+  auto job = std::make_unique<Job>();
+  job->what = a.op;
+  job->use(x);
+  size_t out_i = job->output(a.env, DType::F32, {nchunks}, dev);
+  ChunkScoresArgs args;
+  args.rows = int32_t(rows);
+  args.n = n;
+  args.in_stride = stride;
+  args.chunk = chunk;
+  args.in = static_cast<const float*>(S(x).data);
+  Job* j = job.get();
+  job->run = [j, args, out_i]() mutable {
+    if (args.rows == 0 || args.n == 0) return Status::Ok;
+    args.out = static_cast<float*>(j->out_ptr(out_i));
+    return cpu_chunk_scores(args);
+  };
+  job->result = [](Napi::Env, std::vector<Napi::Object>& outs) -> Napi::Value { return outs[0]; };
+  return job;
+}
+
+std::unique_ptr<Job> parse_topk(const Napi::CallbackInfo& info) {
+  Opts a(info, "topk");
+  Tensor* x = a.tensor("scores");
+  Tensor* lengths = a.tensor("lengths", false);
+  Tensor* kt = nullptr;
+  Napi::Value kv = a.o.Get("k");
+  int32_t kscalar = -1;
+  if (kv.IsNumber()) kscalar = a.integer("k", 0, 0, kMaxI32, true);
+  else kt = a.tensor("k");
+  int dev = same_device(a, {{"scores", x}, {"lengths", lengths}, {"k", kt}});
+  need_cpu(a, dev);
+  int64_t rows, stride;
+  rows_of(a, x, "scores", rows, stride);
+  if (lengths) {
+    need_dtype(a, lengths, "lengths", {DType::I32});
+    need_numel(a, lengths, "lengths", rows);
+  }
+  if (kt) {
+    need_dtype(a, kt, "k", {DType::I32});
+    need_numel(a, kt, "k", rows);
+  }
+  auto job = std::make_unique<Job>();
+  job->what = a.op;
+  job->use(x);
+  job->use(lengths);
+  job->use(kt);
+  // Per-row k as a host array (scalar k broadcast); the output width is the
+  // largest count any row can produce, so no row is cut short.
+  std::vector<int32_t> kvec(size_t(rows), kscalar);
+  if (kt) std::copy(i32(kt), i32(kt) + rows, kvec.begin());
+  int64_t width = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t len = lengths ? i32(lengths)[r] : stride;
+    if (kvec[r] < 0) throw_error(a.env, "KVSQ_RANGE", a.op + ": k[" + std::to_string(r) + "] is negative");
+    if (len < 0 || len > stride) throw_error(a.env, "KVSQ_RANGE", a.op + ": lengths[" + std::to_string(r) + "] = " + std::to_string(len) + " is outside [0, " + std::to_string(stride) + "]");
+    width = std::max<int64_t>(width, std::min<int64_t>(kvec[r], len));
+  }
+  const bool one_row = S(x).shape.size() == 1;
+  size_t idx_i = job->output(a.env, DType::I32, one_row ? std::vector<int64_t>{width} : std::vector<int64_t>{rows, width}, dev);
+  size_t cnt_i = job->output(a.env, DType::I32, {rows}, dev);
+  job->scratch.emplace_back(reinterpret_cast<uint8_t*>(kvec.data()), reinterpret_cast<uint8_t*>(kvec.data() + rows));
+  TopkArgs args;
+  args.rows = int32_t(rows);
+  args.row_stride = stride;
+  args.scores = static_cast<const float*>(S(x).data);
+  args.lengths = i32(lengths);
+  args.out_stride = int32_t(width);
+  Job* j = job.get();
+  job->run = [j, args, idx_i, cnt_i]() mutable {
+    if (args.rows == 0) return Status::Ok;
+    args.k = reinterpret_cast<const int32_t*>(j->scratch[0].data());
+    args.out = static_cast<int32_t*>(j->out_ptr(idx_i));
+    args.count = static_cast<int32_t*>(j->out_ptr(cnt_i));
+    if (args.out_stride == 0) {
+      // Nothing to select in any row: counts are zero (already zeroed), but
+      // the scan for NaN still applies.
+      static int32_t dummy;
+      args.out = &dummy;
+    }
+    return cpu_topk(args);
+  };
+  job->result = [](Napi::Env env, std::vector<Napi::Object>& outs) -> Napi::Value {
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("indices", outs[0]);
+    r.Set("counts", outs[1]);
+    return r;
+  };
+  return job;
+}
+
+std::unique_ptr<Job> parse_quest_bounds(const Napi::CallbackInfo& info) {
+  Opts a(info, "questBounds");
+  Tensor* q = a.tensor("q");
+  Tensor* meta = a.tensor("metaPool");
+  Tensor* indptr = a.tensor("pageIndptr");
+  Tensor* ids = a.tensor("pageIds");
+  Tensor* len = a.tensor("kvLen");
+  int dev = same_device(a, {{"q", q}, {"metaPool", meta}, {"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}});
+  need_cpu(a, dev);
+  need_dtype(a, q, "q", {DType::F32, DType::F16, DType::BF16});
+  need_dtype(a, meta, "metaPool", {DType::F32, DType::F16, DType::BF16});
+  need_rank(a, q, "q", 3);
+  need_rank(a, meta, "metaPool", 3);
+  const int64_t B = S(q).shape[0], Hq = S(q).shape[1], D = S(q).shape[2];
+  const int64_t N = S(meta).shape[0];
+  if (S(meta).shape[1] != 2 || S(meta).shape[2] != D)
+    throw_error(a.env, "KVSQ_SHAPE", a.op + ": metaPool must be [pages, 2, " + std::to_string(D) + "], got " + shape_str(S(meta).shape));
+  const int32_t Hkv = a.integer("numKvHeads", 0, 1, kMaxI32, true);
+  const int32_t P = a.integer("pageSize", 16, 1, 1 << 20);
+  if (Hq % Hkv) throw_error(a.env, "KVSQ_SHAPE", a.op + ": q heads must be a multiple of numKvHeads");
+  for (auto [k, t] : {std::pair{"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}}) need_dtype(a, t, k, {DType::I32});
+  need_numel(a, len, "kvLen", B * Hkv);
+  check_indptr(a, indptr, "pageIndptr", B * Hkv, S(ids).numel());
+  const bool share = a.boolean("share", false);
+  int64_t maxpages = 0;
+  for (int64_t l = 0; l < B * Hkv; ++l) {
+    int64_t n = i32(len)[l];
+    if (n < 0) throw_error(a.env, "KVSQ_RANGE", a.op + ": kvLen[" + std::to_string(l) + "] is negative");
+    maxpages = std::max<int64_t>(maxpages, (n + P - 1) / P);
+  }
+  const int64_t width = std::max<int64_t>(1, maxpages - 1);
+  auto job = std::make_unique<Job>();
+  job->what = a.op;
+  for (Tensor* t : {q, meta, indptr, ids, len}) job->use(t);
+  size_t out_i = job->output(a.env, DType::F32, {B, share ? Hkv : Hq, width}, dev);
+  QuestBoundsArgs args;
+  args.batch = int32_t(B);
+  args.num_q_heads = int32_t(Hq);
+  args.num_kv_heads = Hkv;
+  args.head_dim = int32_t(D);
+  args.page_size = P;
+  args.q_dtype = S(q).dtype;
+  args.kv_dtype = S(meta).dtype;
+  args.q = S(q).data;
+  args.meta_pool = S(meta).data;
+  args.num_pages = N;
+  args.page_indptr = i32(indptr);
+  args.page_ids = i32(ids);
+  args.kv_len = i32(len);
+  args.share = share;
+  args.out_stride = int32_t(width);
+  Job* j = job.get();
+  job->run = [j, args, out_i]() mutable {
+    if (args.batch == 0) return Status::Ok;
+    args.out = static_cast<float*>(j->out_ptr(out_i));
+    return cpu_quest_bounds(args);
+  };
+  job->result = [](Napi::Env, std::vector<Napi::Object>& outs) -> Napi::Value { return outs[0]; };
+  return job;
+}
+
+// Pools [pages, P, D] of one dtype; optional meta [pages, 2, D] and scores [pages, P].
+struct Pools {
+  Tensor *k = nullptr, *v = nullptr, *meta = nullptr, *score = nullptr;
+  int64_t N = 0, P = 0, D = 0;
+};
+Pools read_pools(const Opts& a, bool with_meta) {
+  Pools p;
+  p.k = a.tensor("kPool");
+  p.v = a.tensor("vPool");
+  p.meta = with_meta ? a.tensor("metaPool", false) : nullptr;
+  p.score = a.tensor("scorePool", false);
+  need_dtype(a, p.k, "kPool", {DType::F32, DType::F16, DType::BF16});
+  need_rank(a, p.k, "kPool", 3);
+  if (S(p.v).dtype != S(p.k).dtype) throw_error(a.env, "KVSQ_DTYPE", a.op + ": vPool dtype differs from kPool");
+  need_shape(a, p.v, "vPool", S(p.k).shape);
+  p.N = S(p.k).shape[0];
+  p.P = S(p.k).shape[1];
+  p.D = S(p.k).shape[2];
+  if (p.meta) {
+    if (S(p.meta).dtype != S(p.k).dtype) throw_error(a.env, "KVSQ_DTYPE", a.op + ": metaPool dtype differs from kPool");
+    need_shape(a, p.meta, "metaPool", {p.N, 2, p.D});
+  }
+  if (p.score) {
+    need_dtype(a, p.score, "scorePool", {DType::F32});
+    need_shape(a, p.score, "scorePool", {p.N, p.P});
+  }
+  return p;
+}
+
+std::unique_ptr<Job> parse_append(const Napi::CallbackInfo& info) {
+  Opts a(info, "append");
+  Pools p = read_pools(a, true);
+  Tensor* kn = a.tensor("kNew");
+  Tensor* vn = a.tensor("vNew");
+  Tensor* slot = a.tensor("dstSlot");
+  Tensor* reset = a.tensor("resetMeta", false);
+  int dev = same_device(a, {{"kPool", p.k}, {"vPool", p.v}, {"metaPool", p.meta}, {"scorePool", p.score}, {"kNew", kn}, {"vNew", vn},
+                            {"dstSlot", slot}, {"resetMeta", reset}});
+  need_cpu(a, dev);
+  if (S(kn).dtype != S(p.k).dtype || S(vn).dtype != S(p.k).dtype)
+    throw_error(a.env, "KVSQ_DTYPE", a.op + ": kNew and vNew must have the pools' dtype " + dtype_name(S(p.k).dtype));
+  if (S(kn).shape.empty() || S(kn).shape.back() != p.D)
+    throw_error(a.env, "KVSQ_SHAPE", a.op + ": kNew's last dimension must be the head dim " + std::to_string(p.D));
+  need_shape(a, vn, "vNew", S(kn).shape);
+  const int64_t count = S(kn).numel() / std::max<int64_t>(1, p.D);
+  need_dtype(a, slot, "dstSlot", {DType::I32});
+  need_numel(a, slot, "dstSlot", count);
+  if (reset) {
+    need_dtype(a, reset, "resetMeta", {DType::I32});
+    need_numel(a, reset, "resetMeta", count);
+  }
+  auto job = std::make_unique<Job>();
+  job->what = a.op;
+  for (Tensor* t : {p.k, p.v, p.meta, p.score, kn, vn, slot, reset}) job->use(t);
+  std::vector<int64_t> slots = widen(slot);
+  job->scratch.emplace_back(reinterpret_cast<uint8_t*>(slots.data()), reinterpret_cast<uint8_t*>(slots.data() + count));
+  job->scratch.emplace_back();
+  if (reset) {
+    job->scratch[1].resize(size_t(count));
+    for (int64_t i = 0; i < count; ++i) job->scratch[1][i] = i32(reset)[i] != 0;
+  }
+  AppendArgs args;
+  args.count = int32_t(count);
+  args.head_dim = int32_t(p.D);
+  args.page_size = int32_t(p.P);
+  args.dtype = S(p.k).dtype;
+  args.k_new = S(kn).data;
+  args.v_new = S(vn).data;
+  args.num_pages = p.N;
+  args.k_pool = S(p.k).data;
+  args.v_pool = S(p.v).data;
+  args.meta_pool = p.meta ? S(p.meta).data : nullptr;
+  args.score_pool = p.score ? static_cast<float*>(S(p.score).data) : nullptr;
+  const bool has_reset = reset != nullptr;
+  Job* j = job.get();
+  job->run = [j, args, has_reset]() mutable {
+    if (args.count == 0) return Status::Ok;
+    args.dst_slot = reinterpret_cast<const int64_t*>(j->scratch[0].data());
+    args.reset_meta = has_reset ? j->scratch[1].data() : nullptr;
+    return cpu_append(args);
+  };
+  return job;
+}
+
+std::unique_ptr<Job> parse_gather(const Napi::CallbackInfo& info) {
+  Opts a(info, "gather");
+  Pools p = read_pools(a, false);
+  Tensor* ks = a.tensor("kSrc");
+  Tensor* vs = a.tensor("vSrc");
+  Tensor* src_row = a.tensor("srcRow");
+  Tensor* dst = a.tensor("dstSlot");
+  Tensor* ssrc = a.tensor("scoreSrc", false);
+  int dev = same_device(a, {{"kPool", p.k}, {"vPool", p.v}, {"scorePool", p.score}, {"kSrc", ks}, {"vSrc", vs}, {"srcRow", src_row},
+                            {"dstSlot", dst}, {"scoreSrc", ssrc}});
+  need_cpu(a, dev);
+  if (S(ks).dtype != S(p.k).dtype || S(vs).dtype != S(p.k).dtype)
+    throw_error(a.env, "KVSQ_DTYPE", a.op + ": kSrc and vSrc must have the pools' dtype " + dtype_name(S(p.k).dtype));
+  if (S(ks).shape.empty() || S(ks).shape.back() != p.D)
+    throw_error(a.env, "KVSQ_SHAPE", a.op + ": kSrc's last dimension must be the head dim " + std::to_string(p.D));
+  need_shape(a, vs, "vSrc", S(ks).shape);
+  const int64_t src_rows = S(ks).numel() / std::max<int64_t>(1, p.D);
+  need_dtype(a, src_row, "srcRow", {DType::I32});
+  need_dtype(a, dst, "dstSlot", {DType::I32});
+  const int64_t count = S(src_row).numel();
+  need_numel(a, dst, "dstSlot", count);
+  if (bool(ssrc) != bool(p.score)) throw_error(a.env, "KVSQ_ARG", a.op + ": scoreSrc and scorePool go together");
+  if (ssrc) {
+    need_dtype(a, ssrc, "scoreSrc", {DType::F32});
+    need_numel(a, ssrc, "scoreSrc", src_rows);
+  }
+  auto job = std::make_unique<Job>();
+  job->what = a.op;
+  for (Tensor* t : {p.k, p.v, p.score, ks, vs, src_row, dst, ssrc}) job->use(t);
+  std::vector<int64_t> rows = widen(src_row), slots = widen(dst);
+  job->scratch.emplace_back(reinterpret_cast<uint8_t*>(rows.data()), reinterpret_cast<uint8_t*>(rows.data() + count));
+  job->scratch.emplace_back(reinterpret_cast<uint8_t*>(slots.data()), reinterpret_cast<uint8_t*>(slots.data() + count));
+  GatherArgs args;
+  args.count = int32_t(count);
+  args.head_dim = int32_t(p.D);
+  args.dtype = S(p.k).dtype;
+  args.k_src = S(ks).data;
+  args.v_src = S(vs).data;
+  args.src_rows = src_rows;
+  args.score_src = ssrc ? static_cast<const float*>(S(ssrc).data) : nullptr;
+  args.num_pages = p.N;
+  args.page_size = int32_t(p.P);
+  args.k_pool = S(p.k).data;
+  args.v_pool = S(p.v).data;
+  args.score_pool = p.score ? static_cast<float*>(S(p.score).data) : nullptr;
+  Job* j = job.get();
+  job->run = [j, args]() mutable {
+    if (args.count == 0) return Status::Ok;
+    args.src_row = reinterpret_cast<const int64_t*>(j->scratch[0].data());
+    args.dst_slot = reinterpret_cast<const int64_t*>(j->scratch[1].data());
+    return cpu_gather(args);
+  };
+  return job;
+}
+
+std::unique_ptr<Job> parse_page_meta(const Napi::CallbackInfo& info) {
+  Opts a(info, "pageMeta");
+  Tensor* kp = a.tensor("kPool");
+  Tensor* meta = a.tensor("metaPool");
+  Tensor* ids = a.tensor("pageIds");
+  Tensor* fill = a.tensor("fill");
+  int dev = same_device(a, {{"kPool", kp}, {"metaPool", meta}, {"pageIds", ids}, {"fill", fill}});
+  need_cpu(a, dev);
+  need_dtype(a, kp, "kPool", {DType::F32, DType::F16, DType::BF16});
+  need_rank(a, kp, "kPool", 3);
+  const int64_t N = S(kp).shape[0], P = S(kp).shape[1], D = S(kp).shape[2];
+  if (S(meta).dtype != S(kp).dtype) throw_error(a.env, "KVSQ_DTYPE", a.op + ": metaPool dtype differs from kPool");
+  need_shape(a, meta, "metaPool", {N, 2, D});
+  need_dtype(a, ids, "pageIds", {DType::I32});
+  need_dtype(a, fill, "fill", {DType::I32});
+  const int64_t count = S(ids).numel();
+  need_numel(a, fill, "fill", count);
+  auto job = std::make_unique<Job>();
+  job->what = a.op;
+  for (Tensor* t : {kp, meta, ids, fill}) job->use(t);
+  PageMetaArgs args;
+  args.count = int32_t(count);
+  args.head_dim = int32_t(D);
+  args.page_size = int32_t(P);
+  args.dtype = S(kp).dtype;
+  args.num_pages = N;
+  args.k_pool = S(kp).data;
+  args.meta_pool = S(meta).data;
+  args.page_ids = i32(ids);
+  args.fill = i32(fill);
+  job->run = [args]() {
+    if (args.count == 0) return Status::Ok;
+    return cpu_page_meta(args);
+  };
+  return job;
+}
+
+template <Parser P>
+Napi::Value Sync(const Napi::CallbackInfo& info) {
+  return run_sync(info, P);
+}
+template <Parser P>
+Napi::Value Async(const Napi::CallbackInfo& info) {
+  return run_async(info, P);
+}
+
+}  // namespace
+
+void register_ops(Napi::Env env, Napi::Object exports) {
+  struct Entry {
+    const char* name;
+    Napi::Value (*sync)(const Napi::CallbackInfo&);
+    Napi::Value (*async)(const Napi::CallbackInfo&);
+  };
+  const Entry entries[] = {
+      {"decodeAttention", Sync<parse_decode_attention>, Async<parse_decode_attention>},
+      {"windowScores", Sync<parse_window_scores>, Async<parse_window_scores>},
+      {"pool1d", Sync<parse_pool1d>, Async<parse_pool1d>},
+      {"chunkScores", Sync<parse_chunk_scores>, Async<parse_chunk_scores>},
+      {"topk", Sync<parse_topk>, Async<parse_topk>},
+      {"questBounds", Sync<parse_quest_bounds>, Async<parse_quest_bounds>},
+      {"append", Sync<parse_append>, Async<parse_append>},
+      {"gather", Sync<parse_gather>, Async<parse_gather>},
+      {"pageMeta", Sync<parse_page_meta>, Async<parse_page_meta>},
+  };
+  for (const Entry& e : entries) {
+    exports.Set(e.name, Napi::Function::New(env, e.sync, e.name));
+    exports.Set(std::string(e.name) + "Async", Napi::Function::New(env, e.async, std::string(e.name) + "Async"));
+  }
+}
 
 }  // namespace napi
 }  // namespace kvsq

@@ -210,6 +210,8 @@ Tensor::Tensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tensor>(info) 
   }
 }
 
+// The finalizer runs only when no JS reference is left; an async op holds a
+// reference to each pinned tensor, so a pinned tensor is never finalized.
 Tensor::~Tensor() { release(nullptr); }
 
 void Tensor::release(Napi::Env* env) {
@@ -301,8 +303,21 @@ Napi::Value Tensor::To(const Napi::CallbackInfo& info) {
 
 Napi::Value Tensor::Dispose(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!s_.disposed) release(&env);  // idempotent: a second dispose is a no-op
+  if (s_.disposed) return env.Undefined();  // idempotent: a second dispose is a no-op
+  if (pins_ > 0) {
+    s_.disposed = true;  // unusable from now on; memory freed by the last unpin
+    free_pending_ = true;
+  } else {
+    release(&env);
+  }
   return env.Undefined();
+}
+
+void Tensor::unpin(Napi::Env env) {
+  if (pins_ > 0 && --pins_ == 0 && free_pending_) {
+    free_pending_ = false;
+    release(&env);
+  }
 }
 
 }  // namespace napi

@@ -55,6 +55,12 @@ class Tensor : public Napi::ObjectWrap<Tensor> {
   Storage& storage() { return s_; }
   const Storage& storage() const { return s_; }
 
+  // An async op pins its tensors while a worker thread uses their memory; a
+  // dispose() meanwhile marks the tensor disposed at once and frees the
+  // memory at the last unpin().
+  void pin() { ++pins_; }
+  void unpin(Napi::Env env);
+
  private:
   Napi::Value Shape(const Napi::CallbackInfo& info);
   Napi::Value DTypeName(const Napi::CallbackInfo& info);
@@ -71,6 +77,8 @@ class Tensor : public Napi::ObjectWrap<Tensor> {
 
   Storage s_;
   int64_t external_ = 0;  // host bytes reported to V8
+  int pins_ = 0;
+  bool free_pending_ = false;
 };
 
 // Parsing shared by the op bindings.

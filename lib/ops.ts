@@ -1,0 +1,333 @@
+/**
+ * The low-level kernels, each callable on its own with Tensors (the policies
+ * in lib/policies are built on these). Semantics: spec/methods.md; layouts:
+ * native/core/ops.h. Every op checks its arguments here first (types,
+ * dtypes, ranks, option ranges) and again in native code (sizes against each
+ * other, index ranges), so bad input is a KvsqError with a code, never a
+ * crash. Each op has a Promise form (`...Async`) that runs the kernel on
+ * libuv's thread pool, for servers that must not block the event loop.
+ */
+import { ArgumentError, DTypeError, KvsqRangeError, ShapeError } from './errors';
+import { native, NativeTensorHandle } from './native';
+import { DType, Tensor } from './tensor';
+
+export type Reduce = 'mean' | 'sum' | 'max';
+export type PoolMode = 'max' | 'avg';
+
+function tensor(t: unknown, what: string, dtypes?: readonly DType[], rank?: number | readonly number[]): Tensor {
+  if (!(t instanceof Tensor)) throw new ArgumentError(`${what} must be a Tensor`);
+  t.assertLive(what);
+  if (dtypes && !dtypes.includes(t.dtype)) throw new DTypeError(`${what} has dtype ${t.dtype}; expected ${dtypes.join(' or ')}`);
+  if (rank !== undefined) {
+    const ranks = typeof rank === 'number' ? [rank] : rank;
+    if (!ranks.includes(t.shape.length))
+      throw new ShapeError(`${what} has shape [${t.shape.join(', ')}]; expected ${ranks.join(' or ')} dimensions`);
+  }
+  return t;
+}
+function optTensor(t: unknown, what: string, dtypes?: readonly DType[], rank?: number | readonly number[]): Tensor | undefined {
+  return t === undefined || t === null ? undefined : tensor(t, what, dtypes, rank);
+}
+function int(x: unknown, what: string, lo: number, hi = 2 ** 31 - 1): number {
+  if (typeof x !== 'number' || !Number.isInteger(x) || x < lo || x > hi)
+    throw new KvsqRangeError(`${what} = ${String(x)}: expected an integer in [${lo}, ${hi}]`);
+  return x;
+}
+function optInt(x: unknown, what: string, lo: number, hi?: number): number | undefined {
+  return x === undefined ? undefined : int(x, what, lo, hi);
+}
+function finite(x: unknown, what: string): number | undefined {
+  if (x === undefined) return undefined;
+  if (typeof x !== 'number' || !Number.isFinite(x)) throw new KvsqRangeError(`${what} must be a finite number`);
+  return x;
+}
+function oneOf<T extends string>(x: unknown, what: string, allowed: readonly T[]): T | undefined {
+  if (x === undefined) return undefined;
+  if (typeof x !== 'string' || !(allowed as readonly string[]).includes(x))
+    throw new KvsqRangeError(`${what} = ${String(x)}: expected one of ${allowed.join(', ')}`);
+  return x as T;
+}
+function object(o: unknown, what: string): Record<string, unknown> {
+  if (o === null || typeof o !== 'object' || Array.isArray(o)) throw new ArgumentError(`${what}: expected an options object`);
+  return o as Record<string, unknown>;
+}
+
+const FLOAT: readonly DType[] = ['f32', 'f16', 'bf16'];
+const I32: readonly DType[] = ['i32'];
+const F32: readonly DType[] = ['f32'];
+const REDUCE: readonly Reduce[] = ['mean', 'sum', 'max'];
+
+type Native = Record<string, (o: Record<string, unknown>) => unknown>;
+const N = native as unknown as Native;
+const h = (t: Tensor | undefined): NativeTensorHandle | undefined => t?.handle;
+const wrap = (x: unknown): Tensor => Tensor.fromHandle(x as NativeTensorHandle);
+
+// ------------------------------------------------------------------ decode attention
+
+export interface DecodeAttentionArgs {
+  /** [B, Hq, D], f32/f16/bf16; the output has the same dtype. */
+  q: Tensor;
+  /** [pages, P, D] K and V pools (one dtype). */
+  kPool: Tensor;
+  vPool: Tensor;
+  /** i32 [B*Hkv + 1]: list l's pages are pageIds[pageIndptr[l] .. pageIndptr[l+1]). */
+  pageIndptr: Tensor;
+  pageIds: Tensor;
+  /** i32 [B*Hkv]: valid slots per list. */
+  kvLen: Tensor;
+  numKvHeads: number;
+  /** Softmax scale; default 1/sqrt(D). */
+  scale?: number;
+  /** Quest: i32 [B*Hq + 1] and the selected logical pages (ascending) per query head. */
+  selIndptr?: Tensor;
+  selPages?: Tensor;
+  /** H2O: f32 [pages, P], this step's group-reduced probabilities are added in place. */
+  scorePool?: Tensor;
+  reduce?: Reduce;
+  /** Also return the log-sum-exp per (b, h). */
+  lse?: boolean;
+}
+
+function decodeArgs(a: DecodeAttentionArgs) {
+  const o = object(a, 'decodeAttention');
+  const q = tensor(o.q, 'decodeAttention: q', FLOAT, 3);
+  const kPool = tensor(o.kPool, 'decodeAttention: kPool', FLOAT, 3);
+  const vPool = tensor(o.vPool, 'decodeAttention: vPool', FLOAT, 3);
+  const numKvHeads = int(o.numKvHeads, 'decodeAttention: numKvHeads', 1);
+  if (q.shape[1] % numKvHeads !== 0) throw new ShapeError(`decodeAttention: ${q.shape[1]} query heads are not a multiple of numKvHeads ${numKvHeads}`);
+  return {
+    q: q.handle,
+    kPool: kPool.handle,
+    vPool: vPool.handle,
+    pageIndptr: tensor(o.pageIndptr, 'decodeAttention: pageIndptr', I32).handle,
+    pageIds: tensor(o.pageIds, 'decodeAttention: pageIds', I32).handle,
+    kvLen: tensor(o.kvLen, 'decodeAttention: kvLen', I32).handle,
+    numKvHeads,
+    scale: finite(o.scale, 'decodeAttention: scale'),
+    selIndptr: h(optTensor(o.selIndptr, 'decodeAttention: selIndptr', I32)),
+    selPages: h(optTensor(o.selPages, 'decodeAttention: selPages', I32)),
+    scorePool: h(optTensor(o.scorePool, 'decodeAttention: scorePool', F32, 2)),
+    reduce: oneOf(o.reduce, 'decodeAttention: reduce', REDUCE),
+    lse: o.lse === undefined ? undefined : Boolean(o.lse),
+  };
+}
+export interface DecodeAttentionResult {
+  /** [B, Hq, D] */
+  o: Tensor;
+  /** f32 [B, Hq] when requested */
+  lse?: Tensor;
+}
+function decodeResult(r: unknown): DecodeAttentionResult {
+  const x = r as { o: unknown; lse?: unknown };
+  return { o: wrap(x.o), lse: x.lse ? wrap(x.lse) : undefined };
+}
+
+// ------------------------------------------------------------------ scores
+
+export interface WindowScoresOptions {
+  /** Observation window w (the last w rows of q are used); default min(rows of q, L). */
+  window?: number;
+  scale?: number;
+  reduce?: Reduce;
+}
+function windowArgs(q: Tensor, k: Tensor, opt: WindowScoresOptions = {}) {
+  const o = object(opt, 'windowScores options');
+  tensor(q, 'windowScores: q', FLOAT, 3);
+  tensor(k, 'windowScores: k', FLOAT, 3);
+  return {
+    q: q.handle,
+    k: k.handle,
+    window: optInt(o.window, 'windowScores: window', 1),
+    scale: finite(o.scale, 'windowScores: scale'),
+    reduce: oneOf(o.reduce, 'windowScores: reduce', REDUCE),
+  };
+}
+
+export interface Pool1dOptions {
+  /** Prefix length pooled (default: the whole row). */
+  n?: number;
+  /** Odd kernel size (default 7). */
+  kernel?: number;
+  mode?: PoolMode;
+}
+function poolArgs(x: Tensor, opt: Pool1dOptions = {}) {
+  const o = object(opt, 'pool1d options');
+  tensor(x, 'pool1d: x', F32, [1, 2]);
+  const kernel = optInt(o.kernel, 'pool1d: kernel', 1);
+  if (kernel !== undefined && kernel % 2 === 0) throw new KvsqRangeError(`pool1d: kernel = ${kernel} must be odd`);
+  return { x: x.handle, n: optInt(o.n, 'pool1d: n', 0), kernel, mode: oneOf(o.mode, 'pool1d: mode', ['max', 'avg'] as const) };
+}
+
+export interface ChunkScoresOptions {
+  n?: number;
+  /** Chunk length in tokens (default 10). */
+  chunk?: number;
+}
+function chunkArgs(x: Tensor, opt: ChunkScoresOptions = {}) {
+  const o = object(opt, 'chunkScores options');
+  tensor(x, 'chunkScores: x', F32, [1, 2]);
+  return { x: x.handle, n: optInt(o.n, 'chunkScores: n', 0), chunk: optInt(o.chunk, 'chunkScores: chunk', 1) };
+}
+
+// ------------------------------------------------------------------ top-k
+
+export interface TopkOptions {
+  /** i32 [rows]: per-row lengths (default: the whole row). */
+  lengths?: Tensor;
+}
+export interface TopkResult {
+  /** i32 [rows, width] (or [width] for 1-D scores): positions ascending, -1 padded. */
+  indices: Tensor;
+  /** i32 [rows]: min(k, length) per row. */
+  counts: Tensor;
+}
+function topkArgs(scores: Tensor, k: number | Tensor, opt: TopkOptions = {}) {
+  const o = object(opt, 'topk options');
+  tensor(scores, 'topk: scores', F32, [1, 2]);
+  const kk = typeof k === 'number' ? int(k, 'topk: k', 0) : tensor(k, 'topk: k', I32, 1).handle;
+  return { scores: scores.handle, k: kk, lengths: h(optTensor(o.lengths, 'topk: lengths', I32, 1)) };
+}
+function topkResult(r: unknown): TopkResult {
+  const x = r as { indices: unknown; counts: unknown };
+  return { indices: wrap(x.indices), counts: wrap(x.counts) };
+}
+
+// ------------------------------------------------------------------ Quest bounds
+
+export interface QuestBoundsArgs {
+  /** [B, Hq, D] */
+  q: Tensor;
+  /** [pages, 2, D]: kmin, kmax per page, in the K dtype. */
+  metaPool: Tensor;
+  pageIndptr: Tensor;
+  pageIds: Tensor;
+  kvLen: Tensor;
+  numKvHeads: number;
+  pageSize: number;
+  /** One row per KV head (max over the group) instead of per query head. */
+  share?: boolean;
+}
+function questArgs(a: QuestBoundsArgs) {
+  const o = object(a, 'questBounds');
+  return {
+    q: tensor(o.q, 'questBounds: q', FLOAT, 3).handle,
+    metaPool: tensor(o.metaPool, 'questBounds: metaPool', FLOAT, 3).handle,
+    pageIndptr: tensor(o.pageIndptr, 'questBounds: pageIndptr', I32).handle,
+    pageIds: tensor(o.pageIds, 'questBounds: pageIds', I32).handle,
+    kvLen: tensor(o.kvLen, 'questBounds: kvLen', I32).handle,
+    numKvHeads: int(o.numKvHeads, 'questBounds: numKvHeads', 1),
+    pageSize: int(o.pageSize, 'questBounds: pageSize', 1, 1 << 20),
+    share: o.share === undefined ? undefined : Boolean(o.share),
+  };
+}
+
+// ------------------------------------------------------------------ append / gather / page meta
+
+export interface AppendArgs {
+  /** [count, D] (any shape whose last dimension is D) in the pools' dtype. */
+  kNew: Tensor;
+  vNew: Tensor;
+  /** i32 [count]: physical slot = page * P + row, distinct. */
+  dstSlot: Tensor;
+  kPool: Tensor;
+  vPool: Tensor;
+  /** Quest metadata [pages, 2, D], widened (or reset) in the same pass. */
+  metaPool?: Tensor;
+  /** i32 [count]: 1 = the page's metadata restarts from this key (default: when the slot is row 0). */
+  resetMeta?: Tensor;
+  /** f32 [pages, P]: the new slots' scores are zeroed. */
+  scorePool?: Tensor;
+}
+function appendArgs(a: AppendArgs) {
+  const o = object(a, 'append');
+  return {
+    kNew: tensor(o.kNew, 'append: kNew', FLOAT).handle,
+    vNew: tensor(o.vNew, 'append: vNew', FLOAT).handle,
+    dstSlot: tensor(o.dstSlot, 'append: dstSlot', I32).handle,
+    kPool: tensor(o.kPool, 'append: kPool', FLOAT, 3).handle,
+    vPool: tensor(o.vPool, 'append: vPool', FLOAT, 3).handle,
+    metaPool: h(optTensor(o.metaPool, 'append: metaPool', FLOAT, 3)),
+    resetMeta: h(optTensor(o.resetMeta, 'append: resetMeta', I32)),
+    scorePool: h(optTensor(o.scorePool, 'append: scorePool', F32, 2)),
+  };
+}
+
+export interface GatherArgs {
+  /** Source rows: any shape whose last dimension is D (e.g. prefill K [Hkv, L, D] or the pools). */
+  kSrc: Tensor;
+  vSrc: Tensor;
+  /** i32 [count]: source row of each copy. */
+  srcRow: Tensor;
+  kPool: Tensor;
+  vPool: Tensor;
+  /** i32 [count]: destination physical slots, distinct. */
+  dstSlot: Tensor;
+  /** f32, one score per source row, copied into scorePool. */
+  scoreSrc?: Tensor;
+  scorePool?: Tensor;
+}
+function gatherArgs(a: GatherArgs) {
+  const o = object(a, 'gather');
+  return {
+    kSrc: tensor(o.kSrc, 'gather: kSrc', FLOAT).handle,
+    vSrc: tensor(o.vSrc, 'gather: vSrc', FLOAT).handle,
+    srcRow: tensor(o.srcRow, 'gather: srcRow', I32).handle,
+    kPool: tensor(o.kPool, 'gather: kPool', FLOAT, 3).handle,
+    vPool: tensor(o.vPool, 'gather: vPool', FLOAT, 3).handle,
+    dstSlot: tensor(o.dstSlot, 'gather: dstSlot', I32).handle,
+    scoreSrc: h(optTensor(o.scoreSrc, 'gather: scoreSrc', F32)),
+    scorePool: h(optTensor(o.scorePool, 'gather: scorePool', F32, 2)),
+  };
+}
+
+export interface PageMetaArgs {
+  kPool: Tensor;
+  metaPool: Tensor;
+  /** i32 [count] physical pages; fill: i32 [count] valid rows of each (1..P). */
+  pageIds: Tensor;
+  fill: Tensor;
+}
+function pageMetaArgs(a: PageMetaArgs) {
+  const o = object(a, 'pageMeta');
+  return {
+    kPool: tensor(o.kPool, 'pageMeta: kPool', FLOAT, 3).handle,
+    metaPool: tensor(o.metaPool, 'pageMeta: metaPool', FLOAT, 3).handle,
+    pageIds: tensor(o.pageIds, 'pageMeta: pageIds', I32).handle,
+    fill: tensor(o.fill, 'pageMeta: fill', I32).handle,
+  };
+}
+
+// ------------------------------------------------------------------ the ops object
+
+export const ops = {
+  /** Paged GQA decode attention, optional Quest subset and H2O score accumulation. */
+  decodeAttention: (a: DecodeAttentionArgs): DecodeAttentionResult => decodeResult(N.decodeAttention(decodeArgs(a))),
+  decodeAttentionAsync: async (a: DecodeAttentionArgs): Promise<DecodeAttentionResult> =>
+    decodeResult(await N.decodeAttentionAsync(decodeArgs(a))),
+  /** Window scores S [Hkv, L] (SnapKV/PyramidKV/ChunkKV/ShotKV; window = L gives H2O's column sums). */
+  windowScores: (q: Tensor, k: Tensor, opt?: WindowScoresOptions): Tensor => wrap(N.windowScores(windowArgs(q, k, opt))),
+  windowScoresAsync: async (q: Tensor, k: Tensor, opt?: WindowScoresOptions): Promise<Tensor> =>
+    wrap(await N.windowScoresAsync(windowArgs(q, k, opt))),
+  /** Max/avg pooling over the prefix of each row. */
+  pool1d: (x: Tensor, opt?: Pool1dOptions): Tensor => wrap(N.pool1d(poolArgs(x, opt))),
+  pool1dAsync: async (x: Tensor, opt?: Pool1dOptions): Promise<Tensor> => wrap(await N.pool1dAsync(poolArgs(x, opt))),
+  /** ChunkKV chunk scores: sums over rows and chunk positions. */
+  chunkScores: (x: Tensor, opt?: ChunkScoresOptions): Tensor => wrap(N.chunkScores(chunkArgs(x, opt))),
+  chunkScoresAsync: async (x: Tensor, opt?: ChunkScoresOptions): Promise<Tensor> => wrap(await N.chunkScoresAsync(chunkArgs(x, opt))),
+  /** Row-wise top-k: ties to the lower index, positions ascending. */
+  topk: (scores: Tensor, k: number | Tensor, opt?: TopkOptions): TopkResult => topkResult(N.topk(topkArgs(scores, k, opt))),
+  topkAsync: async (scores: Tensor, k: number | Tensor, opt?: TopkOptions): Promise<TopkResult> =>
+    topkResult(await N.topkAsync(topkArgs(scores, k, opt))),
+  /** Quest page upper bounds for every page but the last. */
+  questBounds: (a: QuestBoundsArgs): Tensor => wrap(N.questBounds(questArgs(a))),
+  questBoundsAsync: async (a: QuestBoundsArgs): Promise<Tensor> => wrap(await N.questBoundsAsync(questArgs(a))),
+  /** Writes new K/V rows into page slots, updating page min/max (in place). */
+  append: (a: AppendArgs): void => void N.append(appendArgs(a)),
+  appendAsync: async (a: AppendArgs): Promise<void> => void (await N.appendAsync(appendArgs(a))),
+  /** Copies rows into page slots (prefill store, compaction), in place. */
+  gather: (a: GatherArgs): void => void N.gather(gatherArgs(a)),
+  gatherAsync: async (a: GatherArgs): Promise<void> => void (await N.gatherAsync(gatherArgs(a))),
+  /** Recomputes page min/max over the first fill rows, in place. */
+  pageMeta: (a: PageMetaArgs): void => void N.pageMeta(pageMetaArgs(a)),
+  pageMetaAsync: async (a: PageMetaArgs): Promise<void> => void (await N.pageMetaAsync(pageMetaArgs(a))),
+};
