@@ -21,4 +21,9 @@ export type {
   AppendArgs,
   GatherArgs,
   PageMetaArgs,
+  ReadScoresArgs,
 } from './ops';
+export { PagedKVCache, Sequence } from './cache/paged-cache';
+export type { PagedKVCacheOptions, SequenceOptions, CacheStats, SequenceStats, PerLayer } from './cache/paged-cache';
+export * from './policies';
+export * from './io/safetensors';

@@ -37,7 +37,10 @@ function load(): NativeAddon {
   const root = path.join(__dirname, '..');
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const nodeGypBuild = require('node-gyp-build') as (dir: string) => NativeAddon;
-  const addon = nodeGypBuild(root);
+  // KVSQ_ADDON names a specific binary (a debug or sanitizer build, say).
+  const explicit = process.env.KVSQ_ADDON;
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const addon = explicit ? (require(path.resolve(explicit)) as NativeAddon) : nodeGypBuild(root);
   addon.setErrorClasses(errorClasses);
   return addon;
 }

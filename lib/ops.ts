@@ -297,6 +297,24 @@ function pageMetaArgs(a: PageMetaArgs) {
   };
 }
 
+export interface ReadScoresArgs {
+  /** f32 [pages, P] */
+  scorePool: Tensor;
+  pageIndptr: Tensor;
+  pageIds: Tensor;
+  /** i32 [lists] */
+  kvLen: Tensor;
+}
+function readScoresArgs(a: ReadScoresArgs) {
+  const o = object(a, 'readScores');
+  return {
+    scorePool: tensor(o.scorePool, 'readScores: scorePool', F32, 2).handle,
+    pageIndptr: tensor(o.pageIndptr, 'readScores: pageIndptr', I32).handle,
+    pageIds: tensor(o.pageIds, 'readScores: pageIds', I32).handle,
+    kvLen: tensor(o.kvLen, 'readScores: kvLen', I32).handle,
+  };
+}
+
 // ------------------------------------------------------------------ the ops object
 
 export const ops = {
@@ -330,4 +348,7 @@ export const ops = {
   /** Recomputes page min/max over the first fill rows, in place. */
   pageMeta: (a: PageMetaArgs): void => void N.pageMeta(pageMetaArgs(a)),
   pageMetaAsync: async (a: PageMetaArgs): Promise<void> => void (await N.pageMetaAsync(pageMetaArgs(a))),
+  /** Accumulated scores of each list's slots, lists concatenated: f32 [sum kvLen]. */
+  readScores: (a: ReadScoresArgs): Tensor => wrap(N.readScores(readScoresArgs(a))),
+  readScoresAsync: async (a: ReadScoresArgs): Promise<Tensor> => wrap(await N.readScoresAsync(readScoresArgs(a))),
 };

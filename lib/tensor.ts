@@ -39,6 +39,16 @@ export function checkDType(dtype: unknown, what = 'dtype'): DType {
   return dtype as DType;
 }
 
+/**
+ * The kind of a typed array, by its tag rather than instanceof: arrays made in
+ * another realm (a vm context, a test runner's sandbox, the addon) still count.
+ */
+function typedKind(x: unknown): 'Float32Array' | 'Uint16Array' | 'Int32Array' | null {
+  if (!ArrayBuffer.isView(x)) return null;
+  const tag = Object.prototype.toString.call(x).slice(8, -1);
+  return tag === 'Float32Array' || tag === 'Uint16Array' || tag === 'Int32Array' ? tag : null;
+}
+
 function numel(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
@@ -61,24 +71,26 @@ export class Tensor {
     if (options === null || typeof options !== 'object') throw new ArgumentError('Tensor.from: options must be an object');
     const dims = checkShape(shape);
     let src: Float32Array | Uint16Array | Int32Array;
+    let kind = typedKind(data);
     if (Array.isArray(data)) {
       src = Float32Array.from(data as number[]);
-    } else if (data instanceof Float32Array || data instanceof Uint16Array || data instanceof Int32Array) {
-      src = data;
+      kind = 'Float32Array';
+    } else if (kind) {
+      src = data as Float32Array | Uint16Array | Int32Array;
     } else {
       throw new ArgumentError('Tensor.from: data must be a Float32Array, Uint16Array (f16/bf16 bits), Int32Array or number[]');
     }
     let dtype: DType;
     if (options.dtype !== undefined) dtype = checkDType(options.dtype);
-    else if (src instanceof Int32Array) dtype = 'i32';
-    else if (src instanceof Uint16Array)
+    else if (kind === 'Int32Array') dtype = 'i32';
+    else if (kind === 'Uint16Array')
       throw new DTypeError("Tensor.from: a Uint16Array holds f16 or bf16 bits; say which with { dtype: 'f16' | 'bf16' }");
     else dtype = 'f32';
     const ok =
-      (src instanceof Float32Array && dtype !== 'i32') ||
-      (src instanceof Uint16Array && (dtype === 'f16' || dtype === 'bf16')) ||
-      (src instanceof Int32Array && dtype === 'i32');
-    if (!ok) throw new DTypeError(`Tensor.from: a ${src.constructor.name} cannot hold dtype '${dtype}'`);
+      (kind === 'Float32Array' && dtype !== 'i32') ||
+      (kind === 'Uint16Array' && (dtype === 'f16' || dtype === 'bf16')) ||
+      (kind === 'Int32Array' && dtype === 'i32');
+    if (!ok) throw new DTypeError(`Tensor.from: a ${kind} cannot hold dtype '${dtype}'`);
     if (src.length !== numel(dims))
       throw new ShapeError(`Tensor.from: data has ${src.length} elements but shape [${dims.join(', ')}] needs ${numel(dims)}`);
     return new Tensor(new native.NativeTensor(src, dims, dtype, options.device ?? 'cpu'));

@@ -210,4 +210,19 @@ struct PageMetaArgs {
   const int32_t* fill = nullptr;      // [count]
 };
 
+// ---------------------------------------------------------------- score read-back
+// out[o_l + s] = score_pool[slot s of list l] for s < kv_len[l], lists in
+// order, o_l = sum of kv_len of the lists before l. The policy layer reads a
+// layer's accumulated scores in one call to pick evictions.
+struct ReadScoresArgs {
+  int32_t lists = 0;
+  int32_t page_size = 0;
+  int64_t num_pages = 0;
+  const float* score_pool = nullptr;   // [num_pages, P]
+  const int32_t* page_indptr = nullptr;
+  const int32_t* page_ids = nullptr;
+  const int32_t* kv_len = nullptr;
+  float* out = nullptr;                // [sum kv_len]
+};
+
 }  // namespace kvsq

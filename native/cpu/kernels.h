@@ -15,5 +15,6 @@ Status cpu_quest_bounds(const QuestBoundsArgs& a);
 Status cpu_append(const AppendArgs& a);
 Status cpu_gather(const GatherArgs& a);
 Status cpu_page_meta(const PageMetaArgs& a);
+Status cpu_read_scores(const ReadScoresArgs& a);
 
 }  // namespace kvsq

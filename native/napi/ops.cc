@@ -795,6 +795,45 @@ std::unique_ptr<Job> parse_page_meta(const Napi::CallbackInfo& info) {
   return job;
 }
 
+std::unique_ptr<Job> parse_read_scores(const Napi::CallbackInfo& info) {
+  Opts a(info, "readScores");
+  Tensor* score = a.tensor("scorePool");
+  Tensor* indptr = a.tensor("pageIndptr");
+  Tensor* ids = a.tensor("pageIds");
+  Tensor* len = a.tensor("kvLen");
+  int dev = same_device(a, {{"scorePool", score}, {"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}});
+  need_cpu(a, dev);
+  need_dtype(a, score, "scorePool", {DType::F32});
+  need_rank(a, score, "scorePool", 2);
+  for (auto [k, t] : {std::pair{"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}}) need_dtype(a, t, k, {DType::I32});
+  const int64_t lists = S(len).numel();
+  check_indptr(a, indptr, "pageIndptr", lists, S(ids).numel());
+  int64_t total = 0;
+  for (int64_t l = 0; l < lists; ++l) {
+    if (i32(len)[l] < 0) throw_error(a.env, "KVSQ_RANGE", a.op + ": kvLen[" + std::to_string(l) + "] is negative");
+    total += i32(len)[l];
+  }
+  auto job = std::make_unique<Job>();
+  job->what = a.op;
+  for (Tensor* t : {score, indptr, ids, len}) job->use(t);
+  size_t out_i = job->output(a.env, DType::F32, {total}, dev);
+  ReadScoresArgs args;
+  args.lists = int32_t(lists);
+  args.page_size = int32_t(S(score).shape[1]);
+  args.num_pages = S(score).shape[0];
+  args.score_pool = static_cast<const float*>(S(score).data);
+  args.page_indptr = i32(indptr);
+  args.page_ids = i32(ids);
+  args.kv_len = i32(len);
+  Job* j = job.get();
+  job->run = [j, args, out_i]() mutable {
+    args.out = static_cast<float*>(j->out_ptr(out_i));
+    return cpu_read_scores(args);
+  };
+  job->result = [](Napi::Env, std::vector<Napi::Object>& outs) -> Napi::Value { return outs[0]; };
+  return job;
+}
+
 template <Parser P>
 Napi::Value Sync(const Napi::CallbackInfo& info) {
   return run_sync(info, P);
@@ -822,6 +861,7 @@ void register_ops(Napi::Env env, Napi::Object exports) {
       {"append", Sync<parse_append>, Async<parse_append>},
       {"gather", Sync<parse_gather>, Async<parse_gather>},
       {"pageMeta", Sync<parse_page_meta>, Async<parse_page_meta>},
+      {"readScores", Sync<parse_read_scores>, Async<parse_read_scores>},
   };
   for (const Entry& e : entries) {
     exports.Set(e.name, Napi::Function::New(env, e.sync, e.name));

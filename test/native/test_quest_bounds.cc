@@ -68,8 +68,9 @@ struct Case {
     const int L = B * Hkv;
     indptr.assign(1, 0);
     for (int l = 0; l < L; ++l) indptr.push_back(indptr.back() + n_of(l) + randint(0, 1));  // spare pages too
+    if (indptr.back() == 0) indptr.back() = 1;  // page_ids must be a real (non-null) array
     const int total = indptr.back();
-    num_pages = total + randint(0, 5);
+    num_pages = total + randint(1, 5);  // >= 1 even when every list is empty
     std::vector<int32_t> perm(num_pages);
     std::iota(perm.begin(), perm.end(), 0);
     std::shuffle(perm.begin(), perm.end(), kvsqtest::rng());

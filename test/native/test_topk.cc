@@ -200,6 +200,16 @@ KVSQ_TEST(topk_long_rows_split_across_threads) {
       for (int k : {0, 1, 2048, 40000, 300000}) check_both(uniform_case(1, 300001, k, d));
     }
     check_both(uniform_case(1, 1 << 20, 2048, Dist::Normal));
+    // a few rows of mixed lengths, fewer than the threads when threads > 3
+    Case c;
+    c.rows = 3;
+    c.row_stride = 300001;
+    c.scores.resize(size_t(3) * c.row_stride);
+    fill(c.scores.data(), int(c.scores.size()), Dist::Softmaxish);
+    c.lengths = {300001, 100, 50000};
+    c.k = {5000, 7, 50000};
+    c.out_stride = 50000;
+    check_both(c);
   }
   set_pool_threads(0);
 }
@@ -306,4 +316,36 @@ KVSQ_TEST(topk_invalid_arguments_leave_outputs_untouched) {
   e.rows = 2, e.row_stride = 0, e.lengths = zl.data(), e.k = zk.data(), e.out_stride = 0, e.count = zc.data();
   CHECK(cpu_topk(e) == Status::Ok);
   CHECK(zc[0] == 0 && zc[1] == 0);
+}
+
+KVSQ_TEST(topk_sample_overestimate_falls_back) {
+  // Mirror of the kernel's sample positions (strided, xorshift jitter): putting
+  // large values exactly there makes the sampled bound too high, so fewer than
+  // k candidates survive and the whole-row fallback must give the answer. (If
+  // the sampling scheme changes this is still a valid test, only less pointed.)
+  for (int n : {131072, 300001}) {
+    const int k = 2048;
+    const double p = double(k) / n;
+    int64_t ns = std::max<int64_t>(1024, int64_t(std::ceil(16.0 / p)));
+    ns = std::min<int64_t>(ns, n / 4);
+    const int64_t block = n / ns;
+    std::vector<float> s(n, 0.f);
+    for (int i = 0; i < n; ++i) s[i] = randint(0, 1) ? 0.f : -0.f;
+    uint32_t h = 0x9e3779b9u;
+    for (int64_t i = 0; i < ns; ++i) {
+      h ^= h << 13;
+      h ^= h >> 17;
+      h ^= h << 5;
+      s[i * block + int64_t(h % uint32_t(block))] = 1.f + float(i % 3);
+    }
+    Case c;
+    c.rows = 1, c.row_stride = n, c.scores = s, c.k = {k}, c.out_stride = k;
+    check_both(c);
+    c.rows = 3;
+    c.scores.clear();
+    for (int r = 0; r < 3; ++r) c.scores.insert(c.scores.end(), s.begin(), s.end());
+    c.k = {k, k / 2, k * 3};
+    c.out_stride = k * 3;
+    check_both(c);
+  }
 }

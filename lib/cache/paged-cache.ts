@@ -1,0 +1,735 @@
+/**
+ * PagedKVCache: a paged, head-wise KV cache. Every KV head of every layer of
+ * every sequence has its own page list (so heads may keep different
+ * positions), pages come from one pool per cache, and compressing or removing
+ * a sequence returns whole pages to the pool: the memory saved is real.
+ *
+ * Bookkeeping per (sequence, layer, KV head): the pages in slot order, the
+ * number of slots held, the position each slot holds, and at most one hole (a
+ * slot evicted at the end of a decode step, refilled by the next token).
+ *
+ * Failure atomicity: every operation checks its inputs and takes all the pages
+ * it needs before it changes anything; a kernel failure afterwards gives the
+ * pages back. A failed call leaves the cache exactly as it was.
+ */
+import { ArgumentError, DTypeError, DisposedError, KvsqRangeError, ShapeError, StateError } from '../errors';
+import { ops, Reduce } from '../ops';
+import type { DecodeHeadView, DecodePolicy, PrefillDecision, PrefillPolicy } from '../policies/types';
+import { DType, Tensor } from '../tensor';
+import { PagePool } from './page-pool';
+
+export interface PagedKVCacheOptions {
+  layers: number;
+  kvHeads: number;
+  headDim: number;
+  /** Storage dtype of K and V (default f16). */
+  dtype?: DType;
+  /** 'cpu' (default) or 'cuda:N'. */
+  device?: string;
+  /** Slots per page (default 16). */
+  pageSize?: number;
+  /** Pages in the pool (default 8192). */
+  pages?: number;
+  /** Query heads (default kvHeads): fixes the GQA group size for scoring. */
+  qHeads?: number;
+}
+
+/** One policy for every layer, or one per layer. */
+export type PerLayer<T> = T | readonly T[];
+
+export interface SequenceOptions {
+  /** Prefill policy (default: keep the whole prompt). */
+  prefill?: PerLayer<PrefillPolicy | null>;
+  /** Decode policy (default: append, never evict). */
+  decode?: PerLayer<DecodePolicy | null>;
+}
+
+export interface CacheStats {
+  pages: { total: number; used: number; free: number; pageSize: number; bytesPerPage: number };
+  bytes: { pool: number; held: number; full: number; saved: number };
+  sequences: number;
+  /** tokens[layer][head]: tokens held, summed over sequences. */
+  tokens: number[][];
+}
+
+export interface SequenceStats {
+  id: number;
+  promptLength: number;
+  /** tokens[layer][head] */
+  tokens: number[][];
+  pages: number;
+  bytesHeld: number;
+  /** What the same sequence would hold with no compression. */
+  bytesFull: number;
+  bytesSaved: number;
+}
+
+class HeadList {
+  pages: number[] = [];
+  len = 0; // slots in use, the hole included
+  pos: Int32Array = new Int32Array(16);
+  hole = -1; // slot evicted last step, to be refilled first
+  frozen = 0; // slots written at prefill and frozen (ShotKV)
+
+  setPos(slot: number, p: number): void {
+    if (slot >= this.pos.length) {
+      const n = new Int32Array(Math.max(slot + 1, this.pos.length * 2));
+      n.set(this.pos);
+      this.pos = n;
+    }
+    this.pos[slot] = p;
+  }
+  /** Held positions, ascending. */
+  kept(): Int32Array {
+    const out: number[] = [];
+    for (let s = 0; s < this.len; s++) if (s !== this.hole) out.push(this.pos[s]);
+    return Int32Array.from(out).sort();
+  }
+  held(): number {
+    return this.len - (this.hole >= 0 ? 1 : 0);
+  }
+  clone(): HeadList {
+    const h = new HeadList();
+    h.pages = [...this.pages];
+    h.len = this.len;
+    h.pos = this.pos.slice();
+    h.hole = this.hole;
+    h.frozen = this.frozen;
+    return h;
+  }
+}
+
+interface LayerState {
+  heads: HeadList[];
+  nextPos: number; // position of the next token
+  steps: number;
+}
+
+const FLOAT: readonly DType[] = ['f32', 'f16', 'bf16'];
+
+function pick<T>(x: PerLayer<T> | undefined, layer: number, layers: number, what: string): T | undefined {
+  if (x === undefined) return undefined;
+  if (Array.isArray(x)) {
+    if (x.length !== layers) throw new ShapeError(`${what}: ${x.length} policies given for ${layers} layers`);
+    return x[layer] as T;
+  }
+  return x as T;
+}
+
+export class Sequence {
+  readonly id: number;
+  readonly cache: PagedKVCache;
+  /** @internal */ readonly layers: (LayerState | undefined)[];
+  /** @internal per-sequence policy state (ChunkKV index reuse). */ readonly state = new Map<string, unknown>();
+  /** Prompt length (set by the first prefill). */
+  promptLength = -1;
+  private readonly prefillPolicies: (PrefillPolicy | null | undefined)[];
+  private readonly decodePolicies: (DecodePolicy | null | undefined)[];
+  /** @internal */ removed = false;
+
+  /** @internal use cache.addSequence */
+  constructor(cache: PagedKVCache, id: number, o: SequenceOptions) {
+    this.cache = cache;
+    this.id = id;
+    this.layers = new Array(cache.numLayers).fill(undefined);
+    this.prefillPolicies = [];
+    this.decodePolicies = [];
+    for (let l = 0; l < cache.numLayers; l++) {
+      this.prefillPolicies.push(pick(o.prefill, l, cache.numLayers, 'addSequence: prefill'));
+      this.decodePolicies.push(pick(o.decode, l, cache.numLayers, 'addSequence: decode'));
+    }
+    for (const p of this.prefillPolicies)
+      if (p && typeof (p as PrefillPolicy).select !== 'function') throw new ArgumentError('addSequence: prefill must be a prefill policy (SnapKV, PyramidKV, ...)');
+    for (const p of this.decodePolicies)
+      if (p && typeof (p as DecodePolicy).evict !== 'function') throw new ArgumentError('addSequence: decode must be a decode policy (H2O, Quest, ...)');
+  }
+
+  prefillPolicy(layer: number): PrefillPolicy | null {
+    return this.prefillPolicies[layer] ?? null;
+  }
+  decodePolicy(layer: number): DecodePolicy | null {
+    return this.decodePolicies[layer] ?? null;
+  }
+
+  /** @internal */
+  live(): void {
+    if (this.removed) throw new DisposedError(`sequence ${this.id} was removed`);
+    this.cache.live();
+  }
+
+  /**
+   * Stores layer `layer`'s prompt, compressed by the layer's prefill policy.
+   * q [Hq, L, D], k and v [Hkv, L, D] (any float dtype; converted to the
+   * cache dtype when they differ). Returns the kept positions per KV head.
+   */
+  prefill(layer: number, q: Tensor, k: Tensor, v: Tensor): Int32Array[] {
+    this.live();
+    return this.cache.prefillSequence(this, layer, q, k, v);
+  }
+
+  /** Positions held per KV head at a layer, ascending. */
+  kept(layer: number): Int32Array[] {
+    this.live();
+    this.cache.checkLayer(layer);
+    const st = this.layers[layer];
+    return st ? st.heads.map((h) => h.kept()) : [];
+  }
+
+  /** Slot -> position of each KV head's list at a layer (holes hold -1). */
+  slots(layer: number): Int32Array[] {
+    this.live();
+    this.cache.checkLayer(layer);
+    const st = this.layers[layer];
+    if (!st) return [];
+    return st.heads.map((h) => {
+      const p = h.pos.slice(0, h.len);
+      if (h.hole >= 0) p[h.hole] = -1;
+      return p;
+    });
+  }
+
+  /** Next position at a layer (prompt length + decoded tokens). */
+  length(layer: number): number {
+    this.cache.checkLayer(layer);
+    return this.layers[layer]?.nextPos ?? 0;
+  }
+
+  stats(): SequenceStats {
+    this.live();
+    return this.cache.sequenceStats(this);
+  }
+
+  /** Frees every page of this sequence. */
+  remove(): void {
+    if (this.removed) return;
+    this.cache.removeSequence(this);
+  }
+}
+
+export class PagedKVCache {
+  readonly numLayers: number;
+  readonly numKvHeads: number;
+  readonly numQHeads: number;
+  readonly headDim: number;
+  readonly dtype: DType;
+  readonly device: string;
+  readonly pageSize: number;
+  /** @internal */ readonly pool: PagePool;
+  private readonly sequences = new Map<number, Sequence>();
+  private nextId = 0;
+  private disposed = false;
+
+  constructor(o: PagedKVCacheOptions) {
+    if (o === null || typeof o !== 'object') throw new ArgumentError('PagedKVCache: expected an options object');
+    const int = (x: unknown, what: string, lo: number, hi = 2 ** 31 - 1) => {
+      if (typeof x !== 'number' || !Number.isInteger(x) || x < lo || x > hi) throw new KvsqRangeError(`PagedKVCache: ${what} = ${String(x)}: expected an integer in [${lo}, ${hi}]`);
+      return x;
+    };
+    this.numLayers = int(o.layers, 'layers', 1, 4096);
+    this.numKvHeads = int(o.kvHeads, 'kvHeads', 1, 4096);
+    this.numQHeads = int(o.qHeads ?? o.kvHeads, 'qHeads', 1, 65536);
+    if (this.numQHeads % this.numKvHeads) throw new ShapeError(`PagedKVCache: qHeads ${this.numQHeads} is not a multiple of kvHeads ${this.numKvHeads}`);
+    this.headDim = int(o.headDim, 'headDim', 1, 4096);
+    this.pageSize = int(o.pageSize ?? 16, 'pageSize', 1, 4096);
+    const pages = int(o.pages ?? 8192, 'pages', 1);
+    const dtype = o.dtype ?? 'f16';
+    if (!FLOAT.includes(dtype)) throw new DTypeError(`PagedKVCache: dtype '${String(dtype)}' must be f32, f16 or bf16`);
+    this.dtype = dtype;
+    this.device = o.device ?? 'cpu';
+    this.pool = new PagePool({ numPages: pages, pageSize: this.pageSize, headDim: this.headDim, dtype, device: this.device, meta: true, scores: true });
+    this.device = this.pool.k.device;
+  }
+
+  /** @internal */
+  live(): void {
+    if (this.disposed) throw new DisposedError('the cache was disposed');
+  }
+  /** @internal */
+  checkLayer(layer: number): void {
+    if (typeof layer !== 'number' || !Number.isInteger(layer) || layer < 0 || layer >= this.numLayers)
+      throw new KvsqRangeError(`layer = ${String(layer)}: expected an integer in [0, ${this.numLayers})`);
+  }
+
+  addSequence(o: SequenceOptions = {}): Sequence {
+    this.live();
+    if (o === null || typeof o !== 'object') throw new ArgumentError('addSequence: expected an options object');
+    const s = new Sequence(this, this.nextId, o);
+    this.nextId++;
+    this.sequences.set(s.id, s);
+    return s;
+  }
+
+  /** @internal */
+  removeSequence(s: Sequence): void {
+    this.live();
+    if (s.cache !== this || !this.sequences.has(s.id)) throw new StateError(`sequence ${s.id} does not belong to this cache`);
+    const pages: number[] = [];
+    for (const st of s.layers) if (st) for (const h of st.heads) pages.push(...h.pages);
+    this.pool.release(pages);
+    this.sequences.delete(s.id);
+    s.removed = true;
+  }
+
+  /** Every sequence currently held. */
+  get size(): number {
+    return this.sequences.size;
+  }
+
+  // ---------------------------------------------------------------- prefill
+
+  /** Tensor in the cache dtype (a converted copy when it differs; the caller disposes copies). */
+  private asDType(t: Tensor, dtype: DType): Tensor {
+    if (t.dtype === dtype) return t;
+    return Tensor.from(t.toFloat32(), t.shape, { dtype, device: t.device });
+  }
+
+  /** @internal */
+  prefillSequence(seq: Sequence, layer: number, q: Tensor, k: Tensor, v: Tensor): Int32Array[] {
+    this.checkLayer(layer);
+    if (seq.layers[layer]) throw new StateError(`sequence ${seq.id}: layer ${layer} was already prefilled`);
+    for (const [t, n] of [[q, 'q'], [k, 'k'], [v, 'v']] as const) {
+      if (!(t instanceof Tensor)) throw new ArgumentError(`prefill: ${n} must be a Tensor`);
+      t.assertLive(`prefill: ${n}`);
+      if (!FLOAT.includes(t.dtype)) throw new DTypeError(`prefill: ${n} has dtype ${t.dtype}; expected f32, f16 or bf16`);
+      if (t.shape.length !== 3) throw new ShapeError(`prefill: ${n} must be 3-D, got [${t.shape.join(', ')}]`);
+      if (t.device !== this.device) throw new ShapeError(`prefill: ${n} is on ${t.device}, the cache on ${this.device}`);
+    }
+    const [Hq, L, D] = q.shape;
+    if (D !== this.headDim) throw new ShapeError(`prefill: head dim ${D} differs from the cache's ${this.headDim}`);
+    if (Hq !== this.numQHeads) throw new ShapeError(`prefill: q has ${Hq} heads; the cache was made with qHeads ${this.numQHeads}`);
+    const want = [this.numKvHeads, L, D];
+    for (const [t, n] of [[k, 'k'], [v, 'v']] as const)
+      if (t.shape.join() !== want.join()) throw new ShapeError(`prefill: ${n} has shape [${t.shape.join(', ')}]; expected [${want.join(', ')}]`);
+    if (L < 1) throw new ShapeError('prefill: the prompt is empty');
+    if (seq.promptLength >= 0 && seq.promptLength !== L)
+      throw new ShapeError(`prefill: layer ${layer} has ${L} tokens but earlier layers had ${seq.promptLength}`);
+
+    const Hkv = this.numKvHeads;
+    const kc = this.asDType(k, this.dtype);
+    const vc = this.asDType(v, this.dtype);
+    const qc = this.asDType(q, this.dtype);
+    const temps = [kc, vc, qc].filter((t, i) => t !== [k, v, q][i]);
+    let decision: PrefillDecision | undefined;
+    let initScores: Tensor | undefined;
+    try {
+      const ctx = { layer, numLayers: this.numLayers, q: qc, k: kc, seqLen: L, numQHeads: Hq, numKvHeads: Hkv, headDim: D, state: seq.state };
+      const policy = seq.prefillPolicy(layer);
+      decision = policy ? policy.select(ctx) : { kept: null };
+      const kept = decision.kept ?? Array.from({ length: Hkv }, () => {
+        const a = new Int32Array(L);
+        for (let i = 0; i < L; i++) a[i] = i;
+        return a;
+      });
+      if (kept.length !== Hkv) throw new StateError(`prefill policy returned ${kept.length} heads; expected ${Hkv}`);
+      // Scores the decode policy starts from.
+      const dec = seq.decodePolicy(layer);
+      if (dec?.accumulate) {
+        if (dec.wantsPrefillScores) {
+          initScores = decision.scores ?? ops.windowScores(qc, kc, { window: L, reduce: dec.accumulate });
+          if (initScores === decision.scores) decision.scores = undefined;
+        } else {
+          initScores = Tensor.zeros([Hkv, L], { dtype: 'f32', device: this.device });
+        }
+      }
+
+      // Take every page first: a pool that cannot hold the result changes nothing.
+      const P = this.pageSize;
+      const counts = kept.map((h) => Math.ceil(h.length / P));
+      const pages = this.pool.alloc(counts.reduce((a, b) => a + b, 0));
+      const heads: HeadList[] = [];
+      try {
+        const total = kept.reduce((n, h) => n + h.length, 0);
+        const src = new Int32Array(total);
+        const dst = new Int32Array(total);
+        const metaPages: number[] = [];
+        const metaFill: number[] = [];
+        let o = 0;
+        let pi = 0;
+        for (let j = 0; j < Hkv; j++) {
+          const h = new HeadList();
+          h.pages = pages.slice(pi, pi + counts[j]);
+          pi += counts[j];
+          const pos = kept[j];
+          for (let i = 0; i < pos.length; i++) {
+            if (i > 0 && pos[i] <= pos[i - 1]) throw new StateError(`prefill policy returned unsorted positions for head ${j}`);
+            if (pos[i] < 0 || pos[i] >= L) throw new StateError(`prefill policy returned position ${pos[i]} outside [0, ${L})`);
+            src[o] = j * L + pos[i];
+            dst[o] = h.pages[Math.floor(i / P)] * P + (i % P);
+            h.setPos(i, pos[i]);
+            o++;
+          }
+          h.len = pos.length;
+          if (decision.frozen) h.frozen = pos.length;
+          h.pages.forEach((p, idx) => {
+            metaPages.push(p);
+            metaFill.push(Math.min(P, pos.length - idx * P));
+          });
+          heads.push(h);
+        }
+        const srcT = Tensor.from(src, [total]);
+        const dstT = Tensor.from(dst, [total]);
+        const mp = Tensor.from(Int32Array.from(metaPages), [metaPages.length]);
+        const mf = Tensor.from(Int32Array.from(metaFill), [metaFill.length]);
+        const scoreSrc = initScores ? initScores : undefined;
+        try {
+          ops.gather({
+            kSrc: kc, vSrc: vc, srcRow: srcT, kPool: this.pool.k, vPool: this.pool.v, dstSlot: dstT,
+            scoreSrc, scorePool: scoreSrc ? this.pool.scores : undefined,
+          });
+          if (metaPages.length) ops.pageMeta({ kPool: this.pool.k, metaPool: this.pool.meta!, pageIds: mp, fill: mf });
+        } finally {
+          for (const t of [srcT, dstT, mp, mf]) t.dispose();
+        }
+      } catch (e) {
+        this.pool.release(pages);
+        throw e;
+      }
+      seq.layers[layer] = { heads, nextPos: L, steps: 0 };
+      if (seq.promptLength < 0) seq.promptLength = L;
+      return heads.map((h) => h.kept());
+    } finally {
+      decision?.scores?.dispose();
+      initScores?.dispose();
+      for (const t of temps) t.dispose();
+    }
+  }
+
+  // ---------------------------------------------------------------- page tables
+
+  /** @internal i32 tensors describing the lists of `seqs` at `layer` (b * Hkv + j order). */
+  pageTables(seqs: readonly Sequence[], layer: number): { indptr: Tensor; ids: Tensor; len: Tensor; lists: HeadList[] } {
+    const lists: HeadList[] = [];
+    for (const s of seqs) {
+      const st = s.layers[layer];
+      if (!st) throw new StateError(`sequence ${s.id}: layer ${layer} has not been prefilled`);
+      lists.push(...st.heads);
+    }
+    const indptr = new Int32Array(lists.length + 1);
+    lists.forEach((h, i) => (indptr[i + 1] = indptr[i] + h.pages.length));
+    const ids = new Int32Array(indptr[lists.length]);
+    lists.forEach((h, i) => ids.set(h.pages, indptr[i]));
+    const len = Int32Array.from(lists.map((h) => h.len));
+    return {
+      indptr: Tensor.from(indptr, [indptr.length]),
+      ids: Tensor.from(ids, [ids.length]),
+      len: Tensor.from(len, [len.length]),
+      lists,
+    };
+  }
+
+  private checkBatch(seqs: readonly Sequence[], what: string): void {
+    if (!Array.isArray(seqs) || seqs.length === 0) throw new ArgumentError(`${what}: sequences must be a non-empty array`);
+    const seen = new Set<number>();
+    for (const s of seqs) {
+      if (!(s instanceof Sequence)) throw new ArgumentError(`${what}: every element must be a Sequence`);
+      if (s.cache !== this) throw new StateError(`${what}: sequence ${s.id} belongs to another cache`);
+      s.live();
+      if (seen.has(s.id)) throw new ArgumentError(`${what}: sequence ${s.id} appears twice in the batch`);
+      seen.add(s.id);
+    }
+  }
+
+  private checkStepTensor(t: unknown, name: string, heads: number, B: number): Tensor {
+    if (!(t instanceof Tensor)) throw new ArgumentError(`${name} must be a Tensor`);
+    t.assertLive(name);
+    if (!FLOAT.includes(t.dtype)) throw new DTypeError(`${name} has dtype ${t.dtype}; expected f32, f16 or bf16`);
+    const want = [B, heads, this.headDim];
+    if (t.shape.join() !== want.join()) throw new ShapeError(`${name} has shape [${t.shape.join(', ')}]; expected [${want.join(', ')}]`);
+    if (t.device !== this.device) throw new ShapeError(`${name} is on ${t.device}, the cache on ${this.device}`);
+    return t;
+  }
+
+  /**
+   * Attention of q [B, Hq, D] over what the sequences hold at `layer`, without
+   * appending anything. Returns [B, Hq, D] in q's dtype.
+   */
+  attend(layer: number, seqs: readonly Sequence[], q: Tensor): Tensor {
+    this.live();
+    this.checkLayer(layer);
+    this.checkBatch(seqs, 'attend');
+    this.checkStepTensor(q, 'attend: q', this.numQHeads, seqs.length);
+    const t = this.pageTables(seqs, layer);
+    // A hole (evicted last step) must not be attended: attend() is between steps.
+    if (t.lists.some((h) => h.hole >= 0 && h.hole < h.len - 1)) {
+      for (const x of [t.indptr, t.ids, t.len]) x.dispose();
+      throw new StateError('attend: a list has an evicted slot pending refill; call decode() for the next token instead');
+    }
+    const lenArr = Int32Array.from(t.lists.map((h) => h.len - (h.hole === h.len - 1 ? 1 : 0)));
+    const len = Tensor.from(lenArr, [lenArr.length]);
+    try {
+      return ops.decodeAttention({ q, kPool: this.pool.k, vPool: this.pool.v, pageIndptr: t.indptr, pageIds: t.ids, kvLen: len, numKvHeads: this.numKvHeads }).o;
+    } finally {
+      for (const x of [t.indptr, t.ids, t.len, len]) x.dispose();
+    }
+  }
+
+  // ---------------------------------------------------------------- decode
+
+  /**
+   * One decode step for a batch of sequences at `layer`: appends each
+   * sequence's new k/v [B, Hkv, D] (into an evicted slot or the end of the
+   * list, with the Quest metadata update), attends q [B, Hq, D] over the held
+   * tokens (Quest: over the selected pages), accumulates scores when the
+   * policy needs them, and applies the policy's eviction. Returns [B, Hq, D].
+   */
+  decode(layer: number, seqs: readonly Sequence[], q: Tensor, k: Tensor, v: Tensor): Tensor {
+    this.live();
+    this.checkLayer(layer);
+    this.checkBatch(seqs, 'decode');
+    const B = seqs.length;
+    this.checkStepTensor(q, 'decode: q', this.numQHeads, B);
+    this.checkStepTensor(k, 'decode: k', this.numKvHeads, B);
+    this.checkStepTensor(v, 'decode: v', this.numKvHeads, B);
+    for (const s of seqs) if (!s.layers[layer]) throw new StateError(`decode: sequence ${s.id} has not been prefilled at layer ${layer}`);
+    const Hkv = this.numKvHeads;
+    const P = this.pageSize;
+
+    // Plan: the slot each (b, j) writes, and the pages that takes.
+    const plan: { list: HeadList; slot: number; newPage: boolean }[] = [];
+    for (const s of seqs)
+      for (const h of s.layers[layer]!.heads) {
+        if (h.hole >= 0) plan.push({ list: h, slot: h.hole, newPage: false });
+        else plan.push({ list: h, slot: h.len, newPage: h.len === h.pages.length * P });
+      }
+    const fresh = this.pool.alloc(plan.filter((x) => x.newPage).length);
+    const before = seqs.map((s) => ({ st: s.layers[layer]!, heads: s.layers[layer]!.heads.map((h) => h.clone()) }));
+    const temps: Tensor[] = [];
+    const track = <T extends Tensor>(t: T) => (temps.push(t), t);
+    try {
+      let fi = 0;
+      const slots = new Int32Array(plan.length);
+      const reset = new Int32Array(plan.length);
+      plan.forEach((x, i) => {
+        if (x.newPage) x.list.pages.push(fresh[fi++]);
+        const page = x.list.pages[Math.floor(x.slot / P)];
+        slots[i] = page * P + (x.slot % P);
+        reset[i] = x.newPage ? 1 : 0;
+      });
+      const kc = this.asDType(k, this.dtype);
+      if (kc !== k) track(kc);
+      const vc = this.asDType(v, this.dtype);
+      if (vc !== v) track(vc);
+      ops.append({
+        kNew: kc, vNew: vc, dstSlot: track(Tensor.from(slots, [slots.length])), kPool: this.pool.k, vPool: this.pool.v,
+        metaPool: this.pool.meta, resetMeta: track(Tensor.from(reset, [reset.length])), scorePool: this.pool.scores,
+      });
+      // Bookkeeping of the appended tokens.
+      let pi = 0;
+      for (const s of seqs) {
+        const st = s.layers[layer]!;
+        for (let j = 0; j < Hkv; j++) {
+          const x = plan[pi++];
+          x.list.setPos(x.slot, st.nextPos);
+          if (x.slot === x.list.len) x.list.len++;
+          x.list.hole = -1;
+        }
+      }
+
+      // Attention; the policy of each sequence decides accumulation and Quest.
+      const o = this.attendStep(layer, seqs, q, track);
+
+      // Eviction, per sequence.
+      let needScores = false;
+      for (const s of seqs) if (s.decodePolicy(layer)?.accumulate) needScores = true;
+      let scoreArr: Float32Array | undefined;
+      let scoreOff: number[] = [];
+      if (needScores) {
+        const t = this.pageTables(seqs, layer);
+        [t.indptr, t.ids, t.len].forEach(track);
+        const flat = track(ops.readScores({ scorePool: this.pool.scores!, pageIndptr: t.indptr, pageIds: t.ids, kvLen: t.len }));
+        scoreArr = flat.toFloat32();
+        scoreOff = [0];
+        for (const h of t.lists) scoreOff.push(scoreOff[scoreOff.length - 1] + h.len);
+      }
+      let li = 0;
+      for (const s of seqs) {
+        const st = s.layers[layer]!;
+        st.nextPos++;
+        st.steps++;
+        const pol = s.decodePolicy(layer);
+        if (!pol) {
+          li += Hkv;
+          continue;
+        }
+        const views: DecodeHeadView[] = st.heads.map((h, j) => ({
+          length: h.len,
+          positions: h.pos.subarray(0, h.len),
+          scores: scoreArr && pol.accumulate ? scoreArr.subarray(scoreOff[li + j], scoreOff[li + j + 1]) : undefined,
+          frozenSlots: h.frozen,
+          newest: st.nextPos - 1,
+          promptLength: s.promptLength,
+        }));
+        li += Hkv;
+        const ev = pol.evict(views, layer);
+        ev.forEach((slot, j) => {
+          if (slot < 0) return;
+          const h = st.heads[j];
+          if (slot >= h.len) throw new StateError(`decode policy ${pol.name} evicted slot ${slot} of ${h.len}`);
+          h.hole = slot;
+        });
+      }
+      return o;
+    } catch (e) {
+      // Restore the bookkeeping and give back the pages taken for this step.
+      before.forEach((b) => (b.st.heads.splice(0, b.heads.length, ...b.heads)));
+      this.pool.release(fresh);
+      throw e;
+    } finally {
+      for (const t of temps) t.dispose();
+    }
+  }
+
+  /** Attention for a decode step: dense, with accumulation, or over Quest-selected pages. */
+  private attendStep(layer: number, seqs: readonly Sequence[], q: Tensor, track: (t: Tensor) => Tensor): Tensor {
+    // Sequences of a batch may have different policies: group by (accumulate, quest) and run each group.
+    const groups = new Map<string, number[]>();
+    seqs.forEach((s, b) => {
+      const p = s.decodePolicy(layer);
+      const quest = p?.quest && layer >= p.quest.denseLayers ? p.quest : null;
+      const key = `${p?.accumulate ?? ''}|${quest ? `${quest.budget}:${quest.share}` : ''}`;
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key)!.push(b);
+    });
+    if (groups.size === 1) return this.attendGroup(layer, seqs, q, track);
+    // Mixed batch: one launch per group, outputs scattered back in batch order.
+    const B = seqs.length;
+    const Hq = this.numQHeads;
+    const D = this.headDim;
+    const qf = q.toFloat32();
+    const out = new Float32Array(B * Hq * D);
+    for (const idx of groups.values()) {
+      const sub = new Float32Array(idx.length * Hq * D);
+      idx.forEach((b, i) => sub.set(qf.subarray(b * Hq * D, (b + 1) * Hq * D), i * Hq * D));
+      const qs = track(Tensor.from(sub, [idx.length, Hq, D], { dtype: q.dtype }));
+      const o = track(this.attendGroup(layer, idx.map((b) => seqs[b]), qs, track)).toFloat32();
+      idx.forEach((b, i) => out.set(o.subarray(i * Hq * D, (i + 1) * Hq * D), b * Hq * D));
+    }
+    return Tensor.from(out, [B, Hq, D], { dtype: q.dtype });
+  }
+
+  private attendGroup(layer: number, seqs: readonly Sequence[], q: Tensor, track: (t: Tensor) => Tensor): Tensor {
+    const pol = seqs[0].decodePolicy(layer);
+    const t = this.pageTables(seqs, layer);
+    [t.indptr, t.ids, t.len].forEach(track);
+    const reduce: Reduce | undefined = pol?.accumulate ?? undefined;
+    let selIndptr: Tensor | undefined;
+    let selPages: Tensor | undefined;
+    const quest = pol?.quest && layer >= pol.quest.denseLayers ? pol.quest : null;
+    if (quest) {
+      const sel = this.questSelect(q, t, quest, track);
+      if (sel) [selIndptr, selPages] = sel;
+    }
+    return ops.decodeAttention({
+      q, kPool: this.pool.k, vPool: this.pool.v, pageIndptr: t.indptr, pageIds: t.ids, kvLen: t.len,
+      numKvHeads: this.numKvHeads, scorePool: reduce ? this.pool.scores : undefined, reduce, selIndptr, selPages,
+    }).o;
+  }
+
+  /**
+   * Quest page selection (methods.md): per query head (or per KV head with
+   * share), the top pages - 1 pages by bound plus the last page; lists with at
+   * most `pages` pages attend densely (every page listed).
+   */
+  private questSelect(
+    q: Tensor,
+    t: { indptr: Tensor; ids: Tensor; len: Tensor; lists: HeadList[] },
+    cfg: { budget: number; share: boolean },
+    track: (t: Tensor) => Tensor,
+  ): [Tensor, Tensor] | null {
+    const P = this.pageSize;
+    const pagesBudget = Math.max(1, Math.floor(cfg.budget / P));
+    const nPages = t.lists.map((h) => Math.ceil(h.len / P));
+    if (nPages.every((n) => n <= pagesBudget)) return null; // all dense
+    const bounds = track(ops.questBounds({ q, metaPool: this.pool.meta!, pageIndptr: t.indptr, pageIds: t.ids, kvLen: t.len, numKvHeads: this.numKvHeads, pageSize: P, share: cfg.share }));
+    const rowsPerSeq = cfg.share ? this.numKvHeads : this.numQHeads;
+    const B = q.shape[0];
+    const rows = B * rowsPerSeq;
+    const width = bounds.shape[2];
+    const g = this.numQHeads / this.numKvHeads;
+    const listOfRow = (r: number) => Math.floor(r / rowsPerSeq) * this.numKvHeads + (cfg.share ? r % rowsPerSeq : Math.floor((r % rowsPerSeq) / g));
+    const lengths = new Int32Array(rows);
+    for (let r = 0; r < rows; r++) lengths[r] = Math.max(0, nPages[listOfRow(r)] - 1);
+    const flat = track(Tensor.from(bounds.toFloat32(), [rows, width]));
+    const lenT = track(Tensor.from(lengths, [rows]));
+    const top = ops.topk(flat, pagesBudget - 1, { lengths: lenT });
+    track(top.indices);
+    track(top.counts);
+    const idx = top.indices.toArray() as Int32Array;
+    const cnt = top.counts.toArray() as Int32Array;
+    const tw = top.indices.shape[top.indices.shape.length - 1] ?? 0;
+    // Per query head: dense when the list is small, else the top pages plus the last.
+    const Hq = this.numQHeads;
+    const indptr = new Int32Array(B * Hq + 1);
+    const pages: number[] = [];
+    for (let b = 0; b < B; b++)
+      for (let h = 0; h < Hq; h++) {
+        const list = b * this.numKvHeads + Math.floor(h / g);
+        const n = nPages[list];
+        if (n <= pagesBudget) {
+          for (let p = 0; p < n; p++) pages.push(p);
+        } else {
+          const r = b * rowsPerSeq + (cfg.share ? Math.floor(h / g) : h);
+          for (let i = 0; i < cnt[r]; i++) pages.push(idx[r * tw + i]);
+          pages.push(n - 1);
+        }
+        indptr[b * Hq + h + 1] = pages.length;
+      }
+    return [track(Tensor.from(indptr, [indptr.length])), track(Tensor.from(Int32Array.from(pages), [pages.length]))];
+  }
+
+  // ---------------------------------------------------------------- accounting
+
+  /** @internal */
+  sequenceStats(s: Sequence): SequenceStats {
+    const tokens: number[][] = [];
+    let pages = 0;
+    let fullPages = 0;
+    for (const st of s.layers) {
+      if (!st) {
+        tokens.push([]);
+        continue;
+      }
+      tokens.push(st.heads.map((h) => h.held()));
+      for (const h of st.heads) pages += h.pages.length;
+      fullPages += this.numKvHeads * Math.ceil(st.nextPos / this.pageSize);
+    }
+    const bpp = this.pool.bytesPerPage;
+    return {
+      id: s.id,
+      promptLength: s.promptLength,
+      tokens,
+      pages,
+      bytesHeld: pages * bpp,
+      bytesFull: fullPages * bpp,
+      bytesSaved: (fullPages - pages) * bpp,
+    };
+  }
+
+  stats(): CacheStats {
+    this.live();
+    const tokens: number[][] = Array.from({ length: this.numLayers }, () => new Array(this.numKvHeads).fill(0));
+    let full = 0;
+    for (const s of this.sequences.values()) {
+      const ss = this.sequenceStats(s);
+      full += ss.bytesFull;
+      ss.tokens.forEach((row, l) => row.forEach((n, j) => (tokens[l][j] += n)));
+    }
+    const bpp = this.pool.bytesPerPage;
+    const held = this.pool.used * bpp;
+    return {
+      pages: { total: this.pool.numPages, used: this.pool.used, free: this.pool.free, pageSize: this.pageSize, bytesPerPage: bpp },
+      bytes: { pool: this.pool.numPages * bpp, held, full, saved: full - held },
+      sequences: this.sequences.size,
+      tokens,
+    };
+  }
+
+  /** Frees the pools. Every later call throws KVSQ_DISPOSED. */
+  dispose(): void {
+    if (this.disposed) return;
+    for (const s of this.sequences.values()) s.removed = true;
+    this.sequences.clear();
+    this.pool.dispose();
+    this.disposed = true;
+  }
+}

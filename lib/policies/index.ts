@@ -1,0 +1,15 @@
+export { StreamingLLM } from './streaming';
+export type { StreamingLLMOptions } from './streaming';
+export { SnapKV } from './snapkv';
+export type { SnapKVOptions } from './snapkv';
+export { PyramidKV, pyramidCapacity } from './pyramidkv';
+export type { PyramidKVOptions } from './pyramidkv';
+export { ChunkKV } from './chunkkv';
+export type { ChunkKVOptions } from './chunkkv';
+export { H2O } from './h2o';
+export type { H2OOptions } from './h2o';
+export { Quest } from './quest';
+export type { QuestOptions } from './quest';
+export { ShotKV } from './shotkv';
+export type { ShotKVOptions } from './shotkv';
+export type { PrefillPolicy, DecodePolicy, PrefillContext, PrefillDecision, DecodeHeadView, QuestConfig } from './types';
