@@ -4,6 +4,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { backend } from './backend';
+import { registerSelect } from './commands/select';
 import { KvsqError } from './errors';
 
 function formatInfo(): string {
@@ -41,6 +42,7 @@ export function buildProgram(io: CliIO): Command {
     .action((opts: { json?: boolean }) => {
       io.out((opts.json ? JSON.stringify(backend.info(), null, 2) : formatInfo()) + '\n');
     });
+  registerSelect(program, io);
   for (const register of commands) register(program, io);
   return program;
 }

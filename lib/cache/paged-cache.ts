@@ -216,6 +216,12 @@ export class PagedKVCache {
   readonly pageSize: number;
   /** @internal */ readonly pool: PagePool;
   private readonly sequences = new Map<number, Sequence>();
+  /**
+   * Diagnostics: the Quest pages read by the last decode() call, per query
+   * head (b * Hq + h), logical page indices ascending; null when that call
+   * attended densely everywhere.
+   */
+  lastSelection: Int32Array[] | null = null;
   private nextId = 0;
   private disposed = false;
 
@@ -492,6 +498,7 @@ export class PagedKVCache {
         else plan.push({ list: h, slot: h.len, newPage: h.len === h.pages.length * P });
       }
     const fresh = this.pool.alloc(plan.filter((x) => x.newPage).length);
+    this.lastSelection = null;
     const before = seqs.map((s) => ({ st: s.layers[layer]!, heads: s.layers[layer]!.heads.map((h) => h.clone()) }));
     const temps: Tensor[] = [];
     const track = <T extends Tensor>(t: T) => (temps.push(t), t);
@@ -674,6 +681,8 @@ export class PagedKVCache {
         }
         indptr[b * Hq + h + 1] = pages.length;
       }
+    const all = Int32Array.from(pages);
+    this.lastSelection = Array.from({ length: B * Hq }, (_, i) => all.slice(indptr[i], indptr[i + 1]));
     return [track(Tensor.from(indptr, [indptr.length])), track(Tensor.from(Int32Array.from(pages), [pages.length]))];
   }
 

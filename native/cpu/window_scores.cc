@@ -16,7 +16,9 @@
 //                  key block b (blocks of Lb <= 256 keys), plus m_b and the
 //                  block sum s_b per row and block,
 // i.e. O(L) per row of a bounded tile, never [Hq, w, L]. Two passes, both
-// parallel over key blocks of the tile (both cores work on one KV head):
+// parallel over key blocks of the tile (both cores work on one KV head; for
+// short prompts with enough KV heads the heads are split over the threads
+// instead, each with its own scratch set, see cpu_window_scores):
 //   1. for each block: pack 16 keys at a time into a transposed f32 panel
 //      [D][16] (converting f16/bf16 once; the panel then serves all R rows:
 //      GQA reuse), a 6x16 register-blocked FMA micro-kernel writes scale*dot
@@ -41,15 +43,24 @@
 // result is within ~3e-7 relative of e^x; results below e^-87.3 (near the
 // smallest normal f32) are flushed to 0. The portable path uses std::exp.
 // Tolerance against an exact (double) softmax of the same rounded inputs: each
-// P_i[t] has relative error <= 2 dz_i + ~3e-5, where dz_i = |scale| D 2^-24
-// max_t sum_d |q_d k_d| bounds the f32 dot error and 3e-5 covers exp, the
-// blocked sums (<= 256 + #blocks terms) and the row sum in phase 2 (<= 128
-// terms). As all terms of A_h[t] are positive, |A - A_ref| <= A_ref * (that).
+// P_i[t] has relative error <= 2 dz_i + 4e-5, where
+//   dz_i = |scale| D 2^-24 max_t sum_d |q_d k_d| + 2^-24 max_t |z_i[t]|
+// bounds the f32 logit error (FMA-chain dot, then the rounding of scale*dot;
+// it enters once through z and once through log S), and 4e-5 covers exp, the
+// blocked sums (<= 256 + #blocks terms), the phase-2 row sum (<= 128 terms)
+// and the mean division. All terms of A_h[t] are positive, so
+// |A - A_ref| <= sum_i P_i[t] (2 dz_i + 4e-5); mean/sum/max keep that bound.
 // test/native/test_window_scores.cc checks exactly this bound.
 //
+// Scratch memory: E is 4 R bytes per key (512 B at R = 128: 16 MiB for
+// L = 32K), plus O(R * L / 16) block statistics and g (Max) or 1 f32
+// accumulator rows of length L; the head-parallel split (short prompts only,
+// E <= 512 KiB) holds one such set per thread.
+//
 // Run-time dispatch: AVX2+FMA+F16C (cpu_features().simd()) for the packing,
-// micro-kernel, exp and column sums; otherwise portable scalar code (the
-// compiler's baseline SSE2 vectorisation only).
+// micro-kernel, exp and column sums; otherwise portable code (GCC/Clang
+// generic 4-lane vectors in the micro-kernel, i.e. SSE2 on baseline x86-64,
+// plain loops elsewhere, std::exp).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -75,7 +86,7 @@ constexpr int kNR = 16;         // keys per packed panel (two 8-lane vectors)
 constexpr int kMR = 6;          // query rows per micro-kernel call (12 accumulators)
 constexpr int kTileRows = 128;  // rows of a tile (g * rt); bounds E at 512 bytes per key
 constexpr int kMaxBlock = 256;  // keys per block (E block of 128 rows = 128 KiB, stays in L2)
-constexpr int64_t kHeadParallelBytes = int64_t(4) << 20;  // E per thread for the head-parallel split
+constexpr int64_t kHeadParallelBytes = int64_t(512) << 10;  // E per thread for the head-parallel split
 
 struct FreeDeleter {
   void operator()(float* p) const { std::free(p); }
@@ -83,6 +94,7 @@ struct FreeDeleter {
 using FBuf = std::unique_ptr<float[], FreeDeleter>;
 
 FBuf alloc_floats(int64_t n) {
+  if (n > (int64_t(1) << 40)) return nullptr;  // absurd sizes: report OOM, never wrap the byte count
   const size_t bytes = (size_t(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
   return FBuf(static_cast<float*>(std::aligned_alloc(64, bytes)));
 }
@@ -630,14 +642,14 @@ Status cpu_window_scores(const WindowScoresArgs& a) {
   const int nthreads = std::max(1, pool_threads());
   const int Hkv = a.num_kv_heads;
   const int g = a.num_q_heads / Hkv;
-  const int64_t e_bytes = int64_t(g) * std::max(1, std::min(a.window, kTileRows / g)) * round_up(a.seq_len, kNR) * 4;
+  const double e_bytes = double(g) * std::max(1, std::min(a.window, kTileRows / g)) * round_up(a.seq_len, kNR) * 4;
   // Heads in parallel (one scratch set per thread, no barriers inside a head)
-  // when the heads split evenly and each thread's E stays cache-sized; else
-  // every head is split over key blocks (one scratch set, E in the shared L3).
-  const char* mode = std::getenv("KVSQ_WS_MODE");
-  bool head_parallel = nthreads > 1 && Hkv >= nthreads && (Hkv % nthreads == 0 || Hkv >= 4 * nthreads) &&
-                       e_bytes <= kHeadParallelBytes;
-  if (mode) head_parallel = mode[0] == 'h';
+  // when the heads split evenly and each thread's E is small (short prompts:
+  // there the two barriers per tile cost more than the work; measured ~30%
+  // faster at L <= 1K). Otherwise every head is split over key blocks (one
+  // scratch set, E shared in L3), which was as fast or faster from L = 2K up.
+  const bool head_parallel = nthreads > 1 && Hkv >= nthreads && (Hkv % nthreads == 0 || Hkv >= 4 * nthreads) &&
+                             e_bytes <= double(kHeadParallelBytes);
   if (head_parallel) {
     std::unique_ptr<Ctx[]> ctx(new (std::nothrow) Ctx[nthreads]);
     std::unique_ptr<Scratch[]> scratch(new (std::nothrow) Scratch[nthreads]);
