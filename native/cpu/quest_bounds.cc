@@ -177,8 +177,9 @@ __attribute__((target("avx2,fma,f16c"))) void pages_simd(const Ctx& c, int64_t l
   const int ahead = int(std::min<size_t>(8, std::max<size_t>(2, 4096 / (2 * row_bytes))));
   for (int p = p0; p < p1; ++p) {
     if (p + ahead < p1) {
-      const char* nx = meta + size_t(ids[p + ahead]) * 2 * row_bytes;
-      for (size_t off = 0; off < 2 * row_bytes; off += 64) _mm_prefetch(nx + off, _MM_HINT_T0);
+      const uintptr_t s = reinterpret_cast<uintptr_t>(meta + size_t(ids[p + ahead]) * 2 * row_bytes);
+      for (uintptr_t line = s & ~uintptr_t(63); line < s + 2 * row_bytes; line += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T0);
     }
     const char* lo = meta + size_t(ids[p]) * 2 * row_bytes;
     const char* hi = lo + row_bytes;

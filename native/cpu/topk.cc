@@ -185,15 +185,17 @@ __attribute__((target("avx2,popcnt"))) int64_t candidates_avx2(const float* s, i
                                                                float lo, int32_t* ci, float* cv,
                                                                bool sparse) {
   const __m256 vlo = _mm256_set1_ps(lo);
+  const __m256i eight = _mm256_set1_epi32(8);
+  __m256i vbase = _mm256_set1_epi32(base);  // base + i, carried along
   int64_t i = 0, m = 0;
-  auto put = [&](__m256 x, int64_t at) __attribute__((target("avx2,popcnt"))) {
+  auto put = [&](__m256 x) __attribute__((target("avx2,popcnt"))) {
     // NLT_UQ: true for x >= lo and for NaN
     const unsigned mk = unsigned(_mm256_movemask_ps(_mm256_cmp_ps(x, vlo, _CMP_NLT_UQ)));
     const __m256i l = _mm256_load_si256(reinterpret_cast<const __m256i*>(g_lut.lanes[mk]));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ci + m),
-                        _mm256_add_epi32(l, _mm256_set1_epi32(int32_t(base + at))));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ci + m), _mm256_add_epi32(l, vbase));
     _mm256_storeu_ps(cv + m, _mm256_permutevar8x32_ps(x, l));
     m += __builtin_popcount(mk);
+    vbase = _mm256_add_epi32(vbase, eight);
   };
   if (sparse) {
     for (; i + 32 <= n; i += 32) {
@@ -202,20 +204,23 @@ __attribute__((target("avx2,popcnt"))) int64_t candidates_avx2(const float* s, i
       const __m256 any = _mm256_or_ps(
           _mm256_or_ps(_mm256_cmp_ps(x0, vlo, _CMP_NLT_UQ), _mm256_cmp_ps(x1, vlo, _CMP_NLT_UQ)),
           _mm256_or_ps(_mm256_cmp_ps(x2, vlo, _CMP_NLT_UQ), _mm256_cmp_ps(x3, vlo, _CMP_NLT_UQ)));
-      if (_mm256_testz_ps(any, any)) continue;
-      put(x0, i);
-      put(x1, i + 8);
-      put(x2, i + 16);
-      put(x3, i + 24);
+      if (_mm256_testz_ps(any, any)) {
+        vbase = _mm256_add_epi32(vbase, _mm256_set1_epi32(32));
+        continue;
+      }
+      put(x0);
+      put(x1);
+      put(x2);
+      put(x3);
     }
   }
   for (; i + 32 <= n; i += 32) {
-    put(_mm256_loadu_ps(s + i), i);
-    put(_mm256_loadu_ps(s + i + 8), i + 8);
-    put(_mm256_loadu_ps(s + i + 16), i + 16);
-    put(_mm256_loadu_ps(s + i + 24), i + 24);
+    put(_mm256_loadu_ps(s + i));
+    put(_mm256_loadu_ps(s + i + 8));
+    put(_mm256_loadu_ps(s + i + 16));
+    put(_mm256_loadu_ps(s + i + 24));
   }
-  for (; i + 8 <= n; i += 8) put(_mm256_loadu_ps(s + i), i);
+  for (; i + 8 <= n; i += 8) put(_mm256_loadu_ps(s + i));
   return m + candidates_scalar(s + i, n - i, int32_t(base + i), lo, ci + m, cv + m);
 }
 

@@ -1,0 +1,27 @@
+// The CUDA twins of the CPU kernels (native/cpu/kernels.h): same argument
+// structs (native/core/ops.h), every pointer a device pointer, a cudaStream_t
+// passed as void* so this header needs no CUDA include and the N-API layer
+// can call it from plain C++. Each launcher checks sizes, launches, checks
+// the launch, and returns a Status; it never synchronises the stream unless
+// its comment says so. Index contents (page ids, slots, lengths) are
+// validated by the caller on the host before they are uploaded.
+#pragma once
+#include <cstddef>
+
+#include "../native/core/ops.h"
+
+namespace kvsq {
+
+Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream);
+Status cuda_window_scores(const WindowScoresArgs& a, void* stream);
+Status cuda_pool1d(const Pool1dArgs& a, void* stream);
+Status cuda_chunk_scores(const ChunkScoresArgs& a, void* stream);
+// Synchronises the stream at the end: NaN detection reads a device flag.
+Status cuda_topk(const TopkArgs& a, void* stream);
+Status cuda_quest_bounds(const QuestBoundsArgs& a, void* stream);
+Status cuda_append(const AppendArgs& a, void* stream);
+Status cuda_gather(const GatherArgs& a, void* stream);
+Status cuda_page_meta(const PageMetaArgs& a, void* stream);
+Status cuda_read_scores(const ReadScoresArgs& a, void* stream);
+
+}  // namespace kvsq
