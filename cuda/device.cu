@@ -71,6 +71,14 @@ Status enter(int device) {
 
 }  // namespace
 
+// Kernel launchers (cuda/common.cuh) report their errors through here, so
+// last_cuda_error() names them and sticky errors poison the device.
+Status cuda_record_error(cudaError_t e) {
+  int dev = -1;
+  cudaGetDevice(&dev);
+  return record(dev, e);
+}
+
 int cuda_device_count() {
   static std::once_flag once;
   static int count = 0;

@@ -1,5 +1,5 @@
 /** What this build and this machine can do. Touches CUDA at first call, never at load. */
-import { KvsqRangeError } from './errors';
+import { KvsqRangeError, show } from './errors';
 import { native } from './native';
 
 export interface CudaDevice {
@@ -35,7 +35,7 @@ export const backend = {
   },
   /** Threads of the CPU kernel pool (0 = default: KVSQ_THREADS or all cores). Returns the count in use. */
   setThreads(n: number): number {
-    if (!Number.isInteger(n) || n < 0 || n > 256) throw new KvsqRangeError(`setThreads: expected an integer in [0, 256], got ${n}`);
+    if (!Number.isInteger(n) || n < 0 || n > 256) throw new KvsqRangeError(`setThreads: expected an integer in [0, 256], got ${show(n)}`);
     return native.setThreads(n);
   },
   /** @internal tests: force the portable (0) or SIMD (1) CPU paths; -1 restores detection. */

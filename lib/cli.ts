@@ -4,8 +4,10 @@
  */
 import { Command, CommanderError } from 'commander';
 import { backend } from './backend';
+import { registerEval } from './commands/eval';
 import { registerSelect } from './commands/select';
 import { KvsqError } from './errors';
+import { registerBench } from './bench';
 
 function formatInfo(): string {
   const i = backend.info();
@@ -27,6 +29,7 @@ export interface CliIO {
 
 /** Further commands register themselves here (select, eval, bench). */
 export const commands: CommandRegistrar[] = [];
+commands.push(registerBench);
 
 export function buildProgram(io: CliIO): Command {
   const program = new Command();
@@ -43,6 +46,7 @@ export function buildProgram(io: CliIO): Command {
       io.out((opts.json ? JSON.stringify(backend.info(), null, 2) : formatInfo()) + '\n');
     });
   registerSelect(program, io);
+  registerEval(program, io);
   for (const register of commands) register(program, io);
   return program;
 }

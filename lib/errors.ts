@@ -116,3 +116,16 @@ export const errorClasses: Record<string, new (message: string) => KvsqError> = 
   KVSQ_STATE: StateError,
   KVSQ_INTERNAL: KvsqError,
 };
+
+/** A user value for an error message; never throws (Symbols, arrays of Symbols, revoked proxies...). */
+export function show(x: unknown): string {
+  try {
+    if (typeof x === 'symbol') return x.toString();
+    if (typeof x === 'bigint') return `${x.toString()}n`;
+    if (typeof x === 'function') return 'a function';
+    if (Array.isArray(x)) return `[${x.map(show).join(', ')}]`;
+    return String(x);
+  } catch {
+    return Object.prototype.toString.call(x);
+  }
+}

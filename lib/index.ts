@@ -22,6 +22,7 @@ export type {
   GatherArgs,
   PageMetaArgs,
   ReadScoresArgs,
+  WriteScoresArgs,
 } from './ops';
 export { PagedKVCache, Sequence } from './cache/paged-cache';
 export type { PagedKVCacheOptions, SequenceOptions, CacheStats, SequenceStats, PerLayer } from './cache/paged-cache';

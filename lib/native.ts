@@ -35,12 +35,11 @@ export interface NativeAddon {
 function load(): NativeAddon {
   // dist/native.js and lib/native.ts both sit one level below the package root.
   const root = path.join(__dirname, '..');
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const nodeGypBuild = require('node-gyp-build') as (dir: string) => NativeAddon;
-  // KVSQ_ADDON names a specific binary (a debug or sanitizer build, say).
+  // KVSQ_ADDON names a specific binary (a debug, sanitizer or CUDA build
+  // carried to another machine); node-gyp-build is not needed then.
   const explicit = process.env.KVSQ_ADDON;
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const addon = explicit ? (require(path.resolve(explicit)) as NativeAddon) : nodeGypBuild(root);
+  const addon = explicit ? (require(path.resolve(explicit)) as NativeAddon) : (require('node-gyp-build') as (dir: string) => NativeAddon)(root);
   addon.setErrorClasses(errorClasses);
   return addon;
 }

@@ -7,7 +7,7 @@
  * crash. Each op has a Promise form (`...Async`) that runs the kernel on
  * libuv's thread pool, for servers that must not block the event loop.
  */
-import { ArgumentError, DTypeError, KvsqRangeError, ShapeError } from './errors';
+import { ArgumentError, DTypeError, KvsqRangeError, ShapeError, show } from './errors';
 import { native, NativeTensorHandle } from './native';
 import { DType, Tensor } from './tensor';
 
@@ -30,7 +30,7 @@ function optTensor(t: unknown, what: string, dtypes?: readonly DType[], rank?: n
 }
 function int(x: unknown, what: string, lo: number, hi = 2 ** 31 - 1): number {
   if (typeof x !== 'number' || !Number.isInteger(x) || x < lo || x > hi)
-    throw new KvsqRangeError(`${what} = ${String(x)}: expected an integer in [${lo}, ${hi}]`);
+    throw new KvsqRangeError(`${what} = ${show(x)}: expected an integer in [${lo}, ${hi}]`);
   return x;
 }
 function optInt(x: unknown, what: string, lo: number, hi?: number): number | undefined {
@@ -44,7 +44,7 @@ function finite(x: unknown, what: string): number | undefined {
 function oneOf<T extends string>(x: unknown, what: string, allowed: readonly T[]): T | undefined {
   if (x === undefined) return undefined;
   if (typeof x !== 'string' || !(allowed as readonly string[]).includes(x))
-    throw new KvsqRangeError(`${what} = ${String(x)}: expected one of ${allowed.join(', ')}`);
+    throw new KvsqRangeError(`${what} = ${show(x)}: expected one of ${allowed.join(', ')}`);
   return x as T;
 }
 function object(o: unknown, what: string): Record<string, unknown> {
@@ -315,6 +315,15 @@ function readScoresArgs(a: ReadScoresArgs) {
   };
 }
 
+export interface WriteScoresArgs extends ReadScoresArgs {
+  /** f32 [sum kvLen]: the lists' scores, concatenated (as readScores returns them). */
+  values: Tensor;
+}
+function writeScoresArgs(a: WriteScoresArgs) {
+  const o = object(a, 'writeScores');
+  return { ...readScoresArgs(a), values: tensor(o.values, 'writeScores: values', F32).handle };
+}
+
 // ------------------------------------------------------------------ the ops object
 
 export const ops = {
@@ -351,4 +360,7 @@ export const ops = {
   /** Accumulated scores of each list's slots, lists concatenated: f32 [sum kvLen]. */
   readScores: (a: ReadScoresArgs): Tensor => wrap(N.readScores(readScoresArgs(a))),
   readScoresAsync: async (a: ReadScoresArgs): Promise<Tensor> => wrap(await N.readScoresAsync(readScoresArgs(a))),
+  /** The inverse of readScores: writes the lists' scores back into the pool (in place). */
+  writeScores: (a: WriteScoresArgs): void => void N.writeScores(writeScoresArgs(a)),
+  writeScoresAsync: async (a: WriteScoresArgs): Promise<void> => void (await N.writeScoresAsync(writeScoresArgs(a))),
 };

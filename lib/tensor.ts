@@ -6,7 +6,7 @@
  * Device memory is not seen by the garbage collector: call dispose() (or use
  * `using t = ...`); the finalizer only catches what was forgotten.
  */
-import { ArgumentError, DTypeError, DisposedError, ShapeError } from './errors';
+import { ArgumentError, DTypeError, DisposedError, ShapeError, show } from './errors';
 import { native, NativeTensorHandle } from './native';
 
 export type DType = 'f32' | 'f16' | 'bf16' | 'i32';
@@ -28,14 +28,14 @@ export function checkShape(shape: unknown, what = 'shape'): number[] {
   if (shape.length > MAX_RANK) throw new ShapeError(`${what} has ${shape.length} dimensions; at most ${MAX_RANK} are supported`);
   return shape.map((d, i) => {
     if (typeof d !== 'number' || !Number.isInteger(d) || d < 0 || d >= 2 ** 31)
-      throw new ShapeError(`${what}[${i}] = ${String(d)}: expected an integer in [0, 2^31)`);
+      throw new ShapeError(`${what}[${i}] = ${show(d)}: expected an integer in [0, 2^31)`);
     return d;
   });
 }
 
 export function checkDType(dtype: unknown, what = 'dtype'): DType {
   if (typeof dtype !== 'string' || !(DTYPES as readonly string[]).includes(dtype))
-    throw new DTypeError(`${what}: unknown dtype '${String(dtype)}' (expected one of ${DTYPES.join(', ')})`);
+    throw new DTypeError(`${what}: unknown dtype '${show(dtype)}' (expected one of ${DTYPES.join(', ')})`);
   return dtype as DType;
 }
 
@@ -73,6 +73,7 @@ export class Tensor {
     let src: Float32Array | Uint16Array | Int32Array;
     let kind = typedKind(data);
     if (Array.isArray(data)) {
+      if (!data.every((x) => typeof x === 'number')) throw new ArgumentError('Tensor.from: a number[] must hold numbers only');
       src = Float32Array.from(data as number[]);
       kind = 'Float32Array';
     } else if (kind) {

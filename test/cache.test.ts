@@ -304,6 +304,28 @@ describe('PagedKVCache: pool exhaustion and freeing', () => {
     }
   });
 
+  test('a decode step whose policy fails leaves the cache exactly as it was', () => {
+    const cache = new PagedKVCache({ layers: 1, kvHeads: 2, qHeads: 2, headDim: 8, pageSize: 4, pages: 20 });
+    const p = prompt(2, 2, 4, 8);
+    try {
+      const bad = { name: 'bad', params: {}, accumulate: null, wantsPrefillScores: false, quest: null, evict: () => [99, 99] };
+      const good = cache.addSequence();
+      const s = cache.addSequence({ decode: bad });
+      good.prefill(0, p.q, p.k, p.v);
+      s.prefill(0, p.q, p.k, p.v);
+      const before = snapshot(cache, [good, s]);
+      const q = Tensor.from(rand(2 * 2 * 8), [2, 2, 8]);
+      const kv = Tensor.from(rand(2 * 2 * 8), [2, 2, 8]);
+      expectCode(() => cache.decode(0, [good, s], q, kv, kv), 'KVSQ_STATE');
+      q.dispose();
+      kv.dispose();
+      expect(snapshot(cache, [good, s])).toEqual(before);
+    } finally {
+      p.dispose();
+      cache.dispose();
+    }
+  });
+
   it('remove() returns every page of a sequence, whatever it held', () => {
     const cache = new PagedKVCache({ layers: 3, kvHeads: 2, qHeads: 4, headDim: 16, pageSize: 8, pages: 200 });
     const seqs: Sequence[] = [];
@@ -475,6 +497,121 @@ describe('PagedKVCache: attention over the compressed cache', () => {
       for (let x = 0; x < Hq * D; x++) expect(Math.abs(got[x] - want[x])).toBeLessThanOrEqual(1e-5);
       q.dispose();
       o.dispose();
+    } finally {
+      cache.dispose();
+    }
+  });
+});
+
+// ---------------------------------------------------------------- H2O decode against a float64 model
+
+describe('H2O decode steps against a float64 model of methods.md', () => {
+  // Per KV head: the kept (position, score) pairs, scores from the prefill
+  // column sums; each step appends the new token with score 0, attends over
+  // the kept tokens plus the new one (its output checked too), adds the
+  // group-reduced probabilities, and beyond heavy + recent evicts the
+  // lowest-scoring token older than the last `recent` positions (ties: lower
+  // position). Accumulated fp32 scores can near-tie: a different eviction is
+  // accepted only between scores within 1e-4 relative, and the model then
+  // follows the library's choice.
+  const cases: ['mean' | 'sum' | 'max', number, number, number][] = [
+    ['mean', 2, 80, 1],
+    ['sum', 2, 61, 2],
+    ['max', 1, 50, 4],
+  ];
+  it.each(cases)('gqa %s, g %d, L %d, Hkv %d', (gqa, g, L, Hkv) => {
+    const Hq = g * Hkv;
+    const D = 16;
+    const dtype = 'f16';
+    const o = { heavy: 7, recent: 5, gqa };
+    const cache = new PagedKVCache({ layers: 1, kvHeads: Hkv, qHeads: Hq, headDim: D, dtype, pageSize: 4, pages: 200 });
+    try {
+      const h2o = new H2O(o);
+      const s = cache.addSequence({ prefill: h2o, decode: h2o });
+      const p = prompt(Hq, Hkv, L, D);
+      s.prefill(0, p.q, p.k, p.v);
+      const d = { Hq, Hkv, L, D };
+      const qr = R.rounded(p.q.toFloat32(), dtype);
+      const K = new Map<string, Float32Array>();
+      const V = new Map<string, Float32Array>();
+      const pk = R.rounded(p.k.toFloat32(), dtype);
+      const pv = R.rounded(p.v.toFloat32(), dtype);
+      for (let j = 0; j < Hkv; j++)
+        for (let t = 0; t < L; t++) {
+          K.set(`${j}:${t}`, pk.subarray((j * L + t) * D, (j * L + t + 1) * D));
+          V.set(`${j}:${t}`, pv.subarray((j * L + t) * D, (j * L + t + 1) * D));
+        }
+      p.dispose();
+      const ref = R.h2oRef(qr, pk, d, o);
+      expect(R.compareKept(s.kept(0), ref, 2e-5).problems).toEqual([]);
+      // Model state from the library's prefill choice (near-ties aside, the same).
+      const model = s.kept(0).map((h, j) => Array.from(h).map((t) => ({ pos: t, score: ref.S[j][t] })));
+      let resyncs = 0;
+      const scale = 1 / Math.sqrt(D);
+      for (let step = 0; step < 40; step++) {
+        const newPos = L + step;
+        const qd = rand(Hq * D, -2, 2);
+        const kd = R.rounded(rand(Hkv * D), dtype);
+        const vd = R.rounded(rand(Hkv * D), dtype);
+        for (let j = 0; j < Hkv; j++) {
+          K.set(`${j}:${newPos}`, kd.subarray(j * D, (j + 1) * D));
+          V.set(`${j}:${newPos}`, vd.subarray(j * D, (j + 1) * D));
+          model[j].push({ pos: newPos, score: 0 });
+        }
+        const q = Tensor.from(qd, [1, Hq, D]);
+        const kt = Tensor.from(kd, [1, Hkv, D]);
+        const vt = Tensor.from(vd, [1, Hkv, D]);
+        const out = cache.decode(0, [s], q, kt, vt);
+        const got = out.toFloat32();
+        [q, kt, vt, out].forEach((t) => t.dispose());
+        // Attention and the score update.
+        const add = model.map((m) => new Float64Array(m.length).fill(gqa === 'max' ? -Infinity : 0));
+        for (let h = 0; h < Hq; h++) {
+          const j = Math.floor(h / g);
+          const z = model[j].map(({ pos }) => {
+            const kv = K.get(`${j}:${pos}`)!;
+            let dot = 0;
+            for (let x = 0; x < D; x++) dot += qd[h * D + x] * kv[x];
+            return scale * dot;
+          });
+          const m = Math.max(...z);
+          const e = z.map((x) => Math.exp(x - m));
+          const sum = e.reduce((a, b) => a + b, 0);
+          const oh = new Float64Array(D);
+          model[j].forEach(({ pos }, i) => {
+            const pr = e[i] / sum;
+            const vv = V.get(`${j}:${pos}`)!;
+            for (let x = 0; x < D; x++) oh[x] += pr * vv[x];
+            add[j][i] = gqa === 'max' ? Math.max(add[j][i], pr) : add[j][i] + pr;
+          });
+          for (let x = 0; x < D; x++) if (!(Math.abs(got[h * D + x] - oh[x]) <= 1e-5)) throw new Error(`step ${step} head ${h}: output ${got[h * D + x]} vs ${oh[x]}`);
+        }
+        model.forEach((m, j) => m.forEach((e, i) => (e.score += gqa === 'mean' ? add[j][i] / g : add[j][i])));
+        // Eviction.
+        const lib = s.kept(0);
+        model.forEach((m, j) => {
+          if (m.length > o.heavy + o.recent) {
+            let best = -1;
+            m.forEach((e, i) => {
+              if (e.pos > newPos - o.recent) return;
+              if (best < 0 || e.score < m[best].score || (e.score === m[best].score && e.pos < m[best].pos)) best = i;
+            });
+            const libSet = new Set(lib[j]);
+            const libGone = m.findIndex((e) => !libSet.has(e.pos));
+            if (libGone !== best) {
+              const a = m[libGone]?.score;
+              const b = m[best].score;
+              if (a === undefined || !(Math.abs(a - b) <= 1e-4 * Math.max(a, b))) throw new Error(`step ${step} head ${j}: evicted position ${m[libGone]?.pos} (model score ${a}), the model evicts ${m[best].pos} (score ${b})`);
+              resyncs++;
+              best = libGone;
+            }
+            m.splice(best, 1);
+          }
+          expect(Array.from(lib[j])).toEqual(m.map((e) => e.pos).sort((x, y) => x - y));
+        });
+      }
+      expect(resyncs).toBeLessThanOrEqual(3);
+      expect(s.kept(0).map((h) => h.length)).toEqual(new Array(Hkv).fill(o.heavy + o.recent));
     } finally {
       cache.dispose();
     }

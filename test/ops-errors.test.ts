@@ -96,10 +96,9 @@ runCases('decodeAttention: bad inputs', [
   ['pageIndptr[0] negative', 'decodeAttention', D({ pageIndptr: i([-1, 2, 4]) }), 'KVSQ_RANGE'],
   ['page id past the pool', 'decodeAttention', D({ pageIds: i([1, 0, 3, 6]) }), 'KVSQ_RANGE'],
   ['negative page id', 'decodeAttention', D({ pageIds: i([1, -1, 3, 2]) }), 'KVSQ_RANGE'],
-  // The kernel reports a kvLen beyond its list's pages as a size inconsistency (KVSQ_SHAPE);
-  // questBounds reports the same condition as KVSQ_RANGE (see below). Both are asserted as they are.
-  ['kvLen larger than its pages hold', 'decodeAttention', D({ kvLen: i([5, 9]) }), 'KVSQ_SHAPE'],
-  ['negative kvLen', 'decodeAttention', D({ kvLen: i([-1, 8]) }), 'KVSQ_SHAPE'],
+  // A kvLen beyond its list's pages is an index error (KVSQ_RANGE), as in questBounds.
+  ['kvLen larger than its pages hold', 'decodeAttention', D({ kvLen: i([5, 9]) }), 'KVSQ_RANGE'],
+  ['negative kvLen', 'decodeAttention', D({ kvLen: i([-1, 8]) }), 'KVSQ_RANGE'],
   ['selIndptr without selPages', 'decodeAttention', D({ selIndptr: i([0, 1, 2, 3, 4]) }), 'KVSQ_ARG'],
   ['selIndptr of the wrong length', 'decodeAttention', D({ selIndptr: i([0, 1, 2]), selPages: i([0, 1]) }), 'KVSQ_SHAPE'],
   ['selIndptr decreasing', 'decodeAttention', D({ selIndptr: i([0, 2, 1, 2, 2]), selPages: i([0, 1]) }), 'KVSQ_RANGE'],
@@ -380,7 +379,7 @@ const da = (p: Pools, over: Record<string, unknown> = {}) => [
 ];
 runInPlace('decodeAttention with a score pool: failures leave it unchanged', [
   ['page id past the pool', 'decodeAttention', (p) => da(p, { pageIds: i([1, 0, 3, 5]) }), 'KVSQ_RANGE'],
-  ['kvLen larger than its pages hold', 'decodeAttention', (p) => da(p, { kvLen: i([5, 9]) }), 'KVSQ_SHAPE'],
+  ['kvLen larger than its pages hold', 'decodeAttention', (p) => da(p, { kvLen: i([5, 9]) }), 'KVSQ_RANGE'],
   ['selected page beyond the list', 'decodeAttention', (p) => da(p, { selIndptr: i([0, 1, 2, 3, 4]), selPages: i([1, 0, 0, 2]) }), 'KVSQ_RANGE'],
   ['reduce unknown', 'decodeAttention', (p) => da(p, { reduce: 'avg' }), 'KVSQ_RANGE'],
 ]);

@@ -11,6 +11,7 @@
  * onnxruntime-node's CPU attention on the same shape when it is installed.
  */
 import type { Command } from 'commander';
+import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import type { CliIO } from '../cli';
@@ -63,12 +64,14 @@ export interface BenchRow {
   /** decode attention only: onnxruntime-node on the same shape, or why not */
   ort?: OrtResult | 'unavailable';
   ortNote?: string;
+  /** set when the kernel's bytes fit in the last-level cache: its GB/s is cache bandwidth and may pass the copy roofline */
+  note?: string;
 }
 
 export interface BenchReport {
   backend: string;
   quick: boolean;
-  machine: { cpu: string; threads: number; simd: string; loadavg: number[]; node: string };
+  machine: { cpu: string; threads: number; simd: string; loadavg: number[]; node: string; llcBytes: number | null };
   rooflines: {
     copyGbps: number;
     copyMethod: string;
@@ -80,6 +83,20 @@ export interface BenchReport {
 }
 
 const BASELINE_LIMIT_MS = 20000;
+
+/** Size of the last-level cache from sysfs (Linux), null when unknown. */
+function llcBytes(): number | null {
+  for (const idx of [3, 2]) {
+    try {
+      const t = fs.readFileSync(`/sys/devices/system/cpu/cpu0/cache/index${idx}/size`, 'utf8').trim();
+      const m = /^(\d+)([KMG]?)$/.exec(t);
+      if (m) return Number(m[1]) * ({ '': 1, K: 1024, M: 2 ** 20, G: 2 ** 30 } as Record<string, number>)[m[2]];
+    } catch {
+      // try the next level
+    }
+  }
+  return null;
+}
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -146,6 +163,7 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchReport> {
   const copy: CopyRoofline = await copyBandwidth(quick ? { mib: 64, reps: 3 } : { mib: 256, reps: 5 });
   const ortWhy = o.ort === false ? 'skipped (--no-ort)' : ortUnavailable();
 
+  const llc = llcBytes();
   const rows: BenchRow[] = [];
   for (const c of cases) {
     log(`${c.kernel} ${c.dtype} ${c.shape} ...`);
@@ -173,6 +191,8 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchReport> {
         baselineNote: b.note,
         speedup: b.ms / t.ms,
       };
+      if (llc !== null && p.bytes < llc)
+        row.note = `${(p.bytes / 2 ** 20).toFixed(1)} MiB moved < ${(llc / 2 ** 20).toFixed(0)} MiB last-level cache: cache-resident between runs, GB/s is not a DRAM figure`;
       if (p.ort) {
         if (ortWhy) {
           row.ort = 'unavailable';
@@ -214,7 +234,7 @@ export async function runBench(o: BenchOptions = {}): Promise<BenchReport> {
   return {
     backend: be,
     quick,
-    machine: { cpu: os.cpus()[0]?.model ?? 'unknown', threads: info.cpu.threads, simd: info.cpu.simd, loadavg: os.loadavg(), node: process.version },
+    machine: { cpu: os.cpus()[0]?.model ?? 'unknown', threads: info.cpu.threads, simd: info.cpu.simd, loadavg: os.loadavg(), node: process.version, llcBytes: llc },
     rooflines: {
       copyGbps: copy.gbps,
       copyMethod: copy.method,
@@ -249,7 +269,7 @@ export function formatReport(r: BenchReport): string {
     x.shape,
     fmt(x.ms, 3),
     fmt(x.gbps, 2),
-    fmt(x.rooflinePct, 1),
+    fmt(x.rooflinePct, 1) + (x.note ? '+' : ''),
     x.gflops === null ? '-' : fmt(x.gflops, 1),
     x.gflops === null ? '-' : fmt(x.peakPct, 1),
     fmt(x.baseline, 1) + (x.baselineNote.startsWith('scaled') ? '*' : ''),
@@ -267,6 +287,11 @@ export function formatReport(r: BenchReport): string {
     L.push('');
     for (const x of notes) L.push(`* ${x.kernel} ${x.dtype}: TS reference ${x.baselineNote}`);
   }
+  const cached = r.rows.filter((x) => x.note);
+  if (cached.length) {
+    L.push('');
+    L.push(`+ working set smaller than the ${r.machine.llcBytes ? (r.machine.llcBytes / 2 ** 20).toFixed(0) + ' MiB ' : ''}last-level cache (stays cached between runs): ${cached.map((x) => x.kernel + (x.dtype !== 'f32' ? ' ' + x.dtype : '')).join(', ')}; their % copy compares cache bandwidth with the DRAM copy roofline`);
+  }
   const orts = r.rows.filter((x) => x.ortNote);
   if (orts.length) {
     L.push('');
@@ -274,7 +299,7 @@ export function formatReport(r: BenchReport): string {
       L.push(`ORT ${x.kernel} ${x.dtype}: ${x.ortNote}${x.ort && x.ort !== 'unavailable' ? `; max |ORT - ours| ${x.ort.maxAbsDiff.toExponential(2)}` : ''}`);
   }
   L.push('');
-  L.push('GB/s: bytes the kernel must move / median time; % copy: of the copy roofline above. GFLOP/s for the compute-bound window scores (QK flops) and, for information, the others.');
+  L.push('GB/s: bytes the kernel must move / median time; % copy: of the copy roofline above. GFLOP/s: window scores (QK flops, compute-bound) and decode (QK + PV flops).');
   return L.join('\n') + '\n';
 }
 

@@ -261,7 +261,6 @@ function questCase(Hq: number, Hkv: number, D: number, L: number, P: number, dt:
           last = ops.questBounds(args);
         },
         bytes: Hkv * (pages - 1) * 2 * D * BYTES[dt] + Hq * D * BYTES[dt] + (share ? Hkv : Hq) * (pages - 1) * 4,
-        flops: Hq * (pages - 1) * D * 4,
         baseline: {
           maxDiv: Hkv,
           shapeAt: (div) => `Hq${Hq / div} Hkv${Hkv / div} D${D} ${pages} pages`,

@@ -12,7 +12,7 @@
  * it needs before it changes anything; a kernel failure afterwards gives the
  * pages back. A failed call leaves the cache exactly as it was.
  */
-import { ArgumentError, DTypeError, DisposedError, KvsqRangeError, ShapeError, StateError } from '../errors';
+import { ArgumentError, DTypeError, DisposedError, KvsqRangeError, ShapeError, StateError, show } from '../errors';
 import { ops, Reduce } from '../ops';
 import type { DecodeHeadView, DecodePolicy, PrefillDecision, PrefillPolicy } from '../policies/types';
 import { DType, Tensor } from '../tensor';
@@ -32,6 +32,8 @@ export interface PagedKVCacheOptions {
   pages?: number;
   /** Query heads (default kvHeads): fixes the GQA group size for scoring. */
   qHeads?: number;
+  /** The model's softmax scale (default 1/sqrt(headDim)): attention and scoring use it. */
+  scale?: number;
 }
 
 /** One policy for every layer, or one per layer. */
@@ -214,6 +216,7 @@ export class PagedKVCache {
   readonly dtype: DType;
   readonly device: string;
   readonly pageSize: number;
+  readonly scale: number;
   /** @internal */ readonly pool: PagePool;
   private readonly sequences = new Map<number, Sequence>();
   /**
@@ -228,7 +231,7 @@ export class PagedKVCache {
   constructor(o: PagedKVCacheOptions) {
     if (o === null || typeof o !== 'object') throw new ArgumentError('PagedKVCache: expected an options object');
     const int = (x: unknown, what: string, lo: number, hi = 2 ** 31 - 1) => {
-      if (typeof x !== 'number' || !Number.isInteger(x) || x < lo || x > hi) throw new KvsqRangeError(`PagedKVCache: ${what} = ${String(x)}: expected an integer in [${lo}, ${hi}]`);
+      if (typeof x !== 'number' || !Number.isInteger(x) || x < lo || x > hi) throw new KvsqRangeError(`PagedKVCache: ${what} = ${show(x)}: expected an integer in [${lo}, ${hi}]`);
       return x;
     };
     this.numLayers = int(o.layers, 'layers', 1, 4096);
@@ -237,9 +240,12 @@ export class PagedKVCache {
     if (this.numQHeads % this.numKvHeads) throw new ShapeError(`PagedKVCache: qHeads ${this.numQHeads} is not a multiple of kvHeads ${this.numKvHeads}`);
     this.headDim = int(o.headDim, 'headDim', 1, 4096);
     this.pageSize = int(o.pageSize ?? 16, 'pageSize', 1, 4096);
+    if (o.scale !== undefined && (typeof o.scale !== 'number' || !Number.isFinite(o.scale) || o.scale <= 0))
+      throw new KvsqRangeError(`PagedKVCache: scale = ${show(o.scale)} must be a positive finite number`);
+    this.scale = o.scale ?? 1 / Math.sqrt(this.headDim);
     const pages = int(o.pages ?? 8192, 'pages', 1);
     const dtype = o.dtype ?? 'f16';
-    if (!FLOAT.includes(dtype)) throw new DTypeError(`PagedKVCache: dtype '${String(dtype)}' must be f32, f16 or bf16`);
+    if (!FLOAT.includes(dtype)) throw new DTypeError(`PagedKVCache: dtype '${show(dtype)}' must be f32, f16 or bf16`);
     this.dtype = dtype;
     this.device = o.device ?? 'cpu';
     this.pool = new PagePool({ numPages: pages, pageSize: this.pageSize, headDim: this.headDim, dtype, device: this.device, meta: true, scores: true });
@@ -253,7 +259,7 @@ export class PagedKVCache {
   /** @internal */
   checkLayer(layer: number): void {
     if (typeof layer !== 'number' || !Number.isInteger(layer) || layer < 0 || layer >= this.numLayers)
-      throw new KvsqRangeError(`layer = ${String(layer)}: expected an integer in [0, ${this.numLayers})`);
+      throw new KvsqRangeError(`layer = ${show(layer)}: expected an integer in [0, ${this.numLayers})`);
   }
 
   addSequence(o: SequenceOptions = {}): Sequence {
@@ -318,7 +324,10 @@ export class PagedKVCache {
     let decision: PrefillDecision | undefined;
     let initScores: Tensor | undefined;
     try {
-      const ctx = { layer, numLayers: this.numLayers, q: qc, k: kc, seqLen: L, numQHeads: Hq, numKvHeads: Hkv, headDim: D, state: seq.state };
+      // Policy state is staged and kept only if the prefill succeeds (a failed
+      // call must not leave, say, ChunkKV's reused indices behind).
+      const staged = new Map(seq.state);
+      const ctx = { layer, numLayers: this.numLayers, q: qc, k: kc, seqLen: L, numQHeads: Hq, numKvHeads: Hkv, headDim: D, state: staged, scale: this.scale };
       const policy = seq.prefillPolicy(layer);
       decision = policy ? policy.select(ctx) : { kept: null };
       const kept = decision.kept ?? Array.from({ length: Hkv }, () => {
@@ -331,7 +340,7 @@ export class PagedKVCache {
       const dec = seq.decodePolicy(layer);
       if (dec?.accumulate) {
         if (dec.wantsPrefillScores) {
-          initScores = decision.scores ?? ops.windowScores(qc, kc, { window: L, reduce: dec.accumulate });
+          initScores = decision.scores ?? ops.windowScores(qc, kc, { window: L, reduce: dec.accumulate, scale: this.scale });
           if (initScores === decision.scores) decision.scores = undefined;
         } else {
           initScores = Tensor.zeros([Hkv, L], { dtype: 'f32', device: this.device });
@@ -391,6 +400,8 @@ export class PagedKVCache {
         throw e;
       }
       seq.layers[layer] = { heads, nextPos: L, steps: 0 };
+      seq.state.clear();
+      for (const [key, value] of staged) seq.state.set(key, value);
       if (seq.promptLength < 0) seq.promptLength = L;
       return heads.map((h) => h.kept());
     } finally {
@@ -463,7 +474,7 @@ export class PagedKVCache {
     const lenArr = Int32Array.from(t.lists.map((h) => h.len - (h.hole === h.len - 1 ? 1 : 0)));
     const len = Tensor.from(lenArr, [lenArr.length]);
     try {
-      return ops.decodeAttention({ q, kPool: this.pool.k, vPool: this.pool.v, pageIndptr: t.indptr, pageIds: t.ids, kvLen: len, numKvHeads: this.numKvHeads }).o;
+      return ops.decodeAttention({ q, kPool: this.pool.k, vPool: this.pool.v, pageIndptr: t.indptr, pageIds: t.ids, kvLen: len, numKvHeads: this.numKvHeads, scale: this.scale }).o;
     } finally {
       for (const x of [t.indptr, t.ids, t.len, len]) x.dispose();
     }
@@ -499,9 +510,16 @@ export class PagedKVCache {
       }
     const fresh = this.pool.alloc(plan.filter((x) => x.newPage).length);
     this.lastSelection = null;
-    const before = seqs.map((s) => ({ st: s.layers[layer]!, heads: s.layers[layer]!.heads.map((h) => h.clone()) }));
+    const before = seqs.map((s) => {
+      const st = s.layers[layer]!;
+      return { st, heads: st.heads.map((h) => h.clone()), nextPos: st.nextPos, steps: st.steps };
+    });
     const temps: Tensor[] = [];
     const track = <T extends Tensor>(t: T) => (temps.push(t), t);
+    // What a failure after the kernels started must undo: the scores attention
+    // added (restored from a copy), and the page metadata append widened.
+    let scoreUndo: { tables: { indptr: Tensor; ids: Tensor; len: Tensor }; values: Tensor } | undefined;
+    const touched = new Set<number>();
     try {
       let fi = 0;
       const slots = new Int32Array(plan.length);
@@ -509,6 +527,7 @@ export class PagedKVCache {
       plan.forEach((x, i) => {
         if (x.newPage) x.list.pages.push(fresh[fi++]);
         const page = x.list.pages[Math.floor(x.slot / P)];
+        if (!x.newPage) touched.add(page);
         slots[i] = page * P + (x.slot % P);
         reset[i] = x.newPage ? 1 : 0;
       });
@@ -533,6 +552,11 @@ export class PagedKVCache {
       }
 
       // Attention; the policy of each sequence decides accumulation and Quest.
+      if (seqs.some((s) => s.decodePolicy(layer)?.accumulate)) {
+        const t = this.pageTables(seqs, layer);
+        [t.indptr, t.ids, t.len].forEach(track);
+        scoreUndo = { tables: t, values: track(ops.readScores({ scorePool: this.pool.scores!, pageIndptr: t.indptr, pageIds: t.ids, kvLen: t.len })) };
+      }
       const o = this.attendStep(layer, seqs, q, track);
 
       // Eviction, per sequence.
@@ -577,12 +601,49 @@ export class PagedKVCache {
       }
       return o;
     } catch (e) {
-      // Restore the bookkeeping and give back the pages taken for this step.
-      before.forEach((b) => (b.st.heads.splice(0, b.heads.length, ...b.heads)));
+      // Restore the bookkeeping, the scores and the metadata, and give back
+      // the pages taken for this step.
+      for (const b of before) {
+        b.st.heads.splice(0, b.heads.length, ...b.heads);
+        b.st.nextPos = b.nextPos;
+        b.st.steps = b.steps;
+      }
       this.pool.release(fresh);
+      this.undoStep(scoreUndo, touched, before.flatMap((b) => b.heads));
       throw e;
     } finally {
       for (const t of temps) t.dispose();
+    }
+  }
+
+  /** Best-effort undo of a failed step's writes (errors here would hide the original one). */
+  private undoStep(scoreUndo: { tables: { indptr: Tensor; ids: Tensor; len: Tensor }; values: Tensor } | undefined, touched: Set<number>, heads: HeadList[]): void {
+    try {
+      if (scoreUndo) ops.writeScores({ scorePool: this.pool.scores!, pageIndptr: scoreUndo.tables.indptr, pageIds: scoreUndo.tables.ids, kvLen: scoreUndo.tables.len, values: scoreUndo.values });
+      if (touched.size && this.pool.meta) {
+        const pages: number[] = [];
+        const fill: number[] = [];
+        for (const h of heads)
+          h.pages.forEach((p, i) => {
+            const n = Math.min(this.pageSize, h.len - i * this.pageSize);
+            if (touched.has(p) && n > 0) {
+              pages.push(p);
+              fill.push(n);
+            }
+          });
+        if (pages.length) {
+          const pt = Tensor.from(Int32Array.from(pages), [pages.length]);
+          const ft = Tensor.from(Int32Array.from(fill), [fill.length]);
+          try {
+            ops.pageMeta({ kPool: this.pool.k, metaPool: this.pool.meta, pageIds: pt, fill: ft });
+          } finally {
+            pt.dispose();
+            ft.dispose();
+          }
+        }
+      }
+    } catch {
+      // The original error is what the caller needs to see.
     }
   }
 
@@ -628,7 +689,7 @@ export class PagedKVCache {
     }
     return ops.decodeAttention({
       q, kPool: this.pool.k, vPool: this.pool.v, pageIndptr: t.indptr, pageIds: t.ids, kvLen: t.len,
-      numKvHeads: this.numKvHeads, scorePool: reduce ? this.pool.scores : undefined, reduce, selIndptr, selPages,
+      numKvHeads: this.numKvHeads, scale: this.scale, scorePool: reduce ? this.pool.scores : undefined, reduce, selIndptr, selPages,
     }).o;
   }
 

@@ -14,7 +14,7 @@
  * This module does not load the native addon; only toTensor/fromTensor do.
  */
 import * as fs from 'fs';
-import { ArgumentError, DTypeError, FormatError, ShapeError } from '../errors';
+import { ArgumentError, DTypeError, FormatError, ShapeError, show } from '../errors';
 import type { DType, Tensor } from '../tensor';
 
 export type SafetensorsDType = 'F32' | 'F16' | 'BF16' | 'I32';
@@ -91,7 +91,7 @@ function describe(v: unknown): string {
   if (Array.isArray(v)) return 'an array';
   if (typeof v === 'string') return `the string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + '...' : v)}`;
   if (typeof v === 'object') return 'an object';
-  return `${typeof v} ${String(v)}`;
+  return `${typeof v} ${show(v)}`;
 }
 
 function quote(name: string): string {
@@ -255,7 +255,7 @@ function checkOptions(opts: ReadSafetensorsOptions | undefined): number {
   const m = opts.maxHeaderBytes;
   if (m === undefined) return DEFAULT_MAX_HEADER_BYTES;
   if (typeof m !== 'number' || !Number.isSafeInteger(m) || m < 0)
-    throw new ArgumentError(`readSafetensors: maxHeaderBytes must be a non-negative integer, got ${String(m)}`);
+    throw new ArgumentError(`readSafetensors: maxHeaderBytes must be a non-negative integer, got ${show(m)}`);
   return m;
 }
 
@@ -370,13 +370,13 @@ function prepare(tensors: SafetensorsInput): Prepared[] {
     if (entry === null || typeof entry !== 'object') throw new ArgumentError(`${where}: entry must be { dtype, shape, data }`);
     const dtype = entry.dtype;
     if (typeof dtype !== 'string' || !(SAFETENSORS_DTYPES as readonly string[]).includes(dtype))
-      throw new DTypeError(`${where}: unknown dtype '${String(dtype)}' (expected one of ${SAFETENSORS_DTYPES.join(', ')})`);
+      throw new DTypeError(`${where}: unknown dtype '${show(dtype)}' (expected one of ${SAFETENSORS_DTYPES.join(', ')})`);
     const sh: unknown = entry.shape;
     if (!Array.isArray(sh)) throw new ShapeError(`${where}: shape must be an array of non-negative integers`);
     if (sh.length > MAX_RANK) throw new ShapeError(`${where}: shape has ${sh.length} dimensions; at most ${MAX_RANK} are supported`);
     const shape = sh.map((d: unknown, i: number) => {
       if (typeof d !== 'number' || !Number.isInteger(d) || d < 0 || d >= MAX_DIM)
-        throw new ShapeError(`${where}: shape[${i}] = ${String(d)}: expected an integer in [0, 2^31)`);
+        throw new ShapeError(`${where}: shape[${i}] = ${show(d)}: expected an integer in [0, 2^31)`);
       return d;
     });
     const data: unknown = entry.data;
@@ -526,7 +526,7 @@ export function toTensor(entry: SafetensorsEntry, opts: ToTensorOptions = {}): T
   if (opts === null || typeof opts !== 'object') throw new ArgumentError('toTensor: options must be an object');
   const { Tensor: T, checkDType } = tensorModule();
   if (!(SAFETENSORS_DTYPES as readonly string[]).includes(entry.dtype))
-    throw new DTypeError(`toTensor: unknown dtype '${String(entry.dtype)}' (expected one of ${SAFETENSORS_DTYPES.join(', ')})`);
+    throw new DTypeError(`toTensor: unknown dtype '${show(entry.dtype)}' (expected one of ${SAFETENSORS_DTYPES.join(', ')})`);
   const own = TO_DTYPE[entry.dtype];
   const target = opts.dtype === undefined ? own : checkDType(opts.dtype, 'toTensor: dtype');
   const device = opts.device;

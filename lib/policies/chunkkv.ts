@@ -6,7 +6,7 @@
  * chunks and the next N - 1 layers reuse them without scoring.
  */
 import { ops } from '../ops';
-import { Budget, BudgetOptions, budgetParams, checkInt, parseBudget, resolveBudget } from './budget';
+import { Budget, BudgetOptions, budgetParams, checkInt, parseBudget, resolveBudget, checkOptions } from './budget';
 import { chunkPositions, concat, range, topkRows } from './positions';
 import type { PrefillContext, PrefillDecision, PrefillPolicy } from './types';
 import { effectiveWindow, WindowConfig, windowConfig, WindowOptions, windowScores } from './window';
@@ -26,6 +26,7 @@ export class ChunkKV implements PrefillPolicy {
   readonly reuse: number;
 
   constructor(o: ChunkKVOptions = {}) {
+    o = checkOptions(o, 'ChunkKV');
     this.budget = parseBudget(o, 'ChunkKV', 2048);
     this.win = windowConfig(o, 'ChunkKV');
     this.chunk = checkInt(o.chunk ?? 10, 'ChunkKV: chunk', 1);

@@ -6,9 +6,9 @@
  * than the last `recent` positions is evicted (one per step; its slot takes
  * the next token).
  */
-import { KvsqRangeError } from '../errors';
+import { KvsqRangeError, show } from '../errors';
 import { ops, Reduce } from '../ops';
-import { checkChoice } from './budget';
+import { checkChoice, checkOptions } from './budget';
 import { concat, range, topkRows } from './positions';
 import type { DecodeHeadView, DecodePolicy, PrefillContext, PrefillDecision, PrefillPolicy } from './types';
 
@@ -19,13 +19,14 @@ export interface H2OOptions {
   recent?: number;
   /** Group reduce over the query heads of a KV head (default mean). */
   gqa?: Reduce;
+  /** Softmax scale for the prefill scores (default: the cache's). */
   scale?: number;
 }
 
 function amount(x: number | undefined, what: string): number {
   const v = x ?? 0.1;
   if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || (v >= 1 && !Number.isInteger(v)))
-    throw new KvsqRangeError(`H2O: ${what} = ${String(v)}: expected a ratio in [0, 1) or a whole number of tokens`);
+    throw new KvsqRangeError(`H2O: ${what} = ${show(v)}: expected a ratio in [0, 1) or a whole number of tokens`);
   return v;
 }
 const tokens = (x: number, L: number) => (x < 1 ? Math.ceil(x * L) : x);
@@ -40,8 +41,10 @@ export class H2O implements PrefillPolicy, DecodePolicy {
   readonly quest = null;
 
   constructor(o: H2OOptions = {}) {
+    o = checkOptions(o, 'H2O');
     this.heavy = amount(o.heavy, 'heavy');
     this.recent = amount(o.recent, 'recent');
+    if (this.heavy === 0 && this.recent === 0) throw new KvsqRangeError('H2O: heavy and recent cannot both be 0 (nothing would be kept)');
     this.gqa = checkChoice(o.gqa ?? 'mean', 'H2O: gqa', ['mean', 'sum', 'max'] as const);
     this.scale = o.scale;
   }
@@ -62,7 +65,7 @@ export class H2O implements PrefillPolicy, DecodePolicy {
   select(ctx: PrefillContext): PrefillDecision {
     const L = ctx.seqLen;
     const [heavy, recent] = this.sizes(L);
-    const scores = ops.windowScores(ctx.q, ctx.k, { window: L, reduce: this.gqa, scale: this.scale });
+    const scores = ops.windowScores(ctx.q, ctx.k, { window: L, reduce: this.gqa, scale: this.scale ?? ctx.scale });
     if (L <= heavy + recent) return { kept: null, scores };
     const older = L - recent;
     let top: Int32Array[];

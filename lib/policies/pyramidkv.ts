@@ -3,7 +3,7 @@
  * per-layer budget that shrinks linearly from the lowest layer to the top
  * (pyramidal information funnelling); the mean over layers is about C.
  */
-import { Budget, BudgetOptions, budgetParams, checkInt, parseBudget, resolveBudget } from './budget';
+import { Budget, BudgetOptions, budgetParams, checkInt, parseBudget, resolveBudget, checkOptions } from './budget';
 import { selectWithWindow } from './snapkv';
 import type { PrefillContext, PrefillDecision, PrefillPolicy } from './types';
 import { effectiveWindow, PoolConfig, poolConfig, PoolOptions, WindowConfig, windowConfig, WindowOptions } from './window';
@@ -36,6 +36,7 @@ export class PyramidKV implements PrefillPolicy {
   readonly beta: number;
 
   constructor(o: PyramidKVOptions = {}) {
+    o = checkOptions(o, 'PyramidKV');
     this.budget = parseBudget(o, 'PyramidKV', 2048);
     this.win = windowConfig(o, 'PyramidKV');
     this.pooling = poolConfig(o, 'PyramidKV');

@@ -5,7 +5,7 @@
  * sum_d max(q_d * kmax_d, q_d * kmin_d) is largest (floor(budget / P) - 1 of
  * them) plus the current page, and attends exactly over their tokens.
  */
-import { checkInt } from './budget';
+import { checkInt, checkOptions } from './budget';
 import type { DecodeHeadView, DecodePolicy, QuestConfig } from './types';
 
 export interface QuestOptions {
@@ -24,6 +24,7 @@ export class Quest implements DecodePolicy {
   readonly quest: QuestConfig;
 
   constructor(o: QuestOptions = {}) {
+    o = checkOptions(o, 'Quest');
     this.quest = {
       budget: checkInt(o.budget ?? 2048, 'Quest: budget', 1),
       denseLayers: checkInt(o.denseLayers ?? 2, 'Quest: denseLayers', 0),

@@ -11,9 +11,9 @@
  * attention (summed over heads) and beyond C_decode the lowest-scoring
  * generated token is evicted; prompt tokens never are.
  */
-import { KvsqRangeError } from '../errors';
+import { KvsqRangeError, show } from '../errors';
 import { ops } from '../ops';
-import { checkInt } from './budget';
+import { checkInt, checkOptions } from './budget';
 import { concat, range } from './positions';
 import type { DecodeHeadView, DecodePolicy, PrefillContext, PrefillDecision, PrefillPolicy } from './types';
 import { WindowConfig, windowConfig, WindowOptions, windowScores } from './window';
@@ -41,6 +41,7 @@ export class ShotKV implements PrefillPolicy, DecodePolicy {
   readonly quest = null;
 
   constructor(o: ShotKVOptions) {
+    o = checkOptions(o, 'ShotKV');
     if (!o || !Array.isArray(o.shots)) throw new KvsqRangeError('ShotKV: shots must be an array of [start, end) pairs');
     const shots = o.shots.map((s, i) => {
       if (!Array.isArray(s) || s.length !== 2) throw new KvsqRangeError(`ShotKV: shots[${i}] must be [start, end)`);
@@ -58,7 +59,7 @@ export class ShotKV implements PrefillPolicy, DecodePolicy {
     if (o.prefillBudget !== undefined) this.prefillBudget = checkInt(o.prefillBudget, 'ShotKV: prefillBudget', 1);
     if (o.prefillRatio !== undefined) {
       if (typeof o.prefillRatio !== 'number' || !(o.prefillRatio >= 0 && o.prefillRatio < 1))
-        throw new KvsqRangeError(`ShotKV: prefillRatio = ${String(o.prefillRatio)} must be in [0, 1)`);
+        throw new KvsqRangeError(`ShotKV: prefillRatio = ${show(o.prefillRatio)} must be in [0, 1)`);
       this.prefillRatio = o.prefillRatio;
     }
     if (this.prefillBudget === undefined && this.prefillRatio === undefined) this.prefillBudget = 2048;
@@ -124,7 +125,9 @@ export class ShotKV implements PrefillPolicy, DecodePolicy {
    */
   evict(views: DecodeHeadView[]): number[] {
     const v0 = views[0];
-    const generated = v0.length - v0.frozenSlots;
+    // Generated tokens are those past the prompt, whatever prefill policy kept the prompt.
+    let generated = 0;
+    for (let s = 0; s < v0.length; s++) if (v0.positions[s] >= v0.promptLength) generated++;
     if (generated <= this.decodeBudget || views.some((v) => !v.scores)) return views.map(() => -1);
     let best = -1;
     let bestScore = Infinity;

@@ -3,7 +3,7 @@
  * queries, pooled over the prefix; per KV head keep the top C - w prefix
  * positions plus the whole window. Nothing is evicted at decode.
  */
-import { Budget, BudgetOptions, budgetParams, parseBudget, resolveBudget } from './budget';
+import { Budget, BudgetOptions, budgetParams, parseBudget, resolveBudget, checkOptions } from './budget';
 import { concat, range, topkRows } from './positions';
 import type { PrefillContext, PrefillDecision, PrefillPolicy } from './types';
 import { effectiveWindow, PoolConfig, poolConfig, PoolOptions, pooledPrefix, WindowConfig, windowConfig, WindowOptions, windowScores } from './window';
@@ -33,6 +33,7 @@ export class SnapKV implements PrefillPolicy {
   readonly pooling: PoolConfig;
 
   constructor(o: SnapKVOptions = {}) {
+    o = checkOptions(o, 'SnapKV');
     this.budget = parseBudget(o, 'SnapKV', 2048);
     this.win = windowConfig(o, 'SnapKV');
     this.pooling = poolConfig(o, 'SnapKV');

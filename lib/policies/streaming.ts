@@ -4,7 +4,7 @@
  * budget is full, each new token evicts the oldest non-sink token.
  */
 import { KvsqRangeError } from '../errors';
-import { Budget, BudgetOptions, budgetParams, checkInt, parseBudget, resolveBudget } from './budget';
+import { Budget, BudgetOptions, budgetParams, checkInt, parseBudget, resolveBudget, checkOptions } from './budget';
 import { concat, range } from './positions';
 import type { DecodeHeadView, DecodePolicy, PrefillContext, PrefillDecision, PrefillPolicy } from './types';
 
@@ -22,6 +22,7 @@ export class StreamingLLM implements PrefillPolicy, DecodePolicy {
   readonly budget: Budget;
 
   constructor(o: StreamingLLMOptions = {}) {
+    o = checkOptions(o, 'StreamingLLM');
     this.budget = parseBudget(o, 'StreamingLLM', 2048);
     this.sinks = checkInt(o.sinks ?? 4, 'StreamingLLM: sinks', 0);
     if ('tokens' in this.budget && this.budget.tokens <= this.sinks)

@@ -19,6 +19,8 @@ export interface PrefillContext {
   headDim: number;
   /** Per-sequence state shared across layers (ChunkKV's index reuse). */
   state: Map<string, unknown>;
+  /** The cache's softmax scale; a policy's own `scale` option overrides it for scoring. */
+  scale?: number;
 }
 
 export interface PrefillDecision {

@@ -51,7 +51,7 @@ export function effectiveWindow(cfg: WindowConfig, seqLen: number): number {
 
 /** Window scores S [Hkv, L] (methods.md "Window scores"). */
 export function windowScores(ctx: PrefillContext, cfg: WindowConfig): Tensor {
-  return ops.windowScores(ctx.q, ctx.k, { window: effectiveWindow(cfg, ctx.seqLen), reduce: cfg.gqa, scale: cfg.scale });
+  return ops.windowScores(ctx.q, ctx.k, { window: effectiveWindow(cfg, ctx.seqLen), reduce: cfg.gqa, scale: cfg.scale ?? ctx.scale });
 }
 
 /** Pooled prefix scores [Hkv, L - w] (methods.md "Pooling"). Disposes `scores`. */

@@ -213,7 +213,9 @@ struct PageMetaArgs {
 // ---------------------------------------------------------------- score read-back
 // out[o_l + s] = score_pool[slot s of list l] for s < kv_len[l], lists in
 // order, o_l = sum of kv_len of the lists before l. The policy layer reads a
-// layer's accumulated scores in one call to pick evictions.
+// layer's accumulated scores in one call to pick evictions. With write_back
+// the copy goes the other way (score_pool[slot] = in[o_l + s]): a failed
+// decode step restores the scores it had read before attention.
 struct ReadScoresArgs {
   int32_t lists = 0;
   int32_t page_size = 0;
@@ -223,6 +225,8 @@ struct ReadScoresArgs {
   const int32_t* page_ids = nullptr;
   const int32_t* kv_len = nullptr;
   float* out = nullptr;                // [sum kv_len]
+  bool write_back = false;
+  const float* in = nullptr;           // [sum kv_len], with write_back
 };
 
 }  // namespace kvsq

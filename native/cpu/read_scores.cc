@@ -1,4 +1,4 @@
-// Score read-back: copies each list's accumulated scores (f32, slot order)
+// Score read-back (and restore, with write_back): copies each list's accumulated scores (f32, slot order)
 // into one flat array, so the policy layer reads a whole layer's scores with
 // one call instead of copying the pool. Layout: native/core/ops.h. Exact copy.
 #include <cstring>
@@ -12,7 +12,7 @@ namespace kvsq {
 Status cpu_read_scores(const ReadScoresArgs& a) {
   if (a.lists < 0 || a.page_size <= 0 || a.num_pages < 0) return Status::Shape;
   if (a.lists == 0) return Status::Ok;
-  if (!a.score_pool || !a.page_indptr || !a.page_ids || !a.kv_len || !a.out) return Status::Shape;
+  if (!a.score_pool || !a.page_indptr || !a.page_ids || !a.kv_len || (a.write_back ? !a.in : !a.out)) return Status::Shape;
   // Validate everything before writing: lengths within the list's pages, page ids in the pool.
   std::vector<int64_t> offset(size_t(a.lists) + 1, 0);
   for (int32_t l = 0; l < a.lists; ++l) {
@@ -28,12 +28,13 @@ Status cpu_read_scores(const ReadScoresArgs& a) {
   }
   parallel_for(a.lists, [&](int64_t b, int64_t e, int) {
     for (int64_t l = b; l < e; ++l) {
-      float* dst = a.out + offset[size_t(l)];
+      const int64_t off = offset[size_t(l)];
       int64_t left = a.kv_len[l];
       for (int64_t i = 0; left > 0; ++i) {
         const int64_t n = left < a.page_size ? left : a.page_size;
-        std::memcpy(dst, a.score_pool + int64_t(a.page_ids[a.page_indptr[l] + i]) * a.page_size, size_t(n) * 4);
-        dst += n;
+        float* pool = const_cast<float*>(a.score_pool) + int64_t(a.page_ids[a.page_indptr[l] + i]) * a.page_size;
+        if (a.write_back) std::memcpy(pool, a.in + off + i * a.page_size, size_t(n) * 4);
+        else std::memcpy(a.out + off + i * a.page_size, pool, size_t(n) * 4);
         left -= n;
       }
     }

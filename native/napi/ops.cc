@@ -795,13 +795,16 @@ std::unique_ptr<Job> parse_page_meta(const Napi::CallbackInfo& info) {
   return job;
 }
 
-std::unique_ptr<Job> parse_read_scores(const Napi::CallbackInfo& info) {
-  Opts a(info, "readScores");
+// readScores (write = false) and writeScores (write = true): the score pool
+// rows of a set of lists, flattened in list order.
+std::unique_ptr<Job> parse_scores(const Napi::CallbackInfo& info, bool write) {
+  Opts a(info, write ? "writeScores" : "readScores");
   Tensor* score = a.tensor("scorePool");
   Tensor* indptr = a.tensor("pageIndptr");
   Tensor* ids = a.tensor("pageIds");
   Tensor* len = a.tensor("kvLen");
-  int dev = same_device(a, {{"scorePool", score}, {"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}});
+  Tensor* values = write ? a.tensor("values") : nullptr;
+  int dev = same_device(a, {{"scorePool", score}, {"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}, {"values", values}});
   need_cpu(a, dev);
   need_dtype(a, score, "scorePool", {DType::F32});
   need_rank(a, score, "scorePool", 2);
@@ -813,10 +816,14 @@ std::unique_ptr<Job> parse_read_scores(const Napi::CallbackInfo& info) {
     if (i32(len)[l] < 0) throw_error(a.env, "KVSQ_RANGE", a.op + ": kvLen[" + std::to_string(l) + "] is negative");
     total += i32(len)[l];
   }
+  if (values) {
+    need_dtype(a, values, "values", {DType::F32});
+    need_numel(a, values, "values", total);
+  }
   auto job = std::make_unique<Job>();
   job->what = a.op;
-  for (Tensor* t : {score, indptr, ids, len}) job->use(t);
-  size_t out_i = job->output(a.env, DType::F32, {total}, dev);
+  for (Tensor* t : {score, indptr, ids, len, values}) job->use(t);
+  size_t out_i = write ? 0 : job->output(a.env, DType::F32, {total}, dev);
   ReadScoresArgs args;
   args.lists = int32_t(lists);
   args.page_size = int32_t(S(score).shape[1]);
@@ -825,14 +832,19 @@ std::unique_ptr<Job> parse_read_scores(const Napi::CallbackInfo& info) {
   args.page_indptr = i32(indptr);
   args.page_ids = i32(ids);
   args.kv_len = i32(len);
+  args.write_back = write;
+  args.in = values ? static_cast<const float*>(S(values).data) : nullptr;
   Job* j = job.get();
-  job->run = [j, args, out_i]() mutable {
-    args.out = static_cast<float*>(j->out_ptr(out_i));
+  job->run = [j, args, out_i, write, total]() mutable {
+    if (total == 0) return Status::Ok;
+    if (!write) args.out = static_cast<float*>(j->out_ptr(out_i));
     return cpu_read_scores(args);
   };
-  job->result = [](Napi::Env, std::vector<Napi::Object>& outs) -> Napi::Value { return outs[0]; };
+  if (!write) job->result = [](Napi::Env, std::vector<Napi::Object>& outs) -> Napi::Value { return outs[0]; };
   return job;
 }
+std::unique_ptr<Job> parse_read_scores(const Napi::CallbackInfo& info) { return parse_scores(info, false); }
+std::unique_ptr<Job> parse_write_scores(const Napi::CallbackInfo& info) { return parse_scores(info, true); }
 
 template <Parser P>
 Napi::Value Sync(const Napi::CallbackInfo& info) {
@@ -862,6 +874,7 @@ void register_ops(Napi::Env env, Napi::Object exports) {
       {"gather", Sync<parse_gather>, Async<parse_gather>},
       {"pageMeta", Sync<parse_page_meta>, Async<parse_page_meta>},
       {"readScores", Sync<parse_read_scores>, Async<parse_read_scores>},
+      {"writeScores", Sync<parse_write_scores>, Async<parse_write_scores>},
   };
   for (const Entry& e : entries) {
     exports.Set(e.name, Napi::Function::New(env, e.sync, e.name));

@@ -500,10 +500,10 @@ KVSQ_TEST(decode_attention_invalid_args) {
   {
     std::vector<int32_t> kl = p.kv_len;
     kl[1] = -1;
-    a = good; a.kv_len = kl.data(); expect("kv_len < 0", Status::Shape, a);
+    a = good; a.kv_len = kl.data(); expect("kv_len < 0", Status::Range, a);
     kl = p.kv_len;
     kl[2] = (p.indptr[3] - p.indptr[2]) * c.P + 1;
-    a = good; a.kv_len = kl.data(); expect("kv_len > capacity", Status::Shape, a);
+    a = good; a.kv_len = kl.data(); expect("kv_len > capacity", Status::Range, a);
   }
   {
     std::vector<int32_t> si = p.sel_indptr;

@@ -42,6 +42,22 @@ KVSQ_TEST(read_scores_vs_reference) {
     for (int l = 0; l < lists; ++l)
       for (int s = 0; s < len[l]; ++s) CHECK_EQ(out[o++], pool[size_t(ids[indptr[l] + s / P]) * P + s % P]);
     CHECK_EQ(out[total], -7.f);  // nothing written past the end
+    // write_back restores: scale the flat copy, write it back, read it again
+    std::vector<float> back(out.begin(), out.begin() + total), again(size_t(total) + 1, -7.f);
+    for (auto& x : back) x = x * 2.f + 1.f;
+    std::vector<float> before_pool = pool;
+    ReadScoresArgs w = a;
+    w.write_back = true;
+    w.in = back.data();
+    w.out = nullptr;
+    CHECK(cpu_read_scores(w) == Status::Ok);
+    a.out = again.data();
+    CHECK(cpu_read_scores(a) == Status::Ok);
+    for (int64_t i = 0; i < total; ++i) CHECK_EQ(again[i], back[i]);
+    // slots outside the lists' lengths keep their values
+    size_t changed = 0;
+    for (size_t i = 0; i < pool.size(); ++i) changed += pool[i] != before_pool[i];
+    CHECK_EQ(int64_t(changed), total);
   }
 }
 

@@ -1,0 +1,196 @@
+// Small shared device helpers of the CUDA kernels (cuda/*.cu). Header-only;
+// every .cu that includes it gets its own inline copies. Keep the API stable:
+// other kernel files include it read-only.
+//
+//   Status cuda_status(cudaError_t)      map a runtime error to a Status (Ok on success)
+//   Status cuda_launch_status()          cuda_status(cudaGetLastError()), after a launch
+//   KVSQ_CUDA_TRY(expr)                  return cuda_status(expr) from a Status function on error
+//   cu::ceil_div(a, b)                   host+device
+//   cu::to_f32(x), cu::from_f32<T>(f)    scalar conversions, T in {float, __half, __nv_bfloat16}
+//   cu::Vec16<T>                         16 bytes of T (8 x 16-bit or 4 x f32): load_vec16 -> floats
+//   cu::load_vec16 / store_vec16         16-byte vectorised load/store with conversion to/from f32
+//   cu::unpack16<T>(uint4, floats)        16 raw bytes (e.g. from shared memory) -> floats
+//   cu::warp_sum / warp_max<W>()         butterfly reductions over W lanes (power of 2, <= 32)
+//   cu::block_sum / block_max            whole-block reductions through 32 floats of shared memory
+//   cu::with_float_dtype(DType, f)       calls f(T{}) for the storage type of a float DType
+//   cu::neg_inf(), cu::kLog2e, cu::kLn2
+//
+// Conversions match native/core/dtype.h: f16/bf16 -> f32 exact; f32 -> f16/bf16
+// round to nearest even (NaN stays NaN; its payload may differ from the CPU's).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "../native/core/dtype.h"
+#include "../native/core/status.h"
+
+namespace kvsq {
+
+// Optional hook: cuda/device.cu may define this (a non-weak definition) to
+// record the error text for last_cuda_error() and remember sticky errors the
+// way its own calls do. Until it does, the weak reference resolves to null and
+// cuda_status() maps and clears the error itself.
+Status cuda_record_error(cudaError_t e) __attribute__((weak));
+
+// Maps a CUDA runtime error to a Status. Non-sticky error state is cleared
+// (cudaGetLastError) so a later call does not report it again.
+inline Status cuda_status(cudaError_t e) {
+  if (e == cudaSuccess) return Status::Ok;
+  if (&cuda_record_error != nullptr) return cuda_record_error(e);
+  cudaGetLastError();
+  if (e == cudaErrorMemoryAllocation) return Status::OOM;
+  if (e == cudaErrorInvalidDevice || e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver) return Status::Device;
+  return Status::Cuda;
+}
+
+// After a <<<>>> launch: configuration errors (too many threads, too much
+// shared memory, no kernel image for this GPU) surface here, synchronously.
+inline Status cuda_launch_status() { return cuda_status(cudaGetLastError()); }
+
+#define KVSQ_CUDA_TRY(expr)                                 \
+  do {                                                      \
+    const cudaError_t kvsq_e_ = (expr);                     \
+    if (kvsq_e_ != cudaSuccess) return ::kvsq::cuda_status(kvsq_e_); \
+  } while (0)
+
+namespace cu {
+
+constexpr float kLog2e = 1.44269504088896340736f;
+constexpr float kLn2 = 0.693147180559945309417f;
+__host__ __device__ inline float neg_inf() {
+#ifdef __CUDA_ARCH__
+  return __int_as_float(0xff800000u);
+#else
+  return -__builtin_inff();
+#endif
+}
+
+template <class I>
+__host__ __device__ inline I ceil_div(I a, I b) { return (a + b - 1) / b; }
+
+// ---------------------------------------------------------------- scalar conversions
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <class T> __device__ __forceinline__ T from_f32(float f);
+template <> __device__ __forceinline__ float from_f32<float>(float f) { return f; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float f) { return __float2half_rn(f); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float f) { return __float2bfloat16_rn(f); }
+
+// ---------------------------------------------------------------- 16-byte vectors
+// N = elements of T in 16 bytes. The pointer must be 16-byte aligned: callers
+// guarantee it by requiring D * sizeof(T) % 16 == 0 and 16-byte aligned bases
+// (cudaMalloc gives 256).
+template <class T> struct Vec16 { static constexpr int N = 16 / int(sizeof(T)); };
+
+// Converts 16 raw bytes (as loaded from global or shared memory) to floats.
+template <class T>
+__device__ __forceinline__ void unpack16(const uint4& u, float (&out)[Vec16<T>::N]) {
+  if constexpr (sizeof(T) == 4) {
+    out[0] = __uint_as_float(u.x); out[1] = __uint_as_float(u.y);
+    out[2] = __uint_as_float(u.z); out[3] = __uint_as_float(u.w);
+  } else {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        // bf16 is the top half of an f32: exact by shifting/masking
+        out[2 * i] = __uint_as_float(w[i] << 16);
+        out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+      } else {
+        __half2 h;
+        memcpy(&h, &w[i], 4);
+        const float2 f = __half22float2(h);  // exact
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+      }
+    }
+  }
+}
+
+// 16-byte load through the read-only (non-coherent) path: only for data no
+// kernel of the same launch writes.
+template <class T>
+__device__ __forceinline__ void load_vec16(const T* p, float (&out)[Vec16<T>::N]) {
+  unpack16<T>(__ldg(reinterpret_cast<const uint4*>(p)), out);
+}
+
+// Same through the default (coherent) path.
+template <class T>
+__device__ __forceinline__ void load_vec16_coherent(const T* p, float (&out)[Vec16<T>::N]) {
+  unpack16<T>(*reinterpret_cast<const uint4*>(p), out);
+}
+
+template <class T>
+__device__ __forceinline__ void store_vec16(T* p, const float (&in)[Vec16<T>::N]) {
+  uint4 u;
+  if constexpr (sizeof(T) == 4) {
+    u.x = __float_as_uint(in[0]); u.y = __float_as_uint(in[1]);
+    u.z = __float_as_uint(in[2]); u.w = __float_as_uint(in[3]);
+  } else {
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const T lo = from_f32<T>(in[2 * i]), hi = from_f32<T>(in[2 * i + 1]);
+      w[i] = uint32_t(*reinterpret_cast<const uint16_t*>(&lo)) | (uint32_t(*reinterpret_cast<const uint16_t*>(&hi)) << 16);
+    }
+    u.x = w[0]; u.y = w[1]; u.z = w[2]; u.w = w[3];
+  }
+  *reinterpret_cast<uint4*>(p) = u;
+}
+
+// ---------------------------------------------------------------- reductions
+template <int W = 32>
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = W / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o, W);
+  return v;
+}
+template <int W = 32>
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = W / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o, W));
+  return v;
+}
+
+// Whole-block reductions (blockDim.x a multiple of 32, <= 1024). `red` is 32
+// floats of shared memory; every thread gets the result. Contains
+// __syncthreads: call from all threads, not under divergent control flow.
+__device__ inline float block_sum(float v, float* red) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // red may still be read by a previous call
+  if (lane == 0) red[wid] = v;
+  __syncthreads();
+  v = lane < nw ? red[lane] : 0.f;
+  return warp_sum(v);
+}
+__device__ inline float block_max(float v, float* red) {
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) red[wid] = v;
+  __syncthreads();
+  v = lane < nw ? red[lane] : neg_inf();
+  return warp_max(v);
+}
+
+// ---------------------------------------------------------------- dtype dispatch
+// f(T{}) with T the storage type of t; Status::DType for a non-float dtype.
+template <class F>
+inline Status with_float_dtype(DType t, F&& f) {
+  switch (t) {
+    case DType::F32: return f(float{});
+    case DType::F16: return f(__half{});
+    case DType::BF16: return f(__nv_bfloat16{});
+    default: return Status::DType;
+  }
+}
+
+}  // namespace cu
+}  // namespace kvsq

@@ -1,0 +1,816 @@
+// CUDA decode attention over the paged head-wise KV pool: the twin of
+// native/cpu/decode_attention.cc (argument contract: native/core/ops.h
+// DecodeAttnArgs).
+//
+// Formula (same as the CPU twin). Sequence b, query head h, KV head j = h / g,
+// list l = b*Hkv + j, slot set S_h (valid slots of l, or of the pages selected
+// for (b, h)):
+//   z_s = scale * q . k_s (kept in base-2 units: q is pre-multiplied by scale*log2 e)
+//   lse = log sum_s exp(z_s);  o = sum_s exp(z_s - lse) v_s   (zeros, lse -inf if S_h empty)
+//   score_pool[s] += reduce_{h in group} p_h[s] over the union of the group's S_h.
+//
+// Layout: K row of slot s of list l at k_pool + (page_ids[page_indptr[l] + s/P] * P + s%P) * D.
+//
+// Design (why):
+// * Flash-decoding. A 1-block plan kernel reads kv_len, sizes chunks so the
+//   whole batch makes about 4 items per SM (never shorter than 256 slots), and
+//   writes (list, first page, end page) items; one sequence with 8 KV heads at
+//   32K thus fills all 132 SMs. Planning on the device keeps the launcher free
+//   of host syncs (the lengths are device data).
+// * One block (4 warps) per item loads each K/V row of its chunk once, through
+//   a 3-stage cp.async pipeline (16-byte copies, coalesced: a page is P
+//   contiguous rows), and computes all g query heads of the group from shared
+//   memory (GQA reuse). Rows are read as 16-byte vectors: LPR lanes per row,
+//   each lane holding the matching 16-byte slice of all g pre-scaled query
+//   vectors in registers. The g*rows partial dot products are reduced with a
+//   transposed butterfly (each step halves the values a lane holds), so a
+//   tile of 32 rows costs ~g*LPR/32 shuffles per row instead of g*log2(LPR).
+// * Online softmax per 32-row tile (one warp per head: lane = row), V
+//   accumulated with each lane owning a 16-byte column slice for all g heads;
+//   the running-max rescale is one multiply per accumulator per tile.
+// * Partials (m, s, acc) of each item go to a workspace; the last block of a
+//   list to finish (atomic counter, threadfence pattern) merges them, writes o,
+//   lse and the base-2 lse used by the score pass. No separate merge launch.
+// * Quest subsets: items are logical page ranges; inside an item a warp walks
+//   the union of the group's sorted selections (warp min over the g heads'
+//   cursors, ballot = which heads chose the page), so only union pages are
+//   read, once for the whole group; logits of heads that did not select a page
+//   are -inf (exp2 -> exactly 0), as on the CPU.
+// * H2O accumulation, fused: the main pass stores the raw base-2 logits per
+//   (physical slot, head) in the workspace (indexed by physical slot, so the
+//   size, num_pages * P * g floats, is known on the host); after the merge a
+//   small score kernel (block per item) turns them into probabilities with the
+//   final lse, reduces over the group and adds to score_pool. K is not read again.
+// * Workspace: one cudaMallocAsync / cudaFreeAsync pair per call on the
+//   caller's stream (stream-ordered, no host sync, safe with concurrent calls
+//   on different streams). On first use of a device the default memory pool's
+//   release threshold is raised to 256 MiB (only raised, never lowered) so the
+//   workspace is reused across calls instead of being unmapped at every sync.
+//
+// Limits (Status::Shape otherwise): g = Hq/Hkv <= 8; D * sizeof(kv) a multiple
+// of 16 bytes and <= 512 bytes (D <= 256 for f16/bf16, <= 128 for f32); K/V
+// pool pointers 16-byte aligned. Pages may not be shared between lists of one
+// call when score_pool is given (the score adds would race; the CPU twin has
+// the same requirement). Index contents are validated by the caller (launchers.h).
+//
+// Tolerance vs the CPU twin: both are fp32 with different summation orders and
+// exp2 implementations (CUDA exp2f: 2 ulp), so each is within the bound derived
+// in native/cpu/decode_attention.cc of the exact result and the two differ by
+// at most twice that bound (test/native/test_cuda_decode.cu asserts this).
+// Scores of slots outside the union are untouched (bit-identical).
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <climits>
+#include <cstdint>
+#include <mutex>
+
+#include "../native/core/ops.h"
+#include "common.cuh"
+#include "launchers.h"
+
+namespace kvsq {
+namespace {
+
+constexpr int kTR = 32;        // rows per tile (= warp size: phase B maps lane = row)
+constexpr int kNW = 4;         // warps per attention block
+constexpr int kThreads = kNW * 32;
+constexpr int kStages = 3;     // cp.async pipeline depth
+constexpr int kMaxG = 8;
+constexpr int kRowsPerWarp = kTR / kNW;
+constexpr int kMinItemSlots = 256;
+constexpr int kItemsPerSM = 4;
+constexpr int kScoreThreads = 256;
+constexpr unsigned kFull = 0xffffffffu;
+
+struct Item {
+  int list, p0, p1, first, count, pad0, pad1, pad2;
+};
+
+struct Params {
+  int B, Hq, Hkv, g, D, P, nl;
+  int nvr;        // 16-byte vectors per row
+  int row_bytes;  // D * sizeof(kv)
+  float qs;       // scale * log2(e)
+  DType q_dtype;
+  const void* q;
+  void* o;
+  const char* k_pool;
+  const char* v_pool;
+  const int* page_indptr;
+  const int* page_ids;
+  const int* kv_len;
+  const int* sel_indptr;  // null = dense
+  const int* sel_pages;
+  float* score_pool;
+  int reduce;
+  float* lse;
+  // workspace
+  Item* items;
+  int* n_items;
+  int* counters;  // [nl]
+  float* part_ms; // [items_max, kMaxG, 2]
+  float* part_acc;// [items_max, g, D]
+  float* lse2;    // [nl, g]
+  float* logits;  // [num_pages * P, g], only with score_pool
+  int target_items;
+  int min_chunk_pages;
+};
+
+__device__ __forceinline__ float load_q(const void* q, DType t, int64_t i) {
+  if (t == DType::F16) return __half2float(static_cast<const __half*>(q)[i]);
+  if (t == DType::BF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(q)[i]);
+  return static_cast<const float*>(q)[i];
+}
+__device__ __forceinline__ void store_o(void* o, DType t, int64_t i, float v) {
+  if (t == DType::F16) static_cast<__half*>(o)[i] = __float2half_rn(v);
+  else if (t == DType::BF16) static_cast<__nv_bfloat16*>(o)[i] = __float2bfloat16_rn(v);
+  else static_cast<float*>(o)[i] = v;
+}
+
+// ---------------------------------------------------------------- plan
+// One block. Items: list l with np_l = ceil(kv_len/P) pages is cut into
+// n_l = ceil(np_l / chunk) near-equal page ranges, chunk = max(min pages,
+// ceil(total pages / target)); so sum n_l <= target + nl = items_max.
+// Lists with no pages get their outputs here (zeros, lse -inf).
+__global__ void __launch_bounds__(1024) plan_kernel(Params p) {
+  __shared__ unsigned long long s_total;
+  __shared__ int s_warp[32];
+  const int tid = threadIdx.x, nt = blockDim.x;
+  if (tid == 0) s_total = 0;
+  __syncthreads();
+  long long local = 0;
+  for (int l = tid; l < p.nl; l += nt) local += (p.kv_len[l] + p.P - 1) / p.P;
+  if (local) atomicAdd(&s_total, (unsigned long long)local);
+  __syncthreads();
+  const long long total = (long long)s_total;
+  long long chunk = (total + p.target_items - 1) / p.target_items;
+  if (chunk < p.min_chunk_pages) chunk = p.min_chunk_pages;
+
+  // Contiguous segment of lists per thread, exclusive scan of item counts.
+  const int seg = (p.nl + nt - 1) / nt;
+  const int l0 = min(p.nl, tid * seg), l1 = min(p.nl, l0 + seg);
+  int cnt = 0;
+  for (int l = l0; l < l1; ++l) {
+    const long long np = (p.kv_len[l] + p.P - 1) / p.P;
+    cnt += int((np + chunk - 1) / chunk);
+  }
+  // block exclusive scan
+  const int lane = tid & 31, wid = tid >> 5;
+  int incl = cnt;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(kFull, incl, o);
+    if (lane >= o) incl += y;
+  }
+  if (lane == 31) s_warp[wid] = incl;
+  __syncthreads();
+  if (wid == 0) {
+    int v = lane < (nt >> 5) ? s_warp[lane] : 0;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(kFull, v, o);
+      if (lane >= o) v += y;
+    }
+    s_warp[lane] = v;  // inclusive warp totals
+  }
+  __syncthreads();
+  int off = incl - cnt + (wid > 0 ? s_warp[wid - 1] : 0);
+  if (tid == nt - 1) *p.n_items = off + cnt;
+  for (int l = l0; l < l1; ++l) {
+    const int np = (p.kv_len[l] + p.P - 1) / p.P;
+    const int n = int((np + chunk - 1) / chunk);
+    p.counters[l] = 0;
+    for (int i = 0; i < n; ++i) {
+      Item it;
+      it.list = l;
+      it.p0 = int((long long)np * i / n);
+      it.p1 = int((long long)np * (i + 1) / n);
+      it.first = off;
+      it.count = n;
+      it.pad0 = it.pad1 = it.pad2 = 0;
+      p.items[off + i] = it;
+    }
+    if (n == 0) {  // nothing to attend
+      const int b = l / p.Hkv, j = l % p.Hkv;
+      for (int h = 0; h < p.g; ++h) {
+        const int64_t row = int64_t(b) * p.Hq + j * p.g + h;
+        for (int d = 0; d < p.D; ++d) store_o(p.o, p.q_dtype, row * p.D + d, 0.f);
+        if (p.lse) p.lse[row] = cu::neg_inf();
+        p.lse2[int64_t(l) * p.g + h] = cu::neg_inf();
+      }
+    }
+    off += n;
+  }
+}
+
+// ---------------------------------------------------------------- union walk
+// Warp-cooperative cursor over the union of the sorted page selections of the
+// g heads of a list (lane h < g owns head h's cursor).
+struct Walker {
+  int ptr, end;
+};
+__device__ __forceinline__ void walker_init(Walker& w, const Params& p, int list, int p0, int lane) {
+  w.ptr = 0;
+  w.end = 0;
+  if (lane < p.g) {
+    const int b = list / p.Hkv, j = list % p.Hkv;
+    const int r = b * p.Hq + j * p.g + lane;
+    int lo = p.sel_indptr[r], hi = p.sel_indptr[r + 1];
+    w.end = hi;
+    while (lo < hi) {  // lower_bound(p0)
+      const int mid = (lo + hi) >> 1;
+      if (p.sel_pages[mid] < p0) lo = mid + 1;
+      else hi = mid;
+    }
+    w.ptr = lo;
+  }
+}
+// Next union page < p1 (or -1); *mask = heads that selected it. Whole warp.
+__device__ __forceinline__ int walker_next(Walker& w, const int* sel_pages, int p1, unsigned* mask) {
+  const int cand = w.ptr < w.end ? sel_pages[w.ptr] : INT_MAX;
+  const int m = __reduce_min_sync(kFull, cand);
+  if (m >= p1) return -1;
+  const bool hit = cand == m;
+  *mask = __ballot_sync(kFull, hit);
+  if (hit) ++w.ptr;
+  return m;
+}
+
+// Producer state of the attention block (warp 0 only): the page being cut
+// into tile rows.
+struct Producer {
+  Walker w;
+  int next;      // dense: next logical page
+  int p1, len;
+  int64_t phys;  // physical slot of row 0 of the current page
+  int row, rows; // rows consumed / valid in the current page
+  unsigned mask;
+  bool done;
+};
+
+// Fills one tile's row table (physical slots, head masks, count). Warp 0.
+__device__ __forceinline__ void produce(Producer& pr, const Params& p, const int* ids, bool subset,
+                                        int64_t* t_slot, unsigned* t_mask, int* t_n, int lane) {
+  int n = 0;
+  while (n < kTR) {
+    if (pr.row == pr.rows) {
+      if (pr.done) break;
+      int pg;
+      if (subset) {
+        pg = walker_next(pr.w, p.sel_pages, pr.p1, &pr.mask);
+      } else {
+        pg = pr.next < pr.p1 ? pr.next : -1;
+        ++pr.next;
+        pr.mask = kFull;
+      }
+      if (pg < 0) {
+        pr.done = true;
+        break;
+      }
+      pr.phys = int64_t(ids[pg]) * p.P;
+      pr.row = 0;
+      pr.rows = min(p.P, pr.len - pg * p.P);
+    }
+    const int k = min(kTR - n, pr.rows - pr.row);
+    if (lane < k) {
+      t_slot[n + lane] = pr.phys + pr.row + lane;
+      t_mask[n + lane] = pr.mask;
+    }
+    n += k;
+    pr.row += k;
+  }
+  if (lane == 0) *t_n = n;
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// Transposed butterfly: N values per lane, reduced over groups of 2*O lanes.
+// Each halving step sends half the values and keeps the other half (the upper
+// half on lanes with bit O set), so after log2(LPR) steps lane x of a group of
+// LPR lanes holds values max(1, N/LPR) values starting at index
+// (x % LPR) * N / LPR (when N < LPR, lanes sharing that index hold copies).
+template <int N, int O>
+struct TRed {
+  static __device__ __forceinline__ void run(float* v, int lane) {
+    if constexpr (O > 0) {
+      if constexpr (N >= 2) {
+        const bool hi = (lane & O) != 0;
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) {
+          const float send = hi ? v[i] : v[i + N / 2];
+          const float keep = hi ? v[i + N / 2] : v[i];
+          v[i] = keep + __shfl_xor_sync(kFull, send, O);
+        }
+        TRed<N / 2, O / 2>::run(v, lane);
+      } else {
+        v[0] += __shfl_xor_sync(kFull, v[0], O);
+        TRed<1, O / 2>::run(v, lane);
+      }
+    }
+  }
+};
+
+// ---------------------------------------------------------------- attention
+// T: K/V storage type; LPR: lanes per row (pow2 >= 16-byte vectors per row);
+// G: group size rounded up to a power of two (heads >= g are zero padding).
+template <class T, int LPR, int G>
+__global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
+  constexpr int E = cu::Vec16<T>::N;       // elements per 16-byte vector
+  constexpr int RGW = 32 / LPR;            // row groups per warp
+  constexpr int RPL = kRowsPerWarp / RGW;  // rows per lane per tile
+  static_assert(RPL >= 1 && RPL * RGW == kRowsPerWarp, "tile mapping");
+  constexpr int RB0 = LPR / G > 0 ? LPR / G : 1;
+  constexpr int RB = RB0 < RPL ? RB0 : RPL;  // rows per reduction batch
+  constexpr int NV = RB * G;                 // values per lane in one reduction
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ int64_t s_slot[kStages][kTR];
+  __shared__ unsigned s_mask[kStages][kTR];
+  __shared__ int s_n[kStages];
+  __shared__ float s_z[kMaxG][kTR];
+  __shared__ float s_p[kMaxG][kTR];
+  __shared__ float s_m[kMaxG], s_s[kMaxG], s_alpha[kMaxG];
+  __shared__ int s_last;
+
+  const int item_idx = blockIdx.x;
+  if (item_idx >= *p.n_items) return;  // uniform: the plan made fewer items than the grid
+  const Item it = p.items[item_idx];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = p.g, D = p.D, nvr = p.nvr, rb = p.row_bytes;
+  const int list = it.list;
+  const int b = list / p.Hkv, j = list % p.Hkv;
+  const int64_t qrow0 = int64_t(b) * p.Hq + int64_t(j) * g;
+  const int* ids = p.page_ids + p.page_indptr[list];
+  const bool subset = p.sel_indptr != nullptr;
+  const int rgl = lane / LPR, vec = lane % LPR;
+  const bool vec_ok = vec < nvr;
+
+  unsigned char* sK = smem;
+  unsigned char* sV = smem + kStages * kTR * rb;
+
+  if (tid < kMaxG) {
+    s_m[tid] = cu::neg_inf();
+    s_s[tid] = 0.f;
+    s_alpha[tid] = 1.f;
+  }
+  for (int i = tid; i < kMaxG * kTR; i += kThreads) (&s_p[0][0])[i] = 0.f;
+
+  // This lane's 16-byte slice of every query vector, pre-scaled into base 2.
+  float qv[G][E];
+#pragma unroll
+  for (int h = 0; h < G; ++h)
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      qv[h][e] = (h < g && vec_ok) ? load_q(p.q, p.q_dtype, (qrow0 + h) * D + vec * E + e) * p.qs : 0.f;
+
+  Producer pr;
+  pr.w.ptr = pr.w.end = 0;
+  {
+    pr.next = it.p0;
+    pr.p1 = it.p1;
+    pr.len = p.kv_len[list];
+    pr.row = pr.rows = 0;
+    pr.phys = 0;
+    pr.mask = kFull;
+    pr.done = false;
+    if (subset && warp == 0) walker_init(pr.w, p, list, it.p0, lane);
+  }
+
+  auto issue = [&](int st) {
+    const int n = s_n[st];
+    const int chunks = n * nvr;
+    for (int c = tid; c < chunks; c += kThreads) {
+      const int r = c / nvr, v = c - r * nvr;
+      const int64_t off = s_slot[st][r] * rb + v * 16;
+      const int so = (st * kTR + r) * rb + v * 16;
+      cp_async16(sK + so, p.k_pool + off);
+      cp_async16(sV + so, p.v_pool + off);
+    }
+  };
+
+  // Prologue: stages 0 .. kStages-2.
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (warp == 0) produce(pr, p, ids, subset, s_slot[st], s_mask[st], &s_n[st], lane);
+    __syncthreads();
+    issue(st);
+    cp_async_commit();
+  }
+
+  float acc[G][E];
+#pragma unroll
+  for (int h = 0; h < G; ++h)
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[h][e] = 0.f;
+
+  for (int i = 0;; ++i) {
+    const int st = i % kStages;
+    const int pst = (i + kStages - 1) % kStages;
+    if (warp == 0) produce(pr, p, ids, subset, s_slot[pst], s_mask[pst], &s_n[pst], lane);
+    __syncthreads();
+    issue(pst);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();
+    __syncthreads();
+    const int n = s_n[st];
+    if (n == 0) break;  // uniform; every later tile is empty too
+    const unsigned char* kt = sK + st * kTR * rb;
+    const unsigned char* vt = sV + st * kTR * rb;
+
+    // Phase A: logits of the tile's rows for all heads.
+#pragma unroll
+    for (int kb = 0; kb < RPL / RB; ++kb) {
+      float v[NV];
+#pragma unroll
+      for (int k = 0; k < RB; ++k) {
+        const int r = warp * kRowsPerWarp + rgl + (kb * RB + k) * RGW;
+        float kf[E];
+        if (vec_ok && r < n) {
+          cu::unpack16<T>(*reinterpret_cast<const uint4*>(kt + r * rb + vec * 16), kf);
+        } else {
+#pragma unroll
+          for (int e = 0; e < E; ++e) kf[e] = 0.f;
+        }
+#pragma unroll
+        for (int h = 0; h < G; ++h) {
+          float s = 0.f;
+#pragma unroll
+          for (int e = 0; e < E; ++e) s = fmaf(qv[h][e], kf[e], s);
+          v[k * G + h] = s;
+        }
+      }
+      TRed<NV, LPR / 2>::run(v, lane);
+      constexpr int NF = NV >= LPR ? NV / LPR : 1;
+      constexpr int DUP = NV >= LPR ? 1 : LPR / NV;
+      if (vec % DUP == 0) {
+        const int base = NV >= LPR ? vec * NF : vec / DUP;
+#pragma unroll
+        for (int f = 0; f < NF; ++f) {
+          const int idx = base + f;
+          const int k = idx / G, h = idx % G;
+          const int r = warp * kRowsPerWarp + rgl + (kb * RB + k) * RGW;
+          if (h < g) {
+            const bool on = r < n && ((s_mask[st][r] >> h) & 1u);
+            const float z = on ? v[f] : cu::neg_inf();
+            s_z[h][r] = z;
+            if (p.logits && r < n) p.logits[s_slot[st][r] * g + h] = z;
+          }
+        }
+      }
+    }
+    __syncthreads();
+
+    // Phase B: online softmax, one warp per head, lane = row.
+    for (int h = warp; h < g; h += kNW) {
+      const float z = s_z[h][lane];
+      const float tmax = cu::warp_max(z);
+      const float mo = s_m[h];
+      const float mn = fmaxf(mo, tmax);
+      float pz = 0.f, alpha = 1.f;
+      if (mn != cu::neg_inf()) {
+        pz = exp2f(z - mn);
+        alpha = mo == mn ? 1.f : exp2f(mo - mn);
+      }
+      const float sum = cu::warp_sum(pz);
+      s_p[h][lane] = pz;
+      __syncwarp();
+      if (lane == 0) {
+        s_s[h] = s_s[h] * alpha + sum;
+        s_m[h] = mn;
+        s_alpha[h] = alpha;
+      }
+    }
+    __syncthreads();
+
+    // Phase C: acc = alpha * acc + sum_rows p * V.
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+      const float a = s_alpha[h];
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[h][e] *= a;
+    }
+    if (vec_ok) {
+#pragma unroll
+      for (int k = 0; k < RPL; ++k) {
+        const int r = warp * kRowsPerWarp + rgl + k * RGW;
+        if (r < n) {
+          float vf[E];
+          cu::unpack16<T>(*reinterpret_cast<const uint4*>(vt + r * rb + vec * 16), vf);
+#pragma unroll
+          for (int h = 0; h < G; ++h) {
+            const float pw = s_p[h][r];
+#pragma unroll
+            for (int e = 0; e < E; ++e) acc[h][e] = fmaf(pw, vf[e], acc[h][e]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // the next iteration refills this stage's row table
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // Sum the row groups: inside the warp by shuffles, across warps in shared
+  // memory (the stage buffers are free now: kNW*G*D*4 <= stage bytes).
+#pragma unroll
+  for (int o = LPR; o < 32; o <<= 1)
+#pragma unroll
+    for (int h = 0; h < G; ++h)
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[h][e] += __shfl_xor_sync(kFull, acc[h][e], o);
+  float* red = reinterpret_cast<float*>(smem);  // [kNW][g][D]
+  if (rgl == 0 && vec_ok) {
+#pragma unroll
+    for (int h = 0; h < G; ++h)
+      if (h < g)
+#pragma unroll
+        for (int e = 0; e < E; ++e) red[(warp * g + h) * D + vec * E + e] = acc[h][e];
+  }
+  __syncthreads();
+  float* pacc = p.part_acc + int64_t(item_idx) * g * D;
+  for (int i = tid; i < g * D; i += kThreads) {
+    float s = 0.f;
+#pragma unroll
+    for (int w = 0; w < kNW; ++w) s += red[w * g * D + i];
+    pacc[i] = s;
+  }
+  if (tid < g) {
+    p.part_ms[(int64_t(item_idx) * kMaxG + tid) * 2] = s_m[tid];
+    p.part_ms[(int64_t(item_idx) * kMaxG + tid) * 2 + 1] = s_s[tid];
+  }
+
+  // Last block of the list merges (threadfence reduction pattern).
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) s_last = atomicAdd(&p.counters[list], 1) == it.count - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+
+  // Per head: M = max m_i, S = sum s_i 2^(m_i - M) (warp per head, lanes over items).
+  for (int h = warp; h < g; h += kNW) {
+    float M = cu::neg_inf();
+    for (int i = lane; i < it.count; i += 32) M = fmaxf(M, __ldcg(&p.part_ms[(int64_t(it.first + i) * kMaxG + h) * 2]));
+    M = cu::warp_max(M);
+    float S = 0.f;
+    if (M != cu::neg_inf())
+      for (int i = lane; i < it.count; i += 32) {
+        const float mi = __ldcg(&p.part_ms[(int64_t(it.first + i) * kMaxG + h) * 2]);
+        if (mi != cu::neg_inf()) S += __ldcg(&p.part_ms[(int64_t(it.first + i) * kMaxG + h) * 2 + 1]) * exp2f(mi - M);
+      }
+    S = cu::warp_sum(S);
+    if (lane == 0) {
+      s_m[h] = M;
+      s_s[h] = S;
+      const float l2 = S > 0.f ? M + log2f(S) : cu::neg_inf();
+      p.lse2[int64_t(list) * g + h] = l2;
+      if (p.lse) p.lse[qrow0 + h] = S > 0.f ? l2 * cu::kLn2 : cu::neg_inf();
+    }
+  }
+  __syncthreads();
+  for (int i = tid; i < g * D; i += kThreads) {
+    const int h = i / D;
+    const float M = s_m[h], S = s_s[h];
+    float out = 0.f;
+    if (M != cu::neg_inf()) {
+      for (int t = 0; t < it.count; ++t) {
+        const int64_t ii = it.first + t;
+        const float mi = __ldcg(&p.part_ms[(ii * kMaxG + h) * 2]);
+        if (mi == cu::neg_inf()) continue;
+        out += exp2f(mi - M) * __ldcg(&p.part_acc[ii * g * D + i]);
+      }
+    }
+    if (S > 0.f) out *= 1.f / S;
+    store_o(p.o, p.q_dtype, qrow0 * D + i, out);
+  }
+}
+
+// ---------------------------------------------------------------- score pass
+// Block per item: probabilities from the stored logits and the merged lse,
+// group-reduced, added to score_pool (each slot belongs to one item: no atomics).
+__global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
+  __shared__ float s_l2[kMaxG];
+  __shared__ int64_t s_page[32];  // physical slot of row 0 of union pages
+  __shared__ int s_rows[32];
+  __shared__ int s_cnt;
+  const int item_idx = blockIdx.x;
+  if (item_idx >= *p.n_items) return;
+  const Item it = p.items[item_idx];
+  const int tid = threadIdx.x, lane = tid & 31, g = p.g, P = p.P;
+  const int list = it.list, len = p.kv_len[list];
+  const int* ids = p.page_ids + p.page_indptr[list];
+  if (tid < g) s_l2[tid] = p.lse2[int64_t(list) * g + tid];
+  __syncthreads();
+  auto one = [&](int64_t phys) {
+    const float* l = p.logits + phys * g;
+    float acc = 0.f;
+    for (int h = 0; h < g; ++h) {
+      const float m = s_l2[h];
+      if (m == cu::neg_inf()) continue;
+      const float v = exp2f(l[h] - m);
+      acc = p.reduce == int(Reduce::Max) ? fmaxf(acc, v) : acc + v;
+    }
+    // CPU: acc / float(g); divide (not multiply by 1/g) to round the same way
+    p.score_pool[phys] += p.reduce == int(Reduce::Mean) ? acc / float(g) : acc;
+  };
+  if (!p.sel_indptr) {
+    const int u0 = it.p0 * P, u1 = min(it.p1 * P, len);
+    for (int u = u0 + tid; u < u1; u += kScoreThreads) one(int64_t(ids[u / P]) * P + u % P);
+    return;
+  }
+  Walker w;
+  if (tid < 32) walker_init(w, p, list, it.p0, lane);
+  for (;;) {
+    if (tid < 32) {
+      int c = 0;
+      for (; c < 32; ++c) {
+        unsigned m;
+        const int pg = walker_next(w, p.sel_pages, it.p1, &m);
+        if (pg < 0) break;
+        if (lane == 0) {
+          s_page[c] = int64_t(ids[pg]) * P;
+          s_rows[c] = min(P, len - pg * P);
+        }
+      }
+      if (lane == 0) s_cnt = c;
+    }
+    __syncthreads();
+    const int c = s_cnt;
+    for (int x = tid; x < c * P; x += kScoreThreads) {
+      const int pi = x / P, r = x - pi * P;
+      if (r < s_rows[pi]) one(s_page[pi] + r);
+    }
+    __syncthreads();
+    if (c < 32) break;
+  }
+}
+
+// ---------------------------------------------------------------- host side
+template <class T, int LPR, int G>
+Status launch_attn(const Params& p, int grid, size_t smem, cudaStream_t st, int dev) {
+  static std::atomic<uint64_t> configured{0};
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (!(configured.load() & bit)) {
+    KVSQ_CUDA_TRY(cudaFuncSetAttribute(attn_kernel<T, LPR, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(96 * 1024)));
+    configured.fetch_or(bit);
+  }
+  attn_kernel<T, LPR, G><<<grid, kThreads, smem, st>>>(p);
+  return cuda_launch_status();
+}
+
+template <class T, int LPR>
+Status pick_g(const Params& p, int grid, size_t smem, cudaStream_t st, int dev) {
+  if (p.g <= 1) return launch_attn<T, LPR, 1>(p, grid, smem, st, dev);
+  if (p.g <= 2) return launch_attn<T, LPR, 2>(p, grid, smem, st, dev);
+  if (p.g <= 4) return launch_attn<T, LPR, 4>(p, grid, smem, st, dev);
+  return launch_attn<T, LPR, 8>(p, grid, smem, st, dev);
+}
+
+template <class T>
+Status pick_lpr(const Params& p, int grid, size_t smem, cudaStream_t st, int dev) {
+  if (p.nvr <= 8) return pick_g<T, 8>(p, grid, smem, st, dev);
+  if (p.nvr <= 16) return pick_g<T, 16>(p, grid, smem, st, dev);
+  return pick_g<T, 32>(p, grid, smem, st, dev);
+}
+
+struct DevInfo {
+  int sms = 0;
+};
+DevInfo dev_info(int dev) {
+  static std::mutex mu;
+  static DevInfo cache[64];
+  static bool pool_set[64];
+  std::lock_guard<std::mutex> lk(mu);
+  if (dev < 0 || dev >= 64) dev = 0;
+  if (cache[dev].sms == 0) {
+    int n = 0;
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+      cudaGetLastError();
+      n = 132;
+    }
+    cache[dev].sms = n;
+  }
+  if (!pool_set[dev]) {
+    pool_set[dev] = true;
+    cudaMemPool_t pool;
+    if (cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess) {
+      uint64_t cur = 0;
+      if (cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &cur) == cudaSuccess &&
+          cur < (uint64_t(256) << 20)) {
+        uint64_t want = uint64_t(256) << 20;
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &want);
+      }
+    }
+    cudaGetLastError();  // best effort
+  }
+  return cache[dev];
+}
+
+size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
+
+}  // namespace
+
+Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
+  if (a.batch <= 0 || a.num_q_heads <= 0 || a.num_kv_heads <= 0 || a.head_dim <= 0 || a.page_size <= 0)
+    return Status::Shape;
+  if (a.num_q_heads % a.num_kv_heads != 0 || a.num_pages < 0) return Status::Shape;
+  if (!is_float_dtype(a.q_dtype) || !is_float_dtype(a.kv_dtype)) return Status::DType;
+  if (!a.q || !a.o || !a.page_indptr || !a.kv_len) return Status::Shape;
+  if ((!a.k_pool || !a.v_pool || !a.page_ids) && a.num_pages > 0) return Status::Shape;
+  if (a.score_pool && a.reduce != Reduce::Mean && a.reduce != Reduce::Sum && a.reduce != Reduce::Max)
+    return Status::Shape;
+  const int g = a.num_q_heads / a.num_kv_heads;
+  if (g > kMaxG) return Status::Shape;
+  const int es = int(dtype_size(a.kv_dtype));
+  const int64_t row_bytes = int64_t(a.head_dim) * es;
+  if (row_bytes % 16 != 0 || row_bytes > 512) return Status::Shape;
+  if ((reinterpret_cast<uintptr_t>(a.k_pool) | reinterpret_cast<uintptr_t>(a.v_pool)) & 15) return Status::Shape;
+  const int64_t nl64 = int64_t(a.batch) * a.num_kv_heads;
+  if (nl64 > INT_MAX / 2 || int64_t(a.batch) * a.num_q_heads > INT_MAX / 2) return Status::Shape;
+  if (a.num_pages > 0 && a.num_pages * a.page_size / a.page_size != a.num_pages) return Status::Shape;
+
+  int dev = 0;
+  KVSQ_CUDA_TRY(cudaGetDevice(&dev));
+  const DevInfo di = dev_info(dev);
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+
+  Params p{};
+  p.B = a.batch;
+  p.Hq = a.num_q_heads;
+  p.Hkv = a.num_kv_heads;
+  p.g = g;
+  p.D = a.head_dim;
+  p.P = a.page_size;
+  p.nl = int(nl64);
+  p.nvr = int(row_bytes / 16);
+  p.row_bytes = int(row_bytes);
+  p.qs = a.scale * cu::kLog2e;  // same rounding as the CPU twin
+  p.q_dtype = a.q_dtype;
+  p.q = a.q;
+  p.o = a.o;
+  p.k_pool = static_cast<const char*>(a.k_pool);
+  p.v_pool = static_cast<const char*>(a.v_pool);
+  p.page_indptr = a.page_indptr;
+  p.page_ids = a.page_ids;
+  p.kv_len = a.kv_len;
+  p.sel_indptr = a.sel_indptr;
+  p.sel_pages = a.sel_pages;
+  p.score_pool = a.score_pool;
+  p.reduce = int(a.reduce);
+  p.lse = a.lse;
+  p.target_items = di.sms * kItemsPerSM;
+  p.min_chunk_pages = (kMinItemSlots + a.page_size - 1) / a.page_size;
+  const int64_t items_max = int64_t(p.target_items) + nl64;
+  if (items_max > INT_MAX / 2) return Status::Shape;
+
+  // Workspace carve-up.
+  size_t off = 0;
+  const size_t o_items = off; off = align256(off + size_t(items_max) * sizeof(Item));
+  const size_t o_nitems = off; off = align256(off + sizeof(int));
+  const size_t o_cnt = off; off = align256(off + size_t(nl64) * sizeof(int));
+  const size_t o_ms = off; off = align256(off + size_t(items_max) * kMaxG * 2 * sizeof(float));
+  const size_t o_acc = off; off = align256(off + size_t(items_max) * g * a.head_dim * sizeof(float));
+  const size_t o_lse2 = off; off = align256(off + size_t(nl64) * g * sizeof(float));
+  const size_t o_logits = off;
+  if (a.score_pool) off = align256(off + size_t(a.num_pages) * a.page_size * g * sizeof(float));
+  void* ws = nullptr;
+  KVSQ_CUDA_TRY(cudaMallocAsync(&ws, off, st));
+  char* w = static_cast<char*>(ws);
+  p.items = reinterpret_cast<Item*>(w + o_items);
+  p.n_items = reinterpret_cast<int*>(w + o_nitems);
+  p.counters = reinterpret_cast<int*>(w + o_cnt);
+  p.part_ms = reinterpret_cast<float*>(w + o_ms);
+  p.part_acc = reinterpret_cast<float*>(w + o_acc);
+  p.lse2 = reinterpret_cast<float*>(w + o_lse2);
+  p.logits = a.score_pool ? reinterpret_cast<float*>(w + o_logits) : nullptr;
+
+  Status s = Status::Ok;
+  plan_kernel<<<1, 1024, 0, st>>>(p);
+  s = cuda_launch_status();
+  if (s == Status::Ok) {
+    const size_t smem = size_t(kStages) * kTR * row_bytes * 2;
+    const int grid = int(items_max);
+    switch (a.kv_dtype) {
+      case DType::F16: s = pick_lpr<__half>(p, grid, smem, st, dev); break;
+      case DType::BF16: s = pick_lpr<__nv_bfloat16>(p, grid, smem, st, dev); break;
+      default: s = pick_lpr<float>(p, grid, smem, st, dev); break;
+    }
+  }
+  if (s == Status::Ok && a.score_pool) {
+    score_kernel<<<int(items_max), kScoreThreads, 0, st>>>(p);
+    s = cuda_launch_status();
+  }
+  // Stream-ordered free: runs after the kernels above, whatever their status.
+  const cudaError_t fe = cudaFreeAsync(ws, st);
+  if (s == Status::Ok && fe != cudaSuccess) s = cuda_status(fe);
+  return s;
+}
+
+}  // namespace kvsq

@@ -1,0 +1,422 @@
+// Row-wise top-k on the GPU: the CUDA twin of native/cpu/topk.cc (contract:
+// TopkArgs in core/ops.h; methods.md "Top-k selection").
+//
+// Formula. Row r, n = len[r] (lengths null: row_stride), kk = min(k[r], n):
+// the kk positions first in the order (score desc, index asc), written as
+// ascending indices to out[r, 0 .. kk), -1 after, count[r] = kk. Scores compare
+// as reals (-0 == +0). NaN anywhere in a scanned row -> Status::NaN and nothing
+// written. Exact: the result is a set of integers.
+//
+// Keys. A float's bits map to an unsigned key with key(a) < key(b) <=> a < b
+// (negative: ~u, else u | 2^31; -0 first becomes +0), so selection is on
+// integers.
+//
+// Algorithm: radix select by a cluster of CS blocks per row (CS <= 8, sm_90
+// thread-block clusters; CS = 1 on older GPUs), 512 threads each.
+//  1. Load: block c of the cluster reads its segment of the row once from HBM
+//     (16-byte loads when aligned), checks NaN, keeps the keys in shared memory
+//     (the segment is <= 16K keys at row_stride <= 128K, so two blocks fit an
+//     SM), and counts the top 8 bits into per-warp histograms (per-warp copies:
+//     score rows are concentrated in a few exponent buckets, and one shared
+//     histogram would serialise on them).
+//  2. Select: 4 digits of 8 bits, high to low. Each block's histogram is summed
+//     with the other blocks' through distributed shared memory; every block
+//     derives the same bucket holding the kk-th largest. Result: prefix P under
+//     mask M and `need`: the selected are (key & M) > P, plus the first `need`
+//     (index order) of (key & M) == P (all of them when a bucket is taken whole).
+//     Passes 2-4 read shared memory only, not HBM.
+//  3. Emit (no sort): per block, counts of "above" and "tied" keys go through
+//     DSMEM so each block knows the counts before its segment; then tiles of
+//     2048 keys in index order get a block-wide exclusive scan of the packed
+//     (tied << 16 | above) flags: an element's output slot is
+//     above_before + min(tied_before, need) -- ascending order and "ties: the
+//     lower index wins" at once.
+// Rows whose segment does not fit shared memory (row_stride > 8 * ~48K) re-read
+// the row from global memory in each pass (same result, more traffic).
+//
+// Writing nothing on NaN (or on a bad k / length, checked on the device as the
+// CPU twin does on the host): results go to a stream-ordered scratch buffer; a
+// commit kernel copies them to out/count only if the device flag is clear;
+// the launcher then reads the flag after a stream sync (the one sync this
+// launcher does, see cuda/launchers.h).
+//
+// Roofline: one read of the scores (256 x 128K f32 = 134 MB, ~45 us at 3 TB/s)
+// plus writing rows * out_stride indices twice (scratch + commit).
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common.cuh"
+#include "launchers.h"
+
+namespace kvsq {
+
+namespace {
+
+namespace cg = cooperative_groups;
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr int kBins = 256;
+constexpr int kPerThread = 4;                     // emission: consecutive keys per thread
+constexpr int kTile = kThreads * kPerThread;      // 2048 < 2^16: packed counters cannot carry
+constexpr int kMaxCluster = 8;
+constexpr uint32_t kAll = 0xffffffffu;            // need = every tied key
+constexpr int kFlagNaN = 1, kFlagRange = 2, kFlagShape = 4;
+
+// Shared memory layout (32-bit words): per-warp histograms, two merged
+// histograms (double-buffered for DSMEM readers), a few scalars, the keys.
+constexpr int kOffHistW = 0;
+constexpr int kOffHistT = kOffHistW + kWarps * kBins;
+constexpr int kOffTot = kOffHistT + 2 * kBins;
+constexpr int kOffMisc = kOffTot + kBins;         // [0..1] counts shared via DSMEM, [2..] scratch
+constexpr int kOffScan = kOffMisc + 8;
+constexpr int kOffKeys = kOffScan + kWarps + 8;
+constexpr size_t kFixedBytes = size_t(kOffKeys) * 4;
+
+struct TkParams {
+  const float* scores;
+  int64_t row_stride;
+  const int32_t* lengths;
+  const int32_t* k;
+  int32_t out_stride;
+  int32_t* stage;        // [rows, out_stride]
+  int32_t* stage_count;  // [rows]
+  unsigned* flag;
+  int cs;                // blocks per row (cluster size)
+  int seg_cap;           // keys a block can keep in shared memory (0: none)
+  int vec4;              // rows 16-byte aligned: float4 loads
+};
+
+__device__ __forceinline__ uint32_t key_of(float x) {
+  uint32_t u = __float_as_uint(x);
+  if (u == 0x80000000u) u = 0;  // -0 ties with +0
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Cluster helpers: plain block barriers when CS = 1 or below sm_90.
+__device__ __forceinline__ void cl_sync(int cs) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (cs > 1) {
+    cg::this_cluster().sync();
+    return;
+  }
+#endif
+  __syncthreads();
+}
+__device__ __forceinline__ const uint32_t* cl_map(uint32_t* p, int rank, int cs) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (cs > 1) return cg::this_cluster().map_shared_rank(p, rank);
+#endif
+  return p;
+}
+
+// Exclusive block scan of v (all threads), *total = the sum. Uses sm[kWarps + 1].
+__device__ __forceinline__ uint32_t block_excl_scan(uint32_t v, uint32_t* sm, uint32_t* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  uint32_t x = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint32_t y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
+  }
+  __syncthreads();  // sm may still be read by a previous scan
+  if (lane == 31) sm[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    uint32_t w = lane < kWarps ? sm[lane] : 0u;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const uint32_t y = __shfl_up_sync(0xffffffffu, w, o);
+      if (lane >= o) w += y;
+    }
+    if (lane < kWarps) sm[lane] = w;  // inclusive warp totals
+  }
+  __syncthreads();
+  *total = sm[kWarps - 1];
+  return x - v + (warp > 0 ? sm[warp - 1] : 0u);
+}
+
+__global__ void __launch_bounds__(kThreads) topk_kernel(const TkParams p) {
+  extern __shared__ __align__(16) uint32_t sm[];
+  uint32_t* histw = sm + kOffHistW;
+  uint32_t* tot = sm + kOffTot;
+  uint32_t* misc = sm + kOffMisc;
+  uint32_t* keys = sm + kOffKeys;
+  const int cs = p.cs;
+  const int64_t row = blockIdx.x / cs;
+  const int rank = blockIdx.x % cs;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+  // ---- row checks (row-uniform: every block of the cluster takes the same exit)
+  const int64_t len = p.lengths ? int64_t(p.lengths[row]) : p.row_stride;
+  const int64_t kr = p.k[row];
+  if (len < 0 || len > p.row_stride || kr < 0) {
+    if (tid == 0 && rank == 0) atomicOr(p.flag, unsigned(kFlagRange));
+    return;
+  }
+  const int64_t kk = min(kr, len);
+  if (kk > p.out_stride || (len > 0 && !p.scores)) {
+    if (tid == 0 && rank == 0) atomicOr(p.flag, unsigned(kFlagShape));
+    return;
+  }
+  const int64_t segsz = ((len + cs - 1) / cs + 3) / 4 * 4;
+  const int64_t s0 = min(len, rank * segsz), s1 = min(len, s0 + segsz);
+  const int n = int(s1 - s0);
+  const bool cached = segsz <= p.seg_cap;
+  const float* src = p.scores + row * p.row_stride + s0;
+  auto key_at = [&](int i) -> uint32_t { return cached ? keys[i] : key_of(__ldg(src + i)); };
+
+  // ---- pass 0: load, NaN check, top-digit histogram
+  for (int i = tid; i < kWarps * kBins; i += kThreads) histw[i] = 0;
+  __syncthreads();
+  bool nan = false;
+  uint32_t* hw = histw + warp * kBins;
+  {
+    int i0 = 0;
+    if (p.vec4) {
+      const float4* s4 = reinterpret_cast<const float4*>(src);
+      const int n4 = n / 4;
+#pragma unroll 4
+      for (int v = tid; v < n4; v += kThreads) {
+        const float4 x = __ldg(s4 + v);
+        const float xs[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          nan |= isnan(xs[e]);
+          const uint32_t kx = key_of(xs[e]);
+          if (cached) keys[4 * v + e] = kx;
+          atomicAdd(&hw[kx >> 24], 1u);
+        }
+      }
+      i0 = n4 * 4;
+    }
+    for (int i = i0 + tid; i < n; i += kThreads) {
+      const float x = __ldg(src + i);
+      nan |= isnan(x);
+      const uint32_t kx = key_of(x);
+      if (cached) keys[i] = kx;
+      atomicAdd(&hw[kx >> 24], 1u);
+    }
+  }
+  if (__syncthreads_or(nan) && tid == 0) atomicOr(p.flag, unsigned(kFlagNaN));
+  // (a NaN row goes on: its blocks must keep meeting at the cluster barriers;
+  // the commit kernel discards everything)
+
+  // ---- select
+  uint32_t P = 0, M = 0, need = kAll;
+  if (kk == 0) need = 0;  // M = 0: every key "ties", none taken
+  if (kk > 0 && kk < len) {
+    uint32_t krem = uint32_t(kk);
+    for (int d = 0; d < 4; ++d) {
+      const int shift = 24 - 8 * d;
+      if (d > 0) {
+        for (int i = tid; i < kWarps * kBins; i += kThreads) histw[i] = 0;
+        __syncthreads();
+        for (int i = tid; i < n; i += kThreads) {
+          const uint32_t kx = key_at(i);
+          if ((kx & M) == P) atomicAdd(&hw[(kx >> shift) & 0xffu], 1u);
+        }
+      }
+      __syncthreads();
+      uint32_t* ht = sm + kOffHistT + (d & 1) * kBins;
+      if (tid < kBins) {
+        uint32_t s = 0;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) s += histw[w * kBins + tid];
+        ht[tid] = s;
+      }
+      cl_sync(cs);  // every block's ht is complete
+      if (tid < kBins) {
+        uint32_t s = 0;
+        for (int r = 0; r < cs; ++r) s += cl_map(ht, r, cs)[tid];
+        tot[tid] = s;
+      }
+      __syncthreads();
+      if (warp == 0) {
+        // lane l owns bins 255 - 8l - 7 .. 255 - 8l (from the top); scan from the top
+        uint32_t own = 0;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) own += tot[255 - 8 * lane - e];
+        uint32_t inc = own;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+          const uint32_t y = __shfl_up_sync(0xffffffffu, inc, o);
+          if (lane >= o) inc += y;
+        }
+        const unsigned hit = __ballot_sync(0xffffffffu, inc >= krem);
+        const int L0 = __ffs(hit) - 1;  // first lane (from the top) reaching krem; exists: sum = #matching >= krem
+        if (lane == L0) {
+          uint32_t above = inc - own;
+          int b = 255 - 8 * lane;
+          for (int e = 0; e < 8; ++e, --b) {
+            if (above + tot[b] >= krem) break;
+            above += tot[b];
+          }
+          misc[2] = uint32_t(b);
+          misc[3] = above;
+          misc[4] = tot[b];
+        }
+      }
+      __syncthreads();
+      const uint32_t b = misc[2], above = misc[3], inb = misc[4];
+      krem -= above;
+      P |= b << shift;
+      M |= 0xffu << shift;
+      if (inb == krem) break;  // the whole bucket is taken (need stays kAll)
+      if (d == 3) need = krem;
+    }
+  }
+
+  // ---- counts before this block's segment
+  uint32_t gt = 0, eq = 0;
+  for (int i = tid; i < n; i += kThreads) {
+    const uint32_t km = key_at(i) & M;
+    gt += km > P;
+    eq += km == P;
+  }
+  uint32_t tg, te;
+  block_excl_scan(gt, sm + kOffScan, &tg);
+  block_excl_scan(eq, sm + kOffScan, &te);
+  if (tid == 0) {
+    misc[0] = tg;
+    misc[1] = te;
+  }
+  cl_sync(cs);
+  uint32_t G = 0, E = 0;
+  for (int r = 0; r < rank; ++r) {
+    const uint32_t* m = cl_map(misc, r, cs);
+    G += m[0];
+    E += m[1];
+  }
+
+  // ---- emit in index order
+  int32_t* out = p.stage + row * int64_t(p.out_stride);
+  for (int t0 = 0; t0 < n; t0 += kTile) {
+    const int base = t0 + tid * kPerThread;
+    uint32_t fg = 0, fe = 0;  // bit e: element base + e is above / tied
+#pragma unroll
+    for (int e = 0; e < kPerThread; ++e) {
+      if (base + e < n) {
+        const uint32_t km = key_at(base + e) & M;
+        fg |= uint32_t(km > P) << e;
+        fe |= uint32_t(km == P) << e;
+      }
+    }
+    uint32_t total;
+    const uint32_t pre = block_excl_scan((uint32_t(__popc(fe)) << 16) | uint32_t(__popc(fg)), sm + kOffScan, &total);
+    uint32_t g_before = G + (pre & 0xffffu), e_before = E + (pre >> 16);
+#pragma unroll
+    for (int e = 0; e < kPerThread; ++e) {
+      if (fg >> e & 1u) {
+        out[g_before + min(e_before, need)] = int32_t(s0 + base + e);
+        ++g_before;
+      } else if (fe >> e & 1u) {
+        if (e_before < need) out[g_before + e_before] = int32_t(s0 + base + e);
+        ++e_before;
+      }
+    }
+    G += total & 0xffffu;
+    E += total >> 16;
+  }
+  // padding and count
+  for (int64_t j = kk + int64_t(rank) * kThreads + tid; j < p.out_stride; j += int64_t(cs) * kThreads) out[j] = -1;
+  if (rank == 0 && tid == 0) p.stage_count[row] = int32_t(kk);
+  cl_sync(cs);  // no block may exit while another still reads its shared memory
+  (void)lane;
+}
+
+// Copies the staged rows to out/count when no row reported an error.
+__global__ void topk_commit_kernel(const unsigned* flag, const int32_t* stage, const int32_t* stage_count,
+                                   int32_t* out, int32_t* count, int64_t n_out, int rows) {
+  if (*flag) return;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n_out; i += stride) out[i] = stage[i];
+  if (count)
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < rows; i += stride) count[i] = stage_count[i];
+}
+
+}  // namespace
+
+Status cuda_topk(const TopkArgs& a, void* stream) {
+  // ---- host-side validation (the device checks lengths and k, see topk_kernel)
+  if (a.rows < 0 || a.row_stride < 0 || a.out_stride < 0) return Status::Shape;
+  if (a.rows == 0) return Status::Ok;
+  if (!a.k) return Status::Shape;
+  if (a.row_stride > INT32_MAX) return Status::Shape;  // indices are int32
+  if (a.out_stride > 0 && !a.out) return Status::Shape;
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+
+  int dev = 0, major = 0, max_optin = 0;
+  KVSQ_CUDA_TRY(cudaGetDevice(&dev));
+  KVSQ_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  KVSQ_CUDA_TRY(cudaDeviceGetAttribute(&max_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+
+  // Cluster size: segments of <= 16K keys (64 KB: two blocks per SM) up to 8 blocks.
+  int cs = 1;
+  if (major >= 9) cs = int(std::min<int64_t>(kMaxCluster, std::max<int64_t>(1, (a.row_stride + 16383) / 16384)));
+  const int64_t seg = ((a.row_stride + cs - 1) / cs + 3) / 4 * 4;
+  const size_t limit = size_t(std::min(max_optin, 200 * 1024));
+  int seg_cap = int(seg);
+  if (kFixedBytes + size_t(seg) * 4 > limit) seg_cap = 0;
+  const size_t smem = kFixedBytes + size_t(seg_cap) * 4;
+
+  // scratch: staged out, staged count, flag
+  const size_t n_out = size_t(a.rows) * size_t(a.out_stride);
+  const size_t bytes = (n_out + size_t(a.rows) + 4) * sizeof(int32_t);
+  void* ws = nullptr;
+  KVSQ_CUDA_TRY(cudaMallocAsync(&ws, bytes, st));
+  TkParams p;
+  p.scores = a.scores;
+  p.row_stride = a.row_stride;
+  p.lengths = a.lengths;
+  p.k = a.k;
+  p.out_stride = a.out_stride;
+  p.stage = static_cast<int32_t*>(ws);
+  p.stage_count = p.stage + n_out;
+  p.flag = reinterpret_cast<unsigned*>(p.stage_count + a.rows);
+  p.cs = cs;
+  p.seg_cap = seg_cap;
+  p.vec4 = (reinterpret_cast<uintptr_t>(a.scores) % 16 == 0 && a.row_stride % 4 == 0) ? 1 : 0;
+
+  Status s = Status::Ok;
+  auto fail = [&](cudaError_t e) {
+    if (s == Status::Ok && e != cudaSuccess) s = cuda_status(e);
+  };
+  fail(cudaMemsetAsync(p.flag, 0, sizeof(unsigned), st));
+  fail(cudaFuncSetAttribute(topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  if (s == Status::Ok) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(unsigned(int64_t(a.rows) * cs));
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = unsigned(cs);
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = cs > 1 ? 1 : 0;
+    fail(cudaLaunchKernelEx(&cfg, topk_kernel, p));
+  }
+  if (s == Status::Ok) {
+    const int64_t work = std::max<int64_t>(int64_t(n_out), a.rows);
+    const unsigned blocks = unsigned(std::min<int64_t>(2048, (work + 255) / 256));
+    topk_commit_kernel<<<blocks, 256, 0, st>>>(p.flag, p.stage, p.stage_count, a.out, a.count, int64_t(n_out), a.rows);
+    fail(cudaGetLastError());
+  }
+  unsigned hflag = 0;
+  if (s == Status::Ok) fail(cudaMemcpyAsync(&hflag, p.flag, sizeof(unsigned), cudaMemcpyDeviceToHost, st));
+  fail(cudaFreeAsync(ws, st));
+  fail(cudaStreamSynchronize(st));
+  if (s != Status::Ok) return s;
+  if (hflag & kFlagRange) return Status::Range;
+  if (hflag & kFlagShape) return Status::Shape;
+  if (hflag & kFlagNaN) return Status::NaN;
+  return Status::Ok;
+}
+
+}  // namespace kvsq

@@ -1,0 +1,598 @@
+// Window scores on the GPU: the CUDA twin of native/cpu/window_scores.cc
+// (methods.md "Window scores", "H2O"; layout in core/ops.h WindowScoresArgs).
+//
+// Formula. KV head j, query head h = j*g + hh, window row i at position
+// p = L - w + i (q row q_rows - w + i of head h):
+//   z_i[t] = scale * q_i . k_j[t]   for t <= p (masked for t > p)
+//   P_i[t] = exp(z_i[t] - M_i) / Z_i
+//   A_h[t] = sum_i P_i[t];  out[j, t] = mean / sum / max over hh of A_h[t]
+//
+// Layout. q [Hq, q_rows, D], k [Hkv, L, D] (f32, f16 or bf16), out [Hkv, L] f32.
+// Supported: D in {64, 128} (tensor-core fragments are unrolled over D),
+// g = Hq / Hkv <= 128; anything else is Status::Shape (the CPU twin covers it).
+// q and k must be 16-byte aligned (cp.async / vector loads; cudaMalloc gives 256).
+//
+// Why two passes (and not one). A column sum mixes the R query rows of a tile
+// with per-row weights 1/Z_i (times exp(m_block - M_i)) that are known only
+// after every key has been seen. A partial column sum over rows cannot be
+// rescaled afterwards unless each row's share is kept separately -- that is the
+// [rows, L] buffer we must not build. So: pass 1 computes per-row (max, sumexp)
+// (online over key chunks, split over CTAs, merged by a tiny kernel); pass 2
+// recomputes the logits and accumulates normalised column sums. Pass 2 walks
+// the key chunks in the reverse order of pass 1 and the launches are batched
+// by KV heads whose K fits in ~24 MB, so the second read of K comes mostly from
+// the 50 MB L2, not HBM.
+//
+// Work decomposition. A tile = one KV head j, gh query heads of its group and
+// rt window rows of each (rows r = hl*rt + ii, R = gh*rt <= 128); one warp per
+// 16 rows (mma M), the CTA streams K in chunks of 64 keys through shared memory
+// (cp.async double buffer for f16/bf16) and every warp multiplies its Q
+// fragment (registers, loaded once) with the chunk: mma.sync m16n8k16, f32
+// accumulate. One K chunk in shared memory serves all g*rt rows (GQA reuse).
+//   * w*g <= 128 (the SnapKV case): one tile per head, every key column is
+//     produced by exactly one CTA, which applies the group reduce and stores
+//     out[j, t] directly (deterministic).
+//   * larger w (H2O, w = L): several row tiles per head; their column sums are
+//     atomically added into out (Sum/Mean, zeroed first). Max needs each
+//     head's full sum before the max, so it runs one query head at a time
+//     (gh = 1) into an [Hkv, L] scratch row set and max-merges into out: memory
+//     stays O(Hkv * L).
+// Workspace: per (row, split) (m, s) pairs and per-row (M, 1/Z): O(Hq * w *
+// splits), splits <= ~4 * SMs / tiles.
+//
+// f32 inputs. Tensor cores take 16-bit inputs; an f32 value x is split into
+// bf16 hi = bf16(x) and lo = bf16(x - hi), and q.k = qh.kh + qh.kl + ql.kh
+// (three MMAs; ql.kl ~ 2^-16 |q||k| is dropped). Per product the error is
+// <= 3 * 2^-16 |q_d k_d| (hi/lo truncation), so
+//   dz_i(f32)    <= |scale| * 2^-14 * max_t sum_d |q_d k_d|.
+// f16/bf16 inputs are exact in the MMA (products are exact in f32); the
+// tensor-core f32 accumulation is not IEEE round-to-nearest (its adder
+// truncates), so we budget
+//   dz_i(16-bit) <= |scale| * (D + 2) * 2^-22 * max_t sum_d |q_d k_d| + 2^-22 max_t |z_t|.
+// Softmax in f32 with exp2 (ex2.approx, rel. err ~2^-22) of log2-scaled
+// logits. Each P_i[t] then has relative error <= 2 dz_i + 1e-4 (1e-4 covers
+// exp2, the f32 sums over splits/chunks and the column sums of <= 128 rows in
+// shared-memory atomics, whose order is not fixed), and since every term is
+// positive |A - A_ref| <= sum_i P_i[t] (2 dz_i + 1e-4). Tests check exactly this.
+//
+// Roofline (H100, L 128K, w 32, Hq 32, Hkv 8, D 128, bf16): K = 268 MB read
+// once from HBM (~90 us at 3 TB/s; the second read hits L2), 2 x 34.4 GFLOP of
+// MMA (pass 1 and pass 2: ~105 us at the ~650 TFLOP/s mma.sync can reach on
+// H100) and 2 x 134M exp2 on the MUFU (16/clk/SM: ~70 us, overlappable with
+// the MMAs). Compute-bound: the bench reports TFLOP/s against the measured
+// MMA peak and GB/s against the copy bandwidth.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common.cuh"
+#include "launchers.h"
+
+namespace kvsq {
+
+namespace {
+
+constexpr int kTc = 64;          // keys per chunk (8 n-tiles of 8)
+constexpr int kNT = kTc / 8;     // n-tiles per chunk
+constexpr int kMaxRows = 128;    // rows per tile (8 warps x 16)
+constexpr int kTargetL2Bytes = 24 << 20;  // K bytes per launch batch (L2 reuse by pass 2)
+
+struct WsParams {
+  const void* q;
+  const void* k;
+  float* target;      // out (direct / atomic Sum, Mean) or the Max scratch
+  float2* part;       // [tiles][kMaxRows][nsplit] (m, s), log2 units
+  float2* stats;      // [tiles][kMaxRows] (M, 1/Z), log2 units
+  int D, L, w, q_rows, g;
+  float sl2;          // scale * log2(e)
+  int j0;             // first KV head of this launch batch
+  int hh0, gh;        // query heads of the group in a tile: hh0 .. hh0 + gh
+  int rt;             // window rows per tile (the last tile may have fewer)
+  int ntile;          // row tiles per KV head
+  int nsplit;         // CTAs per tile along the keys
+  int direct;         // 1: store the group-reduced column directly
+  int reduce;         // Reduce (direct mode)
+  float add_mul;      // atomic mode: scale of the added column sum (1/g for Mean)
+};
+
+// Tile geometry from blockIdx.y.
+struct TileGeo {
+  int j, i0, rtt, R;
+  int64_t Lr;  // causal extent: keys [0, Lr)
+};
+__device__ __forceinline__ TileGeo tile_geo(const WsParams& p, int tile) {
+  TileGeo t;
+  t.j = p.j0 + tile / p.ntile;
+  const int it = tile % p.ntile;
+  t.i0 = it * p.rt;
+  t.rtt = min(p.rt, p.w - t.i0);
+  t.R = p.gh * t.rtt;
+  t.Lr = int64_t(p.L) - p.w + t.i0 + t.rtt;
+  return t;
+}
+
+// ---------------------------------------------------------------- PTX wrappers
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int bytes) {
+  // bytes = 0 zero-fills the 16 destination bytes without reading src
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+template <bool F16>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (F16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (low 16 bits)
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+// x -> (hi, lo) bf16 pair with hi + lo ~ x to ~2^-16 relative.
+__device__ __forceinline__ void split_bf16(float x, float& hi, float& lo) {
+  hi = __bfloat162float(__float2bfloat16_rn(x));
+  lo = x - hi;  // exact in f32
+}
+
+// Two consecutive elements (columns c, c+1) of a q row as one 32-bit MMA
+// operand; for f32 the hi and lo halves.
+template <class T>
+__device__ __forceinline__ void load_q_pair(const T* row, int c, uint32_t& hi, uint32_t& lo) {
+  if constexpr (sizeof(T) == 4) {
+    const float2 v = *reinterpret_cast<const float2*>(row + c);
+    float h0, l0, h1, l1;
+    split_bf16(v.x, h0, l0);
+    split_bf16(v.y, h1, l1);
+    hi = pack_bf16(h0, h1);
+    lo = pack_bf16(l0, l1);
+  } else {
+    hi = *reinterpret_cast<const uint32_t*>(row + c);
+    lo = 0;
+  }
+}
+
+// Shared memory: two K tiles [kTc][D + 8] of 16-bit values (the + 8 pad makes
+// ldmatrix rows land on distinct banks): the double buffer for f16/bf16, the
+// hi and lo halves for f32. Then pass 2's column sums cs[gh][kTc].
+template <int D>
+constexpr int k_tile_elems() { return kTc * (D + 8); }
+
+// ---------------------------------------------------------------- the two passes
+template <class T, int D, int PASS>
+__global__ void __launch_bounds__(256) ws_pass_kernel(const WsParams p) {
+  constexpr bool kF32 = sizeof(T) == 4;
+  constexpr bool kF16 = std::is_same<T, __half>::value;
+  constexpr int KS = D / 16;           // k-steps
+  constexpr int LDS = D + 8;           // smem row stride, elements
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  uint16_t* kbuf = reinterpret_cast<uint16_t*>(smem_raw);  // [2][kTc][LDS]
+  float* cs = reinterpret_cast<float*>(smem_raw + 2 * k_tile_elems<D>() * sizeof(uint16_t));
+
+  const int tile = blockIdx.y;
+  const TileGeo tg = tile_geo(p, tile);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nthr = blockDim.x;
+  const int gid = lane >> 2, tig = lane & 3;
+  // pass 2 walks the splits (and their chunks) in reverse: what pass 1 loaded
+  // last is still in L2.
+  const int split = PASS == 1 ? blockIdx.x : p.nsplit - 1 - blockIdx.x;
+  const int64_t nchunk = (tg.Lr + kTc - 1) / kTc;
+  const int64_t cps = (nchunk + p.nsplit - 1) / p.nsplit;
+  const int64_t cb = min(nchunk, int64_t(split) * cps), ce = min(nchunk, cb + cps);
+
+  // Rows of this thread: r_lo (accumulator elements 0, 1) and r_hi = r_lo + 8 (2, 3).
+  const int r_lo = warp * 16 + gid, r_hi = r_lo + 8;
+  const bool ok_lo = r_lo < tg.R, ok_hi = r_hi < tg.R;
+  const int64_t pos_lo = int64_t(p.L) - p.w + tg.i0 + (ok_lo ? r_lo % tg.rtt : 0);
+  const int64_t pos_hi = int64_t(p.L) - p.w + tg.i0 + (ok_hi ? r_hi % tg.rtt : 0);
+  const int64_t min_pos = int64_t(p.L) - p.w + tg.i0;  // rows' smallest position: below it nothing is masked
+
+  if (PASS == 1 && cb >= ce) {  // an idle split still reports (-inf, 0) for the merge
+    if (tig == 0) {
+      const float2 e = make_float2(cu::neg_inf(), 0.f);
+      if (ok_lo) p.part[(int64_t(tile) * kMaxRows + r_lo) * p.nsplit + split] = e;
+      if (ok_hi) p.part[(int64_t(tile) * kMaxRows + r_hi) * p.nsplit + split] = e;
+    }
+    return;
+  }
+  if (PASS == 2 && cb >= ce) return;
+
+  // Q fragments (A operand, row-major 16 x 16 per k-step), loaded once.
+  uint32_t qa[KS][4], qb[kF32 ? KS : 1][4];
+  {
+    const T* qbase = static_cast<const T*>(p.q);
+    auto qrow = [&](int r) -> const T* {
+      const int hl = r / tg.rtt, ii = r % tg.rtt;
+      const int64_t h = int64_t(tg.j) * p.g + p.hh0 + hl;
+      return qbase + (h * p.q_rows + (p.q_rows - p.w + tg.i0 + ii)) * D;
+    };
+    const T* q0 = ok_lo ? qrow(r_lo) : nullptr;
+    const T* q1 = ok_hi ? qrow(r_hi) : nullptr;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      uint32_t h[4] = {0, 0, 0, 0}, l[4] = {0, 0, 0, 0};
+      const int c0 = ks * 16 + tig * 2, c1 = c0 + 8;
+      if (q0) { load_q_pair(q0, c0, h[0], l[0]); load_q_pair(q0, c1, h[2], l[2]); }
+      if (q1) { load_q_pair(q1, c0, h[1], l[1]); load_q_pair(q1, c1, h[3], l[3]); }
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        qa[ks][x] = h[x];
+        if constexpr (kF32) qb[ks][x] = l[x];
+      }
+    }
+  }
+
+  // Per-row state: pass 1 online (m, s) over this thread's columns; pass 2 (M, 1/Z).
+  float m_run[2] = {cu::neg_inf(), cu::neg_inf()}, s_run[2] = {0.f, 0.f};
+  float Mrow[2] = {0.f, 0.f}, izrow[2] = {0.f, 0.f};
+  bool uniform_head = true;
+  int head_w = 0;
+  if constexpr (PASS == 2) {
+    // Padding rows get M = +inf, 1/Z = 0: their probabilities are exactly 0.
+    const float2 s0 = ok_lo ? p.stats[int64_t(tile) * kMaxRows + r_lo] : make_float2(__int_as_float(0x7f800000), 0.f);
+    const float2 s1 = ok_hi ? p.stats[int64_t(tile) * kMaxRows + r_hi] : make_float2(__int_as_float(0x7f800000), 0.f);
+    Mrow[0] = s0.x; izrow[0] = s0.y;
+    Mrow[1] = s1.x; izrow[1] = s1.y;
+    // All valid rows of this warp in one head: reduce over rows with shuffles.
+    const int wr0 = warp * 16, wr1 = min(warp * 16 + 15, tg.R - 1);
+    uniform_head = wr0 < tg.R && wr0 / tg.rtt == wr1 / tg.rtt;
+    head_w = wr0 / tg.rtt;
+    for (int i = tid; i < p.gh * kTc; i += nthr) cs[i] = 0.f;
+    // (made visible by the first __syncthreads of the chunk loop)
+  }
+
+  const T* kbase = static_cast<const T*>(p.k) + int64_t(tg.j) * p.L * D;
+
+  // Stage chunk c into buffer b (f16/bf16: cp.async; f32: hi/lo split into both buffers).
+  auto stage = [&](int64_t c, int b) {
+    const int64_t t0 = c * kTc;
+    if constexpr (!kF32) {
+      constexpr int V = D / 8;  // 16-byte vectors per key row
+      uint16_t* dst = kbuf + b * k_tile_elems<D>();
+      for (int idx = tid; idx < kTc * V; idx += nthr) {
+        const int row = idx / V, col = (idx % V) * 8;
+        const int64_t t = t0 + row;
+        const bool in = t < tg.Lr;
+        const T* src = kbase + (in ? t : 0) * D + col;
+        cp_async16(smem_u32(dst + row * LDS + col), src, in ? 16 : 0);
+      }
+    } else {
+      constexpr int V = D / 4;
+      uint16_t* dh = kbuf;
+      uint16_t* dl = kbuf + k_tile_elems<D>();
+      for (int idx = tid; idx < kTc * V; idx += nthr) {
+        const int row = idx / V, col = (idx % V) * 4;
+        const int64_t t = t0 + row;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (t < tg.Lr) v = __ldg(reinterpret_cast<const float4*>(kbase + t * D + col));
+        float h0, l0, h1, l1, h2, l2, h3, l3;
+        split_bf16(v.x, h0, l0);
+        split_bf16(v.y, h1, l1);
+        split_bf16(v.z, h2, l2);
+        split_bf16(v.w, h3, l3);
+        *reinterpret_cast<uint2*>(dh + row * LDS + col) = make_uint2(pack_bf16(h0, h1), pack_bf16(h2, h3));
+        *reinterpret_cast<uint2*>(dl + row * LDS + col) = make_uint2(pack_bf16(l0, l1), pack_bf16(l2, l3));
+      }
+    }
+  };
+
+  const int64_t nloc = ce - cb;
+  auto chunk_of = [&](int64_t n) -> int64_t { return PASS == 1 ? cb + n : ce - 1 - n; };
+  if constexpr (!kF32) {
+    stage(chunk_of(0), 0);
+    cp_async_commit();
+  }
+  for (int64_t n = 0; n < nloc; ++n) {
+    const int64_t c = chunk_of(n);
+    const int64_t t0 = c * kTc;
+    int buf = 0;
+    if constexpr (!kF32) {
+      if (n + 1 < nloc) stage(chunk_of(n + 1), int((n + 1) & 1));
+      cp_async_commit();  // possibly empty: keeps "wait_group 1" meaning "chunk n has landed"
+      cp_async_wait1();
+      buf = int(n & 1);
+    } else {
+      stage(c, 0);
+    }
+    __syncthreads();
+
+    // ---- S = Q K^T for this warp's 16 rows and the chunk's 64 keys
+    float acc[kNT][4];
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+    const uint16_t* kt = kbuf + buf * k_tile_elems<D>();
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      // ldmatrix.x4: matrices = 8 keys x 8 dims at dims kp*32 + {0, 8, 16, 24}:
+      // the B fragments (b0, b1) of k-steps 2kp and 2kp + 1.
+      const uint32_t rowaddr = smem_u32(kt + (nt * 8 + (lane & 7)) * LDS + (lane >> 3) * 8);
+#pragma unroll
+      for (int kp = 0; kp < KS / 2; ++kp) {
+        uint32_t b0, b1, b2, b3;
+        ldsm_x4(rowaddr + kp * 32 * 2, b0, b1, b2, b3);
+        mma16816<kF16>(acc[nt], qa[2 * kp], b0, b1);
+        mma16816<kF16>(acc[nt], qa[2 * kp + 1], b2, b3);
+        if constexpr (kF32) {
+          uint32_t c0, c1, c2, c3;  // k lo
+          ldsm_x4(rowaddr + (k_tile_elems<D>() + kp * 32) * 2, c0, c1, c2, c3);
+          mma16816<false>(acc[nt], qa[2 * kp], c0, c1);
+          mma16816<false>(acc[nt], qa[2 * kp + 1], c2, c3);
+          mma16816<false>(acc[nt], qb[2 * kp], b0, b1);
+          mma16816<false>(acc[nt], qb[2 * kp + 1], b2, b3);
+        }
+      }
+    }
+
+    // ---- logits (log2 units) and the causal mask
+    const bool need_mask = t0 + kTc - 1 > min_pos;  // block-uniform
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t t = t0 + nt * 8 + tig * 2 + (e & 1);
+        float y = acc[nt][e] * p.sl2;
+        const bool ok = e < 2 ? ok_lo : ok_hi;
+        if (!ok || (need_mask && t > (e < 2 ? pos_lo : pos_hi))) y = cu::neg_inf();
+        acc[nt][e] = y;
+      }
+    }
+
+    if constexpr (PASS == 1) {
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        float cm = cu::neg_inf();
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) cm = fmaxf(cm, fmaxf(acc[nt][2 * hr], acc[nt][2 * hr + 1]));
+        if (cm != cu::neg_inf()) {
+          const float mn = fmaxf(m_run[hr], cm);
+          float s = m_run[hr] == cu::neg_inf() ? 0.f : s_run[hr] * exp2f(m_run[hr] - mn);
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) s += exp2f(acc[nt][2 * hr] - mn) + exp2f(acc[nt][2 * hr + 1] - mn);
+          m_run[hr] = mn;
+          s_run[hr] = s;
+        }
+      }
+    } else {
+      // probabilities, then column sums per head into cs
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[nt][e] = exp2f(acc[nt][e] - Mrow[e >> 1]) * izrow[e >> 1];
+      }
+      if (warp * 16 >= tg.R) {
+        // a short last tile leaves whole warps without rows: nothing to add
+      } else if (uniform_head) {
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float v = acc[nt][e] + acc[nt][e + 2];
+            v += __shfl_xor_sync(0xffffffffu, v, 4);
+            v += __shfl_xor_sync(0xffffffffu, v, 8);
+            v += __shfl_xor_sync(0xffffffffu, v, 16);
+            if (gid == 0) atomicAdd(&cs[head_w * kTc + nt * 8 + tig * 2 + e], v);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = e < 2 ? r_lo : r_hi;
+            if (r < tg.R && acc[nt][e] != 0.f) atomicAdd(&cs[(r / tg.rtt) * kTc + nt * 8 + tig * 2 + (e & 1)], acc[nt][e]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // the chunk's buffer is free again; pass 2: cs complete
+
+    if constexpr (PASS == 2) {
+      for (int i = tid; i < kTc; i += nthr) {
+        const int64_t t = t0 + i;
+        if (t < tg.Lr) {
+          float* dst = p.target + int64_t(tg.j) * p.L + t;
+          if (p.direct) {
+            float v = cs[i];
+            if (p.reduce == int(Reduce::Max)) {
+              for (int hl = 1; hl < p.gh; ++hl) v = fmaxf(v, cs[hl * kTc + i]);
+            } else {
+              for (int hl = 1; hl < p.gh; ++hl) v += cs[hl * kTc + i];
+              if (p.reduce == int(Reduce::Mean)) v /= float(p.g);
+            }
+            *dst = v;
+          } else {
+            float v = cs[i];
+            for (int hl = 1; hl < p.gh; ++hl) v += cs[hl * kTc + i];
+            atomicAdd(dst, v * p.add_mul);
+          }
+        }
+        for (int hl = 0; hl < p.gh; ++hl) cs[hl * kTc + i] = 0.f;
+      }
+      // cs is next written after the next chunk's __syncthreads
+    }
+  }
+
+  if constexpr (PASS == 1) {
+    // merge the quad (4 lanes share a row), then one (m, s) per row and split
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      float m = m_run[hr], s = s_run[hr];
+#pragma unroll
+      for (int o = 1; o <= 2; o <<= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        const float mn = fmaxf(m, m2);
+        if (mn != cu::neg_inf()) {
+          s = (m == cu::neg_inf() ? 0.f : s * exp2f(m - mn)) + (m2 == cu::neg_inf() ? 0.f : s2 * exp2f(m2 - mn));
+          m = mn;
+        }
+      }
+      const int r = hr == 0 ? r_lo : r_hi;
+      if (tig == 0 && r < tg.R) p.part[(int64_t(tile) * kMaxRows + r) * p.nsplit + split] = make_float2(m, s);
+    }
+  }
+}
+
+// (M, 1/Z) per row from the splits' (m, s); padding rows get (+inf, 0).
+__global__ void ws_merge_kernel(const WsParams p, int ntiles_launch) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(ntiles_launch) * kMaxRows) return;
+  const int tile = int(i / kMaxRows), r = int(i % kMaxRows);
+  const TileGeo tg = tile_geo(p, tile);
+  if (r >= tg.R) {
+    p.stats[i] = make_float2(__int_as_float(0x7f800000), 0.f);
+    return;
+  }
+  const float2* pr = p.part + i * p.nsplit;
+  float M = cu::neg_inf();
+  for (int s = 0; s < p.nsplit; ++s) M = fmaxf(M, pr[s].x);
+  float Z = 0.f;
+  for (int s = 0; s < p.nsplit; ++s)
+    if (pr[s].x != cu::neg_inf()) Z += pr[s].y * exp2f(pr[s].x - M);
+  // every row sees key 0, so M is finite and Z >= 1
+  p.stats[i] = make_float2(M, 1.f / Z);
+}
+
+// Max over query heads: out = first ? acc : max(out, acc). All A_h >= 0.
+__global__ void ws_max_merge_kernel(float* out, const float* acc, int64_t n, int first) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = first ? acc[i] : fmaxf(out[i], acc[i]);
+}
+
+int sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 132;
+  }
+  return n > 0 ? n : 132;
+}
+
+template <class T, int D>
+Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
+  const int g = a.num_q_heads / a.num_kv_heads;
+  const int Hkv = a.num_kv_heads, L = a.seq_len, w = a.window;
+  const bool max_split = a.reduce == Reduce::Max && g > 1 && int64_t(g) * w > kMaxRows;
+  const int gh = max_split ? 1 : g;
+  const int rt = std::max(1, std::min(w, kMaxRows / gh));
+  const int ntile = (w + rt - 1) / rt;
+  const bool direct = ntile == 1;
+  const int64_t head_bytes = int64_t(L) * D * int64_t(sizeof(T));
+  int hb = int(std::max<int64_t>(1, std::min<int64_t>(Hkv, kTargetL2Bytes / std::max<int64_t>(1, head_bytes))));
+  hb = std::max(1, std::min(hb, 65535 / ntile));
+  if (ntile > 65535) return Status::Shape;
+  const int64_t tiles = int64_t(hb) * ntile;
+  const int64_t nchunk_max = (int64_t(L) + kTc - 1) / kTc;
+  const int64_t target_ctas = int64_t(sm_count()) * 4;
+  const int nsplit = int(std::max<int64_t>(1, std::min<int64_t>(nchunk_max, (target_ctas + tiles - 1) / tiles)));
+
+  // workspace: part, stats (and the Max scratch rows)
+  const size_t part_bytes = size_t(tiles) * kMaxRows * nsplit * sizeof(float2);
+  const size_t stats_bytes = size_t(tiles) * kMaxRows * sizeof(float2);
+  const size_t acc_bytes = max_split ? size_t(Hkv) * L * sizeof(float) : 0;
+  void* ws = nullptr;
+  KVSQ_CUDA_TRY(cudaMallocAsync(&ws, part_bytes + stats_bytes + acc_bytes, st));
+  Status s = Status::Ok;
+  auto fail = [&](cudaError_t e) {
+    if (s == Status::Ok && e != cudaSuccess) s = cuda_status(e);
+  };
+
+  WsParams p{};
+  p.q = a.q;
+  p.k = a.k;
+  p.part = static_cast<float2*>(ws);
+  p.stats = reinterpret_cast<float2*>(static_cast<char*>(ws) + part_bytes);
+  float* accbuf = max_split ? reinterpret_cast<float*>(static_cast<char*>(ws) + part_bytes + stats_bytes) : nullptr;
+  p.D = D;
+  p.L = L;
+  p.w = w;
+  p.q_rows = a.q_rows;
+  p.g = g;
+  p.sl2 = a.scale * cu::kLog2e;
+  p.gh = gh;
+  p.rt = rt;
+  p.ntile = ntile;
+  p.nsplit = nsplit;
+  p.direct = direct ? 1 : 0;
+  p.reduce = int(a.reduce);
+  p.add_mul = (a.reduce == Reduce::Mean && !max_split) ? 1.f / float(g) : 1.f;
+  p.target = max_split ? accbuf : a.out;
+
+  const int rows_pad = std::min(kMaxRows, (gh * rt + 15) / 16 * 16);
+  const int threads = rows_pad / 16 * 32;
+  const size_t smem1 = 2 * size_t(k_tile_elems<D>()) * sizeof(uint16_t);
+  const size_t smem2 = smem1 + size_t(gh) * kTc * sizeof(float);
+  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)));
+  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
+
+  if (s == Status::Ok && !direct && !max_split) fail(cudaMemsetAsync(a.out, 0, size_t(Hkv) * L * sizeof(float), st));
+  const int nhh = max_split ? g : 1;
+  for (int hh = 0; hh < nhh && s == Status::Ok; ++hh) {
+    p.hh0 = hh;
+    if (max_split) fail(cudaMemsetAsync(accbuf, 0, acc_bytes, st));
+    for (int j0 = 0; j0 < Hkv && s == Status::Ok; j0 += hb) {
+      const int nb = std::min(hb, Hkv - j0);
+      p.j0 = j0;
+      const dim3 grid(nsplit, nb * ntile);
+      ws_pass_kernel<T, D, 1><<<grid, threads, smem1, st>>>(p);
+      fail(cudaGetLastError());
+      const int64_t nrows = int64_t(nb) * ntile * kMaxRows;
+      ws_merge_kernel<<<unsigned((nrows + 255) / 256), 256, 0, st>>>(p, nb * ntile);
+      fail(cudaGetLastError());
+      ws_pass_kernel<T, D, 2><<<grid, threads, smem2, st>>>(p);
+      fail(cudaGetLastError());
+    }
+    if (max_split && s == Status::Ok) {
+      const int64_t n = int64_t(Hkv) * L;
+      ws_max_merge_kernel<<<unsigned(std::min<int64_t>(4096, (n + 255) / 256)), 256, 0, st>>>(a.out, accbuf, n, hh == 0);
+      fail(cudaGetLastError());
+    }
+  }
+  fail(cudaFreeAsync(ws, st));
+  return s;
+}
+
+}  // namespace
+
+Status cuda_window_scores(const WindowScoresArgs& a, void* stream) {
+  // ---- validation (as the CPU twin; nothing is launched before it passes)
+  if (a.num_q_heads <= 0 || a.num_kv_heads <= 0 || a.head_dim <= 0 || a.seq_len <= 0 || a.window <= 0 ||
+      a.q_rows <= 0)
+    return Status::Shape;
+  if (a.num_q_heads % a.num_kv_heads != 0) return Status::Shape;
+  if (a.window > a.seq_len || a.window > a.q_rows) return Status::Shape;
+  if (!a.q || !a.k || !a.out) return Status::Shape;
+  if (!is_float_dtype(a.dtype)) return Status::DType;
+  if (a.reduce != Reduce::Mean && a.reduce != Reduce::Sum && a.reduce != Reduce::Max) return Status::Range;
+  // ---- what this kernel supports
+  if (a.head_dim != 64 && a.head_dim != 128) return Status::Shape;
+  if (a.num_q_heads / a.num_kv_heads > kMaxRows) return Status::Shape;
+  if ((reinterpret_cast<uintptr_t>(a.q) | reinterpret_cast<uintptr_t>(a.k)) % 16 != 0) return Status::Shape;
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  return cu::with_float_dtype(a.dtype, [&](auto tag) -> Status {
+    using T = decltype(tag);
+    return a.head_dim == 64 ? run_window_scores<T, 64>(a, st) : run_window_scores<T, 128>(a, st);
+  });
+}
+
+}  // namespace kvsq

@@ -1,0 +1,74 @@
+#!/usr/bin/env node
+// Node smoke test of the CUDA path (run by scripts/gpu-check.sh): tensors to
+// the device and back, SnapKV prefill, 16 decode steps with H2O and with
+// Quest on a cuda:0 cache, compared with the same run on the CPU.
+// KVSQ_DIST points at the compiled library (default ./dist).
+'use strict';
+const path = require('path');
+const k = require(path.resolve(process.env.KVSQ_DIST || 'dist'));
+
+const info = k.backend.info();
+console.log('cuda:', JSON.stringify(info.cuda));
+if (!info.cuda.available) {
+  console.log('SMOKE SKIP: no CUDA device:', info.cuda.reason);
+  process.exit(0);
+}
+
+let seed = 12345;
+const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * 2 - 1;
+const randArr = (n) => Float32Array.from({ length: n }, rand);
+let failures = 0;
+function close(name, a, b, tol) {
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]) / (1e-3 + Math.abs(b[i])));
+  const ok = worst <= tol;
+  if (!ok) failures++;
+  console.log(`SMOKE ${ok ? 'PASS' : 'FAIL'} ${name}: worst relative difference ${worst.toExponential(2)} (tolerance ${tol})`);
+}
+
+// 1. Round trip through the device.
+const x = randArr(4097);
+const t = k.Tensor.from(x, [4097], { dtype: 'bf16' });
+const d = t.to('cuda:0');
+close('bf16 round trip cpu -> cuda -> cpu', d.toFloat32(), t.toFloat32(), 0);
+d.dispose();
+t.dispose();
+
+// 2. The same sequences on both devices.
+const Hq = 32, Hkv = 8, D = 128, L = 3000, layers = 2, steps = 16;
+const prompt = Array.from({ length: layers }, () => ({ q: randArr(Hq * L * D), k: randArr(Hkv * L * D), v: randArr(Hkv * L * D) }));
+const dec = Array.from({ length: layers * steps }, () => ({ q: randArr(Hq * D), k: randArr(Hkv * D), v: randArr(Hkv * D) }));
+
+function run(device, decodePolicy) {
+  const cache = new k.PagedKVCache({ layers, kvHeads: Hkv, qHeads: Hq, headDim: D, dtype: 'bf16', device, pages: 4096 });
+  const seq = cache.addSequence({ prefill: new k.SnapKV({ budget: 1024 }), decode: decodePolicy });
+  const T = (a, shape) => k.Tensor.from(a, shape, { dtype: 'bf16', device });
+  for (let l = 0; l < layers; l++) seq.prefill(l, T(prompt[l].q, [Hq, L, D]), T(prompt[l].k, [Hkv, L, D]), T(prompt[l].v, [Hkv, L, D]));
+  const outs = [];
+  for (let s = 0; s < steps; s++)
+    for (let l = 0; l < layers; l++) {
+      const e = dec[s * layers + l];
+      const o = cache.decode(l, [seq], T(e.q, [1, Hq, D]), T(e.k, [1, Hkv, D]), T(e.v, [1, Hkv, D]));
+      outs.push(o.toFloat32());
+      o.dispose();
+    }
+  const kept = Array.from({ length: layers }, (_, l) => seq.kept(l).map((a) => Array.from(a)));
+  cache.dispose();
+  return { outs, kept };
+}
+
+for (const [name, mk] of [['H2O', () => new k.H2O({ heavy: 256, recent: 256 })], ['Quest', () => new k.Quest({ budget: 512, denseLayers: 1 })]]) {
+  try {
+    const cpu = run('cpu', mk());
+    const gpu = run('cuda:0', mk());
+    close(`SnapKV + ${name}: decode outputs`, Float32Array.from(gpu.outs.flatMap((o) => Array.from(o))), Float32Array.from(cpu.outs.flatMap((o) => Array.from(o))), 2e-2);
+    const same = JSON.stringify(cpu.kept) === JSON.stringify(gpu.kept);
+    if (!same) failures++;
+    console.log(`SMOKE ${same ? 'PASS' : 'FAIL'} SnapKV + ${name}: kept positions identical on cpu and cuda`);
+  } catch (e) {
+    failures++;
+    console.log(`SMOKE FAIL SnapKV + ${name}: ${e.code || ''} ${e.message}`);
+  }
+}
+console.log(`${failures === 0 ? 'SMOKE OK' : 'SMOKE FAILED'} (${failures} failures)`);
+process.exit(failures ? 1 : 0);

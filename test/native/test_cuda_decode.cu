@@ -1,0 +1,651 @@
+// CUDA decode attention, append, gather, page_meta and read_scores against
+// their CPU twins (cpu_* on host copies of the same fresh random inputs).
+//
+// Tolerances: decode attention - the GPU and the CPU are each within the bound
+// of native/cpu/decode_attention.cc of the exact result, so they must agree to
+// twice that bound (u = 2^-24, n = slots attended, dz = (D+4) u scale
+// max_s sum_d |q_d k_sd| over the list's slots):
+//   o:     2 max|v| (2 dz + 8 sqrt(n) u + 8 u) + |o| ulp_out + f16 subnormal step
+//   lse:   2 (dz + 8 sqrt(n) u + 8 u |lse|)
+//   score: 2 added (2 dz + 8 sqrt(n) u + 8 u) + 4 u |score|; slots the CPU left
+//          bit-identical must stay bit-identical.
+// Memory ops: bit-exact.
+//
+// Without a device every test SKIPs (never passes). With KVSQ_CUDA_BENCH=1 the
+// cuda_decode_bench test prints timings (L2 flushed between launches by a 128 MB
+// memset, CUDA events, median of 50) against a device-to-device copy measured
+// in the same run; otherwise it is skipped.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "../../cuda/launchers.h"
+#include "core/device.h"
+#include "core/dtype.h"
+#include "cpu/kernels.h"
+#include "harness.h"
+
+using namespace kvsq;
+using kvsqtest::randint;
+using kvsqtest::uniform;
+
+namespace {
+
+constexpr double kU = 1.0 / 16777216.0;
+
+void need_device() {
+  if (cuda_device_count() == 0) {
+    const CudaInfo ci = cuda_info();
+    SKIP("no CUDA device: " + (ci.reason.empty() ? std::string("none found") : ci.reason));
+  }
+}
+
+#define CU_OK(expr)                                                                      \
+  do {                                                                                   \
+    cudaError_t e_ = (expr);                                                             \
+    CHECK_MSG(e_ == cudaSuccess, #expr << ": " << cudaGetErrorName(e_) << " " << cudaGetErrorString(e_)); \
+  } while (0)
+
+// Device copy of a host vector (RAII).
+struct Dev {
+  void* p = nullptr;
+  size_t n = 0;
+  Dev() = default;
+  explicit Dev(size_t bytes) : n(bytes) {
+    if (bytes) CU_OK(cudaMalloc(&p, bytes));
+  }
+  template <class T>
+  explicit Dev(const std::vector<T>& v) : Dev(v.size() * sizeof(T)) {
+    if (n) CU_OK(cudaMemcpy(p, v.data(), n, cudaMemcpyHostToDevice));
+  }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  ~Dev() {
+    if (p) cudaFree(p);
+  }
+  template <class T>
+  T* as() const { return static_cast<T*>(p); }
+  template <class T>
+  std::vector<T> get(size_t count) const {
+    std::vector<T> v(count);
+    if (count) {
+      cudaError_t e = cudaMemcpy(v.data(), p, count * sizeof(T), cudaMemcpyDeviceToHost);
+      if (e != cudaSuccess) KVSQ_FAIL("download: " << cudaGetErrorString(e));
+    }
+    return v;
+  }
+};
+
+void sync_ok() { CU_OK(cudaDeviceSynchronize()); }
+
+// Host storage in a dtype with the decoded values.
+struct Buf {
+  DType t = DType::F32;
+  std::vector<uint8_t> bytes;
+  std::vector<float> val;
+  void init(DType dt, size_t n) {
+    t = dt;
+    bytes.assign(n * dtype_size(dt), 0);
+    val.assign(n, 0.f);
+  }
+  void set(size_t i, float x) {
+    if (t == DType::F32) {
+      std::memcpy(&bytes[i * 4], &x, 4);
+      val[i] = x;
+      return;
+    }
+    const uint16_t h = t == DType::F16 ? f32_to_f16(x) : f32_to_bf16(x);
+    std::memcpy(&bytes[i * 2], &h, 2);
+    val[i] = t == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
+  }
+};
+float get_as(DType t, const std::vector<uint8_t>& b, size_t i) {
+  if (t == DType::F32) { float f; std::memcpy(&f, &b[i * 4], 4); return f; }
+  uint16_t h;
+  std::memcpy(&h, &b[i * 2], 2);
+  return t == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
+}
+
+struct Config {
+  int B = 1, Hq = 1, Hkv = 1, D = 64, P = 16;
+  DType qdt = DType::F32, kvdt = DType::F32;
+  std::vector<int> lens;
+  bool subset = false, score = false, lse = true;
+  Reduce reduce = Reduce::Mean;
+  float scale_mult = 1.f;
+};
+
+struct Problem {
+  Config c;
+  int g = 1;
+  int64_t num_pages = 0;
+  Buf q, k, v;
+  std::vector<int32_t> indptr, ids, kv_len, sel_indptr, sel_pages;
+  std::vector<float> score0;
+  float scale = 0.f;
+
+  explicit Problem(const Config& cfg) : c(cfg) {
+    g = c.Hq / c.Hkv;
+    const int nl = c.B * c.Hkv;
+    std::vector<int> np(nl);
+    int64_t total = 0;
+    for (int l = 0; l < nl; ++l) total += np[l] = (c.lens[l] + c.P - 1) / c.P + (randint(0, 3) == 0);
+    num_pages = total + randint(0, 3);
+    std::vector<int> perm(num_pages);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), kvsqtest::rng());
+    indptr.assign(1, 0);
+    int at = 0;
+    for (int l = 0; l < nl; ++l) {
+      for (int i = 0; i < np[l]; ++i) ids.push_back(perm[at++]);
+      indptr.push_back(int32_t(ids.size()));
+      kv_len.push_back(c.lens[l]);
+    }
+    const size_t pool = size_t(std::max<int64_t>(num_pages, 1)) * c.P * c.D;
+    k.init(c.kvdt, pool);
+    v.init(c.kvdt, pool);
+    for (size_t i = 0; i < pool; ++i) {
+      k.set(i, kvsqtest::normal());
+      v.set(i, uniform(-2.f, 2.f));
+    }
+    q.init(c.qdt, size_t(c.B) * c.Hq * c.D);
+    for (size_t i = 0; i < q.val.size(); ++i) q.set(i, kvsqtest::normal());
+    scale = c.scale_mult / std::sqrt(float(c.D));
+    if (c.subset) {
+      sel_indptr.assign(1, 0);
+      for (int b = 0; b < c.B; ++b)
+        for (int h = 0; h < c.Hq; ++h) {
+          const int len = c.lens[b * c.Hkv + h / g], npg = (len + c.P - 1) / c.P;
+          const int mode = randint(0, 5);  // 0: none, 1: all, else random + last page
+          for (int p = 0; p < npg; ++p)
+            if (mode == 1 || (mode > 1 && (p == npg - 1 || randint(0, 2) == 0))) sel_pages.push_back(p);
+          sel_indptr.push_back(int32_t(sel_pages.size()));
+        }
+    }
+    score0.resize(size_t(std::max<int64_t>(num_pages, 1)) * c.P);
+    for (auto& s : score0) s = uniform(0.f, 4.f);
+  }
+
+  DecodeAttnArgs base() const {
+    DecodeAttnArgs a;
+    a.batch = c.B, a.num_q_heads = c.Hq, a.num_kv_heads = c.Hkv, a.head_dim = c.D, a.page_size = c.P;
+    a.q_dtype = c.qdt, a.kv_dtype = c.kvdt, a.scale = scale, a.num_pages = num_pages, a.reduce = c.reduce;
+    return a;
+  }
+
+  // max_s sum_d |q_d k_sd| over the valid slots of the list of (b, h).
+  double absdot(int b, int h) const {
+    const int l = b * c.Hkv + h / g;
+    const float* qv = &q.val[(size_t(b) * c.Hq + h) * c.D];
+    double m = 0.0;
+    for (int s = 0; s < c.lens[l]; ++s) {
+      const int64_t base = (int64_t(ids[indptr[l] + s / c.P]) * c.P + s % c.P) * c.D;
+      double ad = 0.0;
+      for (int d = 0; d < c.D; ++d) ad += std::fabs(double(qv[d]) * k.val[base + d]);
+      m = std::max(m, ad);
+    }
+    return m;
+  }
+
+  void run_and_compare() const {
+    const size_t no = size_t(c.B) * c.Hq * c.D, nq = size_t(c.B) * c.Hq;
+    // CPU
+    std::vector<uint8_t> o_cpu(no * dtype_size(c.qdt));
+    std::vector<float> lse_cpu(nq, 7.f), score_cpu = score0;
+    DecodeAttnArgs a = base();
+    a.q = q.bytes.data(), a.o = o_cpu.data(), a.k_pool = k.bytes.data(), a.v_pool = v.bytes.data();
+    a.page_indptr = indptr.data(), a.page_ids = ids.data(), a.kv_len = kv_len.data();
+    if (c.subset) a.sel_indptr = sel_indptr.data(), a.sel_pages = sel_pages.data();
+    a.score_pool = c.score ? score_cpu.data() : nullptr;
+    a.lse = c.lse ? lse_cpu.data() : nullptr;
+    Status st = cpu_decode_attention(a);
+    CHECK_MSG(st == Status::Ok, "cpu status " << status_name(st));
+    // GPU
+    Dev dq(q.bytes), dk(k.bytes), dv(v.bytes), dind(indptr), dids(ids), dlen(kv_len), dsi(sel_indptr),
+        dsp(sel_pages), dsc(score0), dlse(std::vector<float>(nq, 7.f));
+    Dev dout(no * dtype_size(c.qdt));
+    DecodeAttnArgs d = base();
+    d.q = dq.p, d.o = dout.p, d.k_pool = dk.p, d.v_pool = dv.p;
+    d.page_indptr = dind.as<int32_t>(), d.page_ids = dids.as<int32_t>(), d.kv_len = dlen.as<int32_t>();
+    if (c.subset) d.sel_indptr = dsi.as<int32_t>(), d.sel_pages = dsp.as<int32_t>();
+    d.score_pool = c.score ? dsc.as<float>() : nullptr;
+    d.lse = c.lse ? dlse.as<float>() : nullptr;
+    st = cuda_decode_attention(d, nullptr);
+    CHECK_MSG(st == Status::Ok, "cuda status " << status_name(st) << " " << last_cuda_error());
+    sync_ok();
+    const std::vector<uint8_t> o_gpu = dout.get<uint8_t>(o_cpu.size());
+    const std::vector<float> lse_gpu = dlse.get<float>(nq), score_gpu = dsc.get<float>(score0.size());
+
+    const double ulp_out = c.qdt == DType::F16 ? std::ldexp(1.0, -10) : c.qdt == DType::BF16 ? std::ldexp(1.0, -7)
+                                                                                                 : std::ldexp(1.0, -23);
+    const double sub_out = c.qdt == DType::F16 ? std::ldexp(1.0, -23) : 0.0;
+    double vmax = 0.0;
+    for (float x : v.val) vmax = std::max(vmax, double(std::fabs(x)));
+    std::vector<double> grel(size_t(c.B) * c.Hkv, 0.0);
+    for (int b = 0; b < c.B; ++b)
+      for (int h = 0; h < c.Hq; ++h) {
+        const int l = b * c.Hkv + h / g;
+        const size_t row = size_t(b) * c.Hq + h;
+        const double dz = (c.D + 4) * kU * double(scale) * absdot(b, h);
+        const double n = std::max(1, c.lens[l]);
+        const double sumtol = 8 * std::sqrt(n) * kU + 8 * kU;
+        grel[l] = std::max(grel[l], 2 * dz + sumtol);
+        for (int dd = 0; dd < c.D; ++dd) {
+          const double x = get_as(c.qdt, o_gpu, row * c.D + dd), y = get_as(c.qdt, o_cpu, row * c.D + dd);
+          const double tol = 2 * vmax * (2 * dz + sumtol) + std::fabs(y) * ulp_out + sub_out;
+          CHECK_MSG(std::fabs(x - y) <= tol, "o b=" << b << " h=" << h << " d=" << dd << " gpu " << x << " cpu " << y
+                                                    << " tol " << tol << " len " << c.lens[l]);
+        }
+        if (c.lse) {
+          const double x = lse_gpu[row], y = lse_cpu[row];
+          if (std::isinf(y)) {
+            CHECK_MSG(std::isinf(x) && x < 0, "lse of empty row: gpu " << x);
+          } else {
+            const double tol = 2 * (dz + sumtol + 8 * kU * std::fabs(y));
+            CHECK_MSG(std::fabs(x - y) <= tol, "lse b=" << b << " h=" << h << " gpu " << x << " cpu " << y);
+          }
+        }
+      }
+    if (c.score) {
+      // slot -> list, for the relative tolerance
+      std::vector<int> owner(score0.size(), -1);
+      for (int l = 0; l < c.B * c.Hkv; ++l)
+        for (int s = 0; s < c.lens[l]; ++s) owner[size_t(ids[indptr[l] + s / c.P]) * c.P + s % c.P] = l;
+      for (size_t i = 0; i < score0.size(); ++i) {
+        const float x = score_gpu[i], y = score_cpu[i];
+        if (f32_bits(y) == f32_bits(score0[i]) || owner[i] < 0) {
+          CHECK_MSG(f32_bits(x) == f32_bits(y), "untouched score slot " << i << " gpu " << x << " cpu " << y);
+          continue;
+        }
+        const double added = double(y) - score0[i];
+        const double tol = 2 * std::fabs(added) * grel[owner[i]] + 4 * kU * std::fabs(y) + 1e-30;
+        CHECK_MSG(std::fabs(double(x) - y) <= tol, "score slot " << i << " gpu " << x << " cpu " << y << " added " << added);
+      }
+    }
+  }
+};
+
+int pick(std::initializer_list<int> v) { return *(v.begin() + randint(0, int(v.size()) - 1)); }
+int random_len() {
+  switch (randint(0, 5)) {
+    case 0: return 1;
+    case 1: return 17;
+    case 2: return 1000;
+    case 3: return 4097;
+    default: return randint(2, 1500);
+  }
+}
+const DType kDts[3] = {DType::F32, DType::F16, DType::BF16};
+
+}  // namespace
+
+KVSQ_TEST(cuda_decode_dense_shapes) {
+  need_device();
+  int it = 0;
+  for (int D : {64, 128, 40, 256}) {
+    for (int g : {1, 2, 3, 4, 5, 6, 7, 8}) {
+      Config c;
+      c.Hkv = pick({1, 2});
+      c.Hq = c.Hkv * g;
+      c.B = pick({1, 2, 3});
+      c.D = D;
+      c.P = pick({16, 7});
+      c.qdt = kDts[it % 3];
+      c.kvdt = D == 256 ? kDts[1 + it % 2] : kDts[(it / 3 + it) % 3];  // f32 D=256 is unsupported
+      c.scale_mult = float(pick({1, 1, 4}));
+      for (int l = 0; l < c.B * c.Hkv; ++l) c.lens.push_back(random_len());
+      ++it;
+      Problem(c).run_and_compare();
+    }
+  }
+}
+
+KVSQ_TEST(cuda_decode_lengths_pages) {
+  need_device();
+  for (int P : {16, 7, 1})
+    for (int len : {1, 17, 1000, 4097}) {
+      Config c;
+      c.Hkv = 1;
+      c.Hq = pick({1, 4});
+      c.D = pick({64, 128, 40});
+      c.P = P;
+      c.kvdt = kDts[randint(0, 2)];
+      c.qdt = kDts[randint(0, 2)];
+      c.lens = {len};
+      Problem(c).run_and_compare();
+    }
+  // the benchmark shape, shortened: one sequence, 8 KV heads, many items per list
+  Config c;
+  c.B = 1, c.Hkv = 8, c.Hq = 32, c.D = 128, c.P = 16;
+  c.qdt = DType::BF16, c.kvdt = DType::BF16;
+  c.lens.assign(8, 0);
+  for (auto& l : c.lens) l = 8192 - randint(0, 20);
+  Problem(c).run_and_compare();
+}
+
+KVSQ_TEST(cuda_decode_ragged_empty) {
+  need_device();
+  Config c;
+  c.B = 4, c.Hkv = 2, c.Hq = 8, c.D = 64, c.P = 7;
+  c.qdt = DType::BF16, c.kvdt = DType::F32;
+  c.lens = {0, 17, 1000, 1, 0, 0, 4097, 300};
+  Problem(c).run_and_compare();
+  Config e = c;
+  e.lens.assign(8, 0);
+  e.qdt = DType::F16;
+  e.score = true;
+  Problem(e).run_and_compare();
+  Config n = c;  // no lse output
+  n.lse = false;
+  Problem(n).run_and_compare();
+}
+
+KVSQ_TEST(cuda_decode_subset_scores) {
+  need_device();
+  int it = 0;
+  for (bool subset : {false, true})
+    for (Reduce r : {Reduce::Mean, Reduce::Sum, Reduce::Max})
+      for (int g : {1, 4, 8, 3}) {
+        Config c;
+        c.subset = subset;
+        c.score = true;
+        c.reduce = r;
+        c.Hkv = pick({1, 2});
+        c.Hq = c.Hkv * g;
+        c.B = pick({1, 2});
+        c.D = pick({40, 64, 128});
+        c.P = pick({16, 1, 7});
+        c.qdt = kDts[it % 3];
+        c.kvdt = kDts[(it + 1 + it / 3) % 3];
+        for (int l = 0; l < c.B * c.Hkv; ++l) c.lens.push_back(random_len());
+        ++it;
+        Problem(c).run_and_compare();
+      }
+  Config c;  // subset without scores, long lists
+  c.subset = true;
+  c.B = 2, c.Hkv = 2, c.Hq = 8, c.D = 128, c.P = 16, c.kvdt = DType::BF16;
+  c.lens = {4097, 1000, 17, 1};
+  Problem(c).run_and_compare();
+}
+
+KVSQ_TEST(cuda_decode_unsupported_shapes) {
+  need_device();
+  Dev buf(1 << 20);
+  std::vector<int32_t> ind = {0, 1}, idv = {0}, len = {1};
+  Dev dind(ind), dids(idv), dlen(len);
+  auto args = [&](int D, DType kv, int Hq) {
+    DecodeAttnArgs a;
+    a.batch = 1, a.num_q_heads = Hq, a.num_kv_heads = 1, a.head_dim = D, a.page_size = 16;
+    a.q_dtype = DType::F32, a.kv_dtype = kv, a.scale = 0.1f;
+    a.q = buf.p, a.o = buf.p, a.k_pool = buf.p, a.v_pool = buf.p, a.num_pages = 1;
+    a.page_indptr = dind.as<int32_t>(), a.page_ids = dids.as<int32_t>(), a.kv_len = dlen.as<int32_t>();
+    return a;
+  };
+  CHECK(cuda_decode_attention(args(36, DType::BF16, 1), nullptr) == Status::Shape);   // 72-byte rows
+  CHECK(cuda_decode_attention(args(256, DType::F32, 1), nullptr) == Status::Shape);   // 1 KiB rows
+  CHECK(cuda_decode_attention(args(64, DType::F16, 16), nullptr) == Status::Shape);   // g = 16
+  CHECK(cuda_decode_attention(args(64, DType::I32, 1), nullptr) == Status::DType);
+  DecodeAttnArgs a = args(64, DType::F16, 1);
+  a.k_pool = static_cast<char*>(buf.p) + 2;  // misaligned pool
+  CHECK(cuda_decode_attention(a, nullptr) == Status::Shape);
+  sync_ok();
+}
+
+// ---------------------------------------------------------------- memory ops
+namespace {
+std::vector<uint8_t> rand_rows(DType t, size_t n) {
+  Buf b;
+  b.init(t, n);
+  for (size_t i = 0; i < n; ++i) b.set(i, kvsqtest::normal());
+  return b.bytes;
+}
+}  // namespace
+
+KVSQ_TEST(cuda_append_matches_cpu) {
+  need_device();
+  for (DType t : kDts)
+    for (int D : {64, 128, 40, 3}) {
+      const int P = pick({16, 7}), num_pages = randint(4, 40), count = randint(1, std::min(num_pages, 24));
+      const size_t es = dtype_size(t);
+      std::vector<uint8_t> kp = rand_rows(t, size_t(num_pages) * P * D), vp = rand_rows(t, kp.size() / es);
+      std::vector<uint8_t> meta = rand_rows(t, size_t(num_pages) * 2 * D);
+      std::vector<uint8_t> kn = rand_rows(t, size_t(count) * D), vn = rand_rows(t, size_t(count) * D);
+      std::vector<float> score(size_t(num_pages) * P);
+      for (auto& s : score) s = uniform(0.f, 3.f);
+      // one row per page (the kernel's documented assumption), random rows in the pages
+      std::vector<int> pages(num_pages);
+      std::iota(pages.begin(), pages.end(), 0);
+      std::shuffle(pages.begin(), pages.end(), kvsqtest::rng());
+      std::vector<int64_t> slot(count);
+      std::vector<uint8_t> reset(count);
+      for (int i = 0; i < count; ++i) {
+        slot[i] = int64_t(pages[i]) * P + randint(0, P - 1);
+        reset[i] = uint8_t(randint(0, 2) == 0);
+      }
+      const bool use_reset = randint(0, 1);
+      AppendArgs a;
+      a.count = count, a.head_dim = D, a.page_size = P, a.dtype = t, a.num_pages = num_pages;
+      std::vector<uint8_t> ck = kp, cv = vp, cm = meta;
+      std::vector<float> cs = score;
+      a.k_new = kn.data(), a.v_new = vn.data(), a.dst_slot = slot.data(), a.reset_meta = use_reset ? reset.data() : nullptr;
+      a.k_pool = ck.data(), a.v_pool = cv.data(), a.meta_pool = cm.data(), a.score_pool = cs.data();
+      CHECK(cpu_append(a) == Status::Ok);
+      Dev dk(kp), dv(vp), dm(meta), dsc(score), dkn(kn), dvn(vn), dsl(slot), drs(reset);
+      AppendArgs d = a;
+      d.k_new = dkn.p, d.v_new = dvn.p, d.dst_slot = dsl.as<int64_t>(), d.reset_meta = use_reset ? drs.as<uint8_t>() : nullptr;
+      d.k_pool = dk.p, d.v_pool = dv.p, d.meta_pool = dm.p, d.score_pool = dsc.as<float>();
+      CHECK(cuda_append(d, nullptr) == Status::Ok);
+      sync_ok();
+      CHECK(dk.get<uint8_t>(ck.size()) == ck);
+      CHECK(dv.get<uint8_t>(cv.size()) == cv);
+      CHECK(dm.get<uint8_t>(cm.size()) == cm);
+      std::vector<float> gs = dsc.get<float>(cs.size());
+      CHECK(std::memcmp(gs.data(), cs.data(), cs.size() * 4) == 0);
+    }
+  AppendArgs bad;
+  CHECK(cuda_append(bad, nullptr) == Status::DType || cuda_append(bad, nullptr) == Status::Shape);
+}
+
+KVSQ_TEST(cuda_gather_page_meta_match_cpu) {
+  need_device();
+  for (DType t : kDts)
+    for (int D : {128, 40, 3}) {
+      const int P = pick({16, 7}), num_pages = randint(8, 40);
+      const int64_t rows = randint(10, 300);
+      const int count = int(std::min<int64_t>(rows, num_pages * P));
+      const size_t es = dtype_size(t);
+      std::vector<uint8_t> ks = rand_rows(t, size_t(rows) * D), vs = rand_rows(t, size_t(rows) * D);
+      std::vector<uint8_t> kp = rand_rows(t, size_t(num_pages) * P * D), vp = rand_rows(t, kp.size() / es);
+      std::vector<float> ssrc(rows), spool(size_t(num_pages) * P);
+      for (auto& x : ssrc) x = uniform(0.f, 5.f);
+      for (auto& x : spool) x = uniform(0.f, 5.f);
+      std::vector<int64_t> allsl(num_pages * int64_t(P));
+      std::iota(allsl.begin(), allsl.end(), 0);
+      std::shuffle(allsl.begin(), allsl.end(), kvsqtest::rng());
+      std::vector<int64_t> src(count), dst(allsl.begin(), allsl.begin() + count);
+      for (auto& s : src) s = randint(0, int(rows) - 1);
+      GatherArgs a;
+      a.count = count, a.head_dim = D, a.dtype = t, a.src_rows = rows, a.num_pages = num_pages, a.page_size = P;
+      std::vector<uint8_t> ck = kp, cv = vp;
+      std::vector<float> cs = spool;
+      a.k_src = ks.data(), a.v_src = vs.data(), a.src_row = src.data(), a.score_src = ssrc.data();
+      a.k_pool = ck.data(), a.v_pool = cv.data(), a.score_pool = cs.data(), a.dst_slot = dst.data();
+      CHECK(cpu_gather(a) == Status::Ok);
+      Dev dks(ks), dvs(vs), dsrc(src), dss(ssrc), dk(kp), dv(vp), dsp(spool), ddst(dst);
+      GatherArgs d = a;
+      d.k_src = dks.p, d.v_src = dvs.p, d.src_row = dsrc.as<int64_t>(), d.score_src = dss.as<float>();
+      d.k_pool = dk.p, d.v_pool = dv.p, d.score_pool = dsp.as<float>(), d.dst_slot = ddst.as<int64_t>();
+      CHECK(cuda_gather(d, nullptr) == Status::Ok);
+      sync_ok();
+      CHECK(dk.get<uint8_t>(ck.size()) == ck);
+      CHECK(dv.get<uint8_t>(cv.size()) == cv);
+      std::vector<float> gs = dsp.get<float>(cs.size());
+      CHECK(std::memcmp(gs.data(), cs.data(), cs.size() * 4) == 0);
+
+      // page_meta over some distinct pages of the gathered pool
+      const int np = randint(1, num_pages);
+      std::vector<int32_t> pids(num_pages), fill(np);
+      std::iota(pids.begin(), pids.end(), 0);
+      std::shuffle(pids.begin(), pids.end(), kvsqtest::rng());
+      pids.resize(np);
+      for (auto& f : fill) f = randint(1, P);
+      std::vector<uint8_t> meta = rand_rows(t, size_t(num_pages) * 2 * D), cm = meta;
+      PageMetaArgs m;
+      m.count = np, m.head_dim = D, m.page_size = P, m.dtype = t, m.num_pages = num_pages;
+      m.k_pool = ck.data(), m.meta_pool = cm.data(), m.page_ids = pids.data(), m.fill = fill.data();
+      CHECK(cpu_page_meta(m) == Status::Ok);
+      Dev dm(meta), dpid(pids), dfill(fill);
+      PageMetaArgs dmv = m;
+      dmv.k_pool = dk.p, dmv.meta_pool = dm.p, dmv.page_ids = dpid.as<int32_t>(), dmv.fill = dfill.as<int32_t>();
+      CHECK(cuda_page_meta(dmv, nullptr) == Status::Ok);
+      sync_ok();
+      CHECK(dm.get<uint8_t>(cm.size()) == cm);
+    }
+}
+
+KVSQ_TEST(cuda_read_scores_matches_cpu) {
+  need_device();
+  for (int P : {16, 7, 1}) {
+    const int lists = randint(1, 40);
+    std::vector<int32_t> indptr(1, 0), ids, len;
+    int64_t total_pages = 0;
+    for (int l = 0; l < lists; ++l) {
+      const int n = pick({0, 1, 17, 1000, 4097});
+      len.push_back(n);
+      const int np = (n + P - 1) / P + randint(0, 1);
+      total_pages += np;
+      indptr.push_back(indptr.back() + np);
+    }
+    std::vector<int> perm(total_pages);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), kvsqtest::rng());
+    ids.assign(perm.begin(), perm.end());
+    std::vector<float> pool(size_t(std::max<int64_t>(total_pages, 1)) * P);
+    for (auto& x : pool) x = uniform(-3.f, 3.f);
+    const size_t n_out = std::accumulate(len.begin(), len.end(), size_t(0));
+    std::vector<float> out(n_out, 9.f);
+    ReadScoresArgs a;
+    a.lists = lists, a.page_size = P, a.num_pages = std::max<int64_t>(total_pages, 1);
+    a.score_pool = pool.data(), a.page_indptr = indptr.data(), a.page_ids = ids.data(), a.kv_len = len.data();
+    a.out = out.data();
+    CHECK(cpu_read_scores(a) == Status::Ok);
+    Dev dp(pool), di(indptr), dids(ids.empty() ? std::vector<int32_t>{0} : ids), dl(len), dout(std::max<size_t>(n_out, 1) * 4);
+    ReadScoresArgs d = a;
+    d.score_pool = dp.as<float>(), d.page_indptr = di.as<int32_t>(), d.page_ids = dids.as<int32_t>();
+    d.kv_len = dl.as<int32_t>(), d.out = dout.as<float>();
+    CHECK(cuda_read_scores(d, nullptr) == Status::Ok);
+    sync_ok();
+    std::vector<float> got = dout.get<float>(n_out);
+    CHECK(n_out == 0 || std::memcmp(got.data(), out.data(), n_out * 4) == 0);
+  }
+}
+
+// ---------------------------------------------------------------- benchmark
+namespace {
+
+__global__ void fill_bf16(uint16_t* p, size_t n, uint32_t seed) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+    x ^= x >> 15; x *= 2246822519u; x ^= x >> 13;
+    const float f = (float(x & 0xffff) / 65536.f - 0.5f) * 4.f;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    p[i] = uint16_t(u >> 16);
+  }
+}
+
+struct Timer {
+  cudaEvent_t a, b;
+  Timer() { cudaEventCreate(&a); cudaEventCreate(&b); }
+  ~Timer() { cudaEventDestroy(a); cudaEventDestroy(b); }
+};
+
+template <class F>
+double median_ms(F&& f, void* flush, size_t flush_bytes, int reps) {
+  Timer t;
+  std::vector<float> ms;
+  for (int i = 0; i < reps + 3; ++i) {
+    cudaMemsetAsync(flush, i & 0xff, flush_bytes);  // evict the 50 MB L2
+    cudaEventRecord(t.a);
+    f();
+    cudaEventRecord(t.b);
+    cudaEventSynchronize(t.b);
+    float x = 0.f;
+    cudaEventElapsedTime(&x, t.a, t.b);
+    if (i >= 3) ms.push_back(x);
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+}  // namespace
+
+KVSQ_TEST(cuda_decode_bench) {
+  const char* env = std::getenv("KVSQ_CUDA_BENCH");
+  if (!env || std::strcmp(env, "1") != 0) SKIP("set KVSQ_CUDA_BENCH=1 to run the CUDA decode benchmark");
+  need_device();
+  const size_t flush_bytes = size_t(128) << 20;
+  Dev flush(flush_bytes);
+  // device-to-device copy bandwidth (read + write bytes)
+  const size_t cb = size_t(512) << 20;
+  Dev c0(cb), c1(cb);
+  const double copy_ms = median_ms([&] { cudaMemcpyAsync(c1.p, c0.p, cb, cudaMemcpyDeviceToDevice); }, flush.p, flush_bytes, 20);
+  const double copy_gbs = 2.0 * cb / copy_ms / 1e6;
+  std::printf("  copy D2D %zu MB: %.3f ms, %.0f GB/s (read+write)\n", cb >> 20, copy_ms, copy_gbs);
+
+  const int Hq = 32, Hkv = 8, D = 128, P = 16, ctx = 32768;
+  for (int B : {1, 4}) {
+    const int nl = B * Hkv, npl = ctx / P;
+    const int64_t num_pages = int64_t(nl) * npl;
+    std::vector<int32_t> indptr(1, 0), ids(num_pages), len(nl, ctx);
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), kvsqtest::rng());  // scattered pages
+    for (int l = 0; l < nl; ++l) indptr.push_back(indptr.back() + npl);
+    const size_t pool_el = size_t(num_pages) * P * D;
+    Dev k(pool_el * 2), v(pool_el * 2), q(size_t(B) * Hq * D * 2), o(size_t(B) * Hq * D * 2);
+    fill_bf16<<<1024, 256>>>(k.as<uint16_t>(), pool_el, 1);
+    fill_bf16<<<1024, 256>>>(v.as<uint16_t>(), pool_el, 2);
+    fill_bf16<<<64, 256>>>(q.as<uint16_t>(), size_t(B) * Hq * D, 3);
+    Dev dind(indptr), dids(ids), dlen(len), score(size_t(num_pages) * P * 4), lse(size_t(B) * Hq * 4);
+    CU_OK(cudaMemset(score.p, 0, score.n));
+    // Quest: each head selects 1/8 of the pages (random, sorted), plus the last
+    std::vector<int32_t> si(1, 0), sp;
+    for (int r = 0; r < B * Hq; ++r) {
+      for (int p = 0; p < npl; ++p)
+        if (p == npl - 1 || randint(0, 7) == 0) sp.push_back(p);
+      si.push_back(int32_t(sp.size()));
+    }
+    Dev dsi(si), dsp(sp);
+    sync_ok();
+    DecodeAttnArgs a;
+    a.batch = B, a.num_q_heads = Hq, a.num_kv_heads = Hkv, a.head_dim = D, a.page_size = P;
+    a.q_dtype = DType::BF16, a.kv_dtype = DType::BF16, a.scale = 1.f / std::sqrt(float(D));
+    a.q = q.p, a.o = o.p, a.k_pool = k.p, a.v_pool = v.p, a.num_pages = num_pages;
+    a.page_indptr = dind.as<int32_t>(), a.page_ids = dids.as<int32_t>(), a.kv_len = dlen.as<int32_t>();
+    a.lse = lse.as<float>();
+    const double bytes = 2.0 * pool_el * 2;  // K + V read once
+    Status st = Status::Ok;
+    auto run = [&](const DecodeAttnArgs& x) { st = cuda_decode_attention(x, nullptr); };
+    const double plain = median_ms([&] { run(a); }, flush.p, flush_bytes, 50);
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    DecodeAttnArgs h = a;
+    h.score_pool = score.as<float>();
+    const double h2o = median_ms([&] { run(h); }, flush.p, flush_bytes, 50);
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    DecodeAttnArgs qs = a;
+    qs.sel_indptr = dsi.as<int32_t>(), qs.sel_pages = dsp.as<int32_t>();
+    const double quest = median_ms([&] { run(qs); }, flush.p, flush_bytes, 50);
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    sync_ok();
+    const double gbs = bytes / plain / 1e6;
+    std::printf("  bf16 B=%d Hq=%d Hkv=%d D=%d ctx=%d (B*Hkv=%d): plain %.3f ms %.0f GB/s = %.0f%% of copy; "
+                "H2O fused %.3f ms (%.2fx plain); Quest 1/8 pages %.3f ms\n",
+                B, Hq, Hkv, D, ctx, nl, plain, gbs, 100.0 * gbs / copy_gbs, h2o, h2o / plain, quest);
+  }
+}
