@@ -38,6 +38,13 @@ export const backend = {
     if (!Number.isInteger(n) || n < 0 || n > 256) throw new KvsqRangeError(`setThreads: expected an integer in [0, 256], got ${show(n)}`);
     return native.setThreads(n);
   },
+  /**
+   * The CPU rooflines, measured now on the kernel thread pool (best of a few
+   * runs): FMA peak, streaming copy (read + write bytes) and read bandwidth.
+   */
+  measureRoofline(o: { millis?: number; bytes?: number } = {}): { fmaGflops: number; copyGbps: number; readGbps: number; threads: number; simd: boolean } {
+    return (native as unknown as { measureRoofline(o: unknown): ReturnType<typeof backend.measureRoofline> }).measureRoofline(o);
+  },
   /** @internal tests: force the portable (0) or SIMD (1) CPU paths; -1 restores detection. */
   forceSimd(mode: -1 | 0 | 1): void {
     native.forceSimd(mode);

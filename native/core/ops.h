@@ -4,7 +4,7 @@
 // Plain pointers and sizes only: no framework types, no allocation policy.
 // Every pointer is to memory on the device the kernel runs on.
 //
-// Semantics: ../../shared/spec/methods.md is the contract; the comments here
+// Semantics: docs/methods.md is the contract; the comments here
 // say how its quantities are laid out.
 //
 // Paged head-wise KV layout

@@ -10,6 +10,7 @@
 #include "core/cpu_features.h"
 #include "core/device.h"
 #include "core/threadpool.h"
+#include "cpu/roofline.h"
 #include "errors.h"
 #include "tensor.h"
 
@@ -78,6 +79,28 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, pool_threads());
 }
 
+// measureRoofline({ millis?, bytes? }) -> { fmaGflops, copyGbps, readGbps, threads, simd }
+Napi::Value MeasureRoofline(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int millis = 300;
+  double bytes = 256.0 * (1 << 20);
+  if (info.Length() > 0 && info[0].IsObject()) {
+    Napi::Object o = info[0].As<Napi::Object>();
+    if (o.Get("millis").IsNumber()) millis = o.Get("millis").As<Napi::Number>().Int32Value();
+    if (o.Get("bytes").IsNumber()) bytes = o.Get("bytes").As<Napi::Number>().DoubleValue();
+  }
+  if (millis < 10 || millis > 60000) throw_error(env, "KVSQ_RANGE", "measureRoofline: millis must be in [10, 60000]");
+  if (!(bytes >= double(1 << 20) && bytes <= double(1ull << 34))) throw_error(env, "KVSQ_RANGE", "measureRoofline: bytes must be in [1 MiB, 16 GiB]");
+  Roofline r = measure_roofline(millis, size_t(bytes));
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("fmaGflops", r.fma_gflops);
+  out.Set("copyGbps", r.copy_gbps);
+  out.Set("readGbps", r.read_gbps);
+  out.Set("threads", r.threads);
+  out.Set("simd", r.simd);
+  return out;
+}
+
 Napi::Value ForceSimd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsNumber()) throw_error(env, "KVSQ_ARG", "forceSimd(mode): mode must be -1, 0 or 1");
@@ -96,6 +119,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("backendInfo", Napi::Function::New(env, BackendInfo, "backendInfo"));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads, "setThreads"));
   exports.Set("forceSimd", Napi::Function::New(env, ForceSimd, "forceSimd"));
+  exports.Set("measureRoofline", Napi::Function::New(env, MeasureRoofline, "measureRoofline"));
   register_ops(env, exports);
   return exports;
 }

@@ -1,6 +1,6 @@
 /**
  * Independent float64 references for the prefill methods of
- * /work/shared/spec/methods.md, written from the spec only: no import of
+ * docs/methods.md, written from the spec only: no import of
  * lib/policies or lib/ops, plain loops, float64 arithmetic throughout.
  *
  * Inputs are the values the cache really sees: when the cache stores f16 or
