@@ -23,5 +23,6 @@ Status cuda_append(const AppendArgs& a, void* stream);
 Status cuda_gather(const GatherArgs& a, void* stream);
 Status cuda_page_meta(const PageMetaArgs& a, void* stream);
 Status cuda_read_scores(const ReadScoresArgs& a, void* stream);
+Status cuda_count_nonfinite(const NonFiniteArgs& a, void* stream);
 
 }  // namespace kvsq

@@ -27,6 +27,7 @@
 // device data, validated by the caller on the host (launchers.h).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "../native/core/ops.h"
@@ -215,4 +216,35 @@ Status cuda_read_scores(const ReadScoresArgs& a, void* stream) {
   return cuda_launch_status();
 }
 
+}  // namespace kvsq
+
+// ---------------------------------------------------------------- non-finite count
+namespace kvsq {
+namespace {
+template <class U>
+__global__ void nonfinite_kernel(const U* x, int64_t n, U mask, unsigned long long* count) {
+  unsigned long long c = 0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    c += (x[i] & mask) == mask;
+  for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
+  if ((threadIdx.x & 31) == 0 && c) atomicAdd(count, c);
+}
+}  // namespace
+
+Status cuda_count_nonfinite(const NonFiniteArgs& a, void* stream) {
+  if (!is_float_dtype(a.dtype)) return Status::DType;
+  if (a.n < 0 || !a.count || (a.n > 0 && !a.x)) return Status::Shape;
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  unsigned long long* c = reinterpret_cast<unsigned long long*>(a.count);
+  KVSQ_CUDA_TRY(cudaMemsetAsync(c, 0, sizeof(*c), st));
+  if (a.n == 0) return Status::Ok;
+  const int blocks = int(std::min<int64_t>((a.n + 255) / 256, 1024));
+  if (a.dtype == DType::F32)
+    nonfinite_kernel<<<blocks, 256, 0, st>>>(static_cast<const uint32_t*>(a.x), a.n, 0x7f800000u, c);
+  else if (a.dtype == DType::BF16)
+    nonfinite_kernel<<<blocks, 256, 0, st>>>(static_cast<const uint16_t*>(a.x), a.n, uint16_t(0x7f80u), c);
+  else
+    nonfinite_kernel<<<blocks, 256, 0, st>>>(static_cast<const uint16_t*>(a.x), a.n, uint16_t(0x7c00u), c);
+  return cuda_launch_status();
+}
 }  // namespace kvsq

@@ -360,6 +360,9 @@ export const ops = {
   /** Accumulated scores of each list's slots, lists concatenated: f32 [sum kvLen]. */
   readScores: (a: ReadScoresArgs): Tensor => wrap(N.readScores(readScoresArgs(a))),
   readScoresAsync: async (a: ReadScoresArgs): Promise<Tensor> => wrap(await N.readScoresAsync(readScoresArgs(a))),
+  /** Number of NaN and +-Inf elements of a float tensor. */
+  countNonFinite: (x: Tensor): number => N.countNonFinite({ x: tensor(x, 'countNonFinite: x', FLOAT).handle }) as number,
+  countNonFiniteAsync: async (x: Tensor): Promise<number> => (await N.countNonFiniteAsync({ x: tensor(x, 'countNonFinite: x', FLOAT).handle })) as number,
   /** The inverse of readScores: writes the lists' scores back into the pool (in place). */
   writeScores: (a: WriteScoresArgs): void => void N.writeScores(writeScoresArgs(a)),
   writeScoresAsync: async (a: WriteScoresArgs): Promise<void> => void (await N.writeScoresAsync(writeScoresArgs(a))),

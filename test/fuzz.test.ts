@@ -174,7 +174,7 @@ const targets: Array<[string, Target]> = [
     const op = pick(OPS);
     const f = (native as unknown as Record<string, (o: unknown) => unknown>)[op + (rnd() < 0.1 ? 'Async' : '')];
     const r = f(rnd() < 0.9 ? opArgs(op) : junk());
-    if (r instanceof Promise) return r.catch((e) => check(e, op + 'Async'));
+    if (r !== null && typeof (r as { then?: unknown })?.then === "function") return (r as Promise<unknown>).catch((e) => check(e, op + 'Async'));
     return r;
   }],
   ['ops wrapper', () => {
@@ -254,7 +254,7 @@ test(`fuzz ${CALLS} calls (seed ${SEED}; replay with KVSQ_FUZZ_SEED)`, async () 
     const [name, fn] = targets[i % targets.length];
     try {
       const r = fn();
-      if (r instanceof Promise) pending.push(r);
+      if (r !== null && typeof (r as { then?: unknown })?.then === "function") pending.push(r as Promise<unknown>);
       ok++;
     } catch (e) {
       check(e, name);

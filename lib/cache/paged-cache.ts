@@ -12,7 +12,7 @@
  * it needs before it changes anything; a kernel failure afterwards gives the
  * pages back. A failed call leaves the cache exactly as it was.
  */
-import { ArgumentError, DTypeError, DisposedError, KvsqRangeError, ShapeError, StateError, show } from '../errors';
+import { ArgumentError, DTypeError, DisposedError, KvsqRangeError, NaNError, ShapeError, StateError, show } from '../errors';
 import { ops, Reduce } from '../ops';
 import type { DecodeHeadView, DecodePolicy, PrefillDecision, PrefillPolicy } from '../policies/types';
 import { DType, Tensor } from '../tensor';
@@ -324,6 +324,8 @@ export class PagedKVCache {
     let decision: PrefillDecision | undefined;
     let initScores: Tensor | undefined;
     try {
+      // After conversion: a value beyond the cache dtype's range became Inf there.
+      this.checkFinite([[qc, 'q'], [kc, 'k'], [vc, 'v']], 'prefill');
       // Policy state is staged and kept only if the prefill succeeds (a failed
       // call must not leave, say, ChunkKV's reused indices behind).
       const staged = new Map(seq.state);
@@ -408,6 +410,19 @@ export class PagedKVCache {
       decision?.scores?.dispose();
       initScores?.dispose();
       for (const t of temps) t.dispose();
+    }
+  }
+
+  /**
+   * The cache refuses NaN and +-Inf in Q, K and V (KVSQ_NAN) before it changes
+   * anything: a non-finite key would poison its page's Quest bounds for good,
+   * and non-finite scores would never be evicted. The standalone ops
+   * propagate instead (docs/reliability.md).
+   */
+  private checkFinite(ts: Array<[Tensor, string]>, what: string): void {
+    for (const [t, name] of ts) {
+      const bad = ops.countNonFinite(t);
+      if (bad) throw new NaNError(`${what}: ${name} holds ${bad} NaN or infinite values; the cache accepts finite values only`);
     }
   }
 
@@ -498,6 +513,20 @@ export class PagedKVCache {
     this.checkStepTensor(k, 'decode: k', this.numKvHeads, B);
     this.checkStepTensor(v, 'decode: v', this.numKvHeads, B);
     for (const s of seqs) if (!s.layers[layer]) throw new StateError(`decode: sequence ${s.id} has not been prefilled at layer ${layer}`);
+    // Converted to the cache dtype first: a value beyond its range became Inf there.
+    const kc = this.asDType(k, this.dtype);
+    const vc = this.asDType(v, this.dtype);
+    try {
+      this.checkFinite([[q, 'q'], [kc, 'k'], [vc, 'v']], 'decode');
+      return this.decodeStep(layer, seqs, q, kc, vc);
+    } finally {
+      if (kc !== k) kc.dispose();
+      if (vc !== v) vc.dispose();
+    }
+  }
+
+  /** decode() after its checks; k and v are in the cache dtype. */
+  private decodeStep(layer: number, seqs: readonly Sequence[], q: Tensor, kc: Tensor, vc: Tensor): Tensor {
     const Hkv = this.numKvHeads;
     const P = this.pageSize;
 
@@ -531,10 +560,6 @@ export class PagedKVCache {
         slots[i] = page * P + (x.slot % P);
         reset[i] = x.newPage ? 1 : 0;
       });
-      const kc = this.asDType(k, this.dtype);
-      if (kc !== k) track(kc);
-      const vc = this.asDType(v, this.dtype);
-      if (vc !== v) track(vc);
       ops.append({
         kNew: kc, vNew: vc, dstSlot: track(Tensor.from(slots, [slots.length])), kPool: this.pool.k, vPool: this.pool.v,
         metaPool: this.pool.meta, resetMeta: track(Tensor.from(reset, [reset.length])), scorePool: this.pool.scores,
@@ -668,11 +693,11 @@ export class PagedKVCache {
     for (const idx of groups.values()) {
       const sub = new Float32Array(idx.length * Hq * D);
       idx.forEach((b, i) => sub.set(qf.subarray(b * Hq * D, (b + 1) * Hq * D), i * Hq * D));
-      const qs = track(Tensor.from(sub, [idx.length, Hq, D], { dtype: q.dtype }));
+      const qs = track(Tensor.from(sub, [idx.length, Hq, D], { dtype: q.dtype, device: this.device }));
       const o = track(this.attendGroup(layer, idx.map((b) => seqs[b]), qs, track)).toFloat32();
       idx.forEach((b, i) => out.set(o.subarray(i * Hq * D, (i + 1) * Hq * D), b * Hq * D));
     }
-    return Tensor.from(out, [B, Hq, D], { dtype: q.dtype });
+    return Tensor.from(out, [B, Hq, D], { dtype: q.dtype, device: this.device });
   }
 
   private attendGroup(layer: number, seqs: readonly Sequence[], q: Tensor, track: (t: Tensor) => Tensor): Tensor {

@@ -229,4 +229,15 @@ struct ReadScoresArgs {
   const float* in = nullptr;           // [sum kv_len], with write_back
 };
 
+// ---------------------------------------------------------------- non-finite count
+// *count = number of NaN or +-Inf elements of x[0..n) (f32/f16/bf16, by their
+// exponent bits). The cache refuses non-finite Q/K/V before it changes
+// anything; this is the one read that decides it.
+struct NonFiniteArgs {
+  DType dtype = DType::F32;
+  const void* x = nullptr;
+  int64_t n = 0;
+  int64_t* count = nullptr;  // host pointer (CPU) / device pointer (CUDA)
+};
+
 }  // namespace kvsq

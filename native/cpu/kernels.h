@@ -16,5 +16,6 @@ Status cpu_append(const AppendArgs& a);
 Status cpu_gather(const GatherArgs& a);
 Status cpu_page_meta(const PageMetaArgs& a);
 Status cpu_read_scores(const ReadScoresArgs& a);
+Status cpu_count_nonfinite(const NonFiniteArgs& a);
 
 }  // namespace kvsq

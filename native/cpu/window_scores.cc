@@ -329,11 +329,13 @@ __attribute__((target("avx2,fma"))) void micro_simd(const float* q, int D, const
 // e^x for x <= 0 (x = z - rowmax). Cody-Waite reduction with ln2 split into a
 // 9-bit head (n * head exact for |n| < 2^15) and a tail; Taylor degree 7 for
 // e^r on |r| <= ln2/2; 2^n assembled in the exponent field. x < -87.3 (and
-// -inf) give 0, keeping 2^n normal.
+// -inf) give 0, keeping 2^n normal. NaN stays NaN, as std::exp on the
+// portable path: a NaN logit must reach the scores (and top-k's KVSQ_NAN) on
+// every machine alike.
 __attribute__((target("avx2,fma"))) inline __m256 exp8(__m256 x) {
   const __m256 lo = _mm256_set1_ps(-87.3f);
-  const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);
-  x = _mm256_max_ps(x, lo);
+  const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_NLT_UQ);  // true for NaN (unordered)
+  x = _mm256_max_ps(lo, x);                                // max returns its 2nd operand for NaN
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -373,9 +375,19 @@ __attribute__((target("avx2,fma"))) void rowexp_simd(float* x, int64_t nv, int64
   }
   const int64_t n8 = nv / 8 * 8;
   __m256 vm = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  for (int64_t i = 0; i < n8; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+  __m256 vnan = _mm256_setzero_ps();  // max drops NaN: track it apart
+  for (int64_t i = 0; i < n8; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    vm = _mm256_max_ps(vm, v);
+    vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
   float m = hmax8(vm);
-  for (int64_t i = n8; i < nv; ++i) m = std::max(m, x[i]);
+  bool nan = _mm256_movemask_ps(vnan) != 0;
+  for (int64_t i = n8; i < nv; ++i) {
+    m = std::max(m, x[i]);
+    nan |= std::isnan(x[i]);
+  }
+  if (nan) m = std::numeric_limits<float>::quiet_NaN();  // the whole row is NaN, as on the portable path
   const __m256 vmx = _mm256_set1_ps(m);
   __m256 vs = _mm256_setzero_ps();
   for (int64_t i = 0; i < n8; i += 8) {

@@ -7,6 +7,14 @@
 // Index contents (page ids, slots, rows, lengths) are range-checked by the
 // kernels themselves before they write anything; the binding checks the
 // indptr arrays here because the kernels do not know their lengths.
+//
+// Devices. Data tensors (q, pools, k/v, scores, x ...) of one call share one
+// device; outputs go there. In CUDA builds an op whose data are on cuda:N
+// runs the CUDA twin (cuda/launchers.h); its i32 index tensors may be on the
+// CPU or on cuda:N: the binding reads them on the host either way, the CUDA
+// twins do not range-check index contents, so the device path repeats the CPU
+// kernel's index checks on the host and uploads the checked arrays
+// (staging.h). CPU-only builds refuse device tensors (KVSQ_UNSUPPORTED).
 #include <napi.h>
 
 #include <algorithm>
@@ -14,13 +22,19 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "bindings.h"
+#include "core/device.h"
 #include "core/ops.h"
 #include "cpu/kernels.h"
 #include "errors.h"
+#include "staging.h"
 #include "tensor.h"
+#ifdef KVSQ_WITH_CUDA
+#include "../../cuda/launchers.h"
+#endif
 
 namespace kvsq {
 namespace napi {
@@ -124,28 +138,44 @@ void need_numel(const Opts& a, Tensor* t, const char* key, int64_t n) {
     throw_error(a.env, "KVSQ_SHAPE", a.where(key) + " has " + std::to_string(S(t).numel()) + " elements; expected " + std::to_string(n));
 }
 
-// All tensors of one op live on one device; returns it.
-int same_device(const Opts& a, std::initializer_list<std::pair<const char*, Tensor*>> ts) {
+using Named = std::pair<const char*, Tensor*>;
+
+// The data tensors of one op live on one device; returns it (null entries are
+// absent optional arguments). Index tensors (i32 arrays the binding reads on
+// the host: page tables, ids, lengths, slots, rows, selections, k) live there
+// too or, in CUDA builds, on the CPU: the device path uploads them itself.
+int same_device(const Opts& a, std::initializer_list<Named> data, std::initializer_list<Named> index = {}) {
   int dev = -2;
   const char* first = nullptr;
-  for (auto& [key, t] : ts) {
+  auto mismatch = [&](const char* key, Tensor* t, const char* hint) {
+    throw_error(a.env, "KVSQ_DEVICE", a.op + ": " + key + " is on " + S(t).device_name() + " but " + first + " is on " +
+                                          (dev == kCpu ? std::string("cpu") : "cuda:" + std::to_string(dev)) + hint);
+  };
+  for (auto& [key, t] : data) {
     if (!t) continue;
     if (dev == -2) {
       dev = S(t).device;
       first = key;
     } else if (S(t).device != dev) {
-      throw_error(a.env, "KVSQ_DEVICE", a.op + ": " + key + " is on " + S(t).device_name() + " but " + first + " is on " +
-                                            (dev == kCpu ? std::string("cpu") : "cuda:" + std::to_string(dev)));
+      mismatch(key, t, "");
     }
+  }
+  for (auto& [key, t] : index) {
+    if (!t || S(t).device == dev) continue;
+#ifdef KVSQ_WITH_CUDA
+    if (S(t).device == kCpu) continue;
+    mismatch(key, t, " (index tensors may be on the cpu or on the data's device)");
+#else
+    mismatch(key, t, "");
+#endif
   }
   return dev == -2 ? kCpu : dev;
 }
 
-// An indptr array (i32, CPU) must start at >= 0, never decrease, and end
-// within the array it indexes.
-void check_indptr(const Opts& a, Tensor* t, const char* key, int64_t entries, int64_t target_len) {
+// An indptr array (i32; `p` its host-readable values, see host_i32) must
+// start at >= 0, never decrease, and end within the array it indexes.
+void check_indptr(const Opts& a, Tensor* t, const int32_t* p, const char* key, int64_t entries, int64_t target_len) {
   need_numel(a, t, key, entries + 1);
-  const int32_t* p = static_cast<const int32_t*>(S(t).data);
   if (p[0] < 0) throw_error(a.env, "KVSQ_RANGE", a.where(key) + "[0] is negative");
   for (int64_t i = 0; i < entries; ++i)
     if (p[i + 1] < p[i]) throw_error(a.env, "KVSQ_RANGE", a.where(key) + " decreases at " + std::to_string(i + 1));
@@ -159,6 +189,8 @@ void check_indptr(const Opts& a, Tensor* t, const char* key, int64_t entries, in
 // One op invocation, parsed and checked on the JS thread, runnable on any thread.
 struct Job {
   std::string what;
+  int device = kCpu;                   // of the data tensors and the outputs
+  std::unique_ptr<Staging> staging;    // device path: index arrays (host copies, device buffer)
   std::vector<Tensor*> inputs;           // pinned while an async run is in flight
   std::vector<Napi::ObjectReference> refs;
   std::vector<Storage> outputs;          // allocated up front, wrapped on success
@@ -167,8 +199,16 @@ struct Job {
   std::function<Napi::Value(Napi::Env, std::vector<Napi::Object>&)> result;
   std::vector<std::vector<uint8_t>> scratch;  // host-side converted arguments
 
+  // Outputs not handed to JS (a parse that threw after allocating, a failed
+  // run) are freed here; then `staging` frees its device buffer.
+  ~Job() { free_outputs(); }
+
   void use(Tensor* t) {
     if (t) inputs.push_back(t);
+  }
+  Staging& stage() {
+    if (!staging) staging = std::make_unique<Staging>(device);
+    return *staging;
   }
   // Output storage on `device`; index into outputs.
   size_t output(Napi::Env env, DType dt, std::vector<int64_t> shape, int device) {
@@ -207,8 +247,11 @@ Napi::Value run_sync(const Napi::CallbackInfo& info, Parser parse) {
   std::unique_ptr<Job> job = parse(info);
   Status st = job->run();
   if (st != Status::Ok) {
+    // The message first: it quotes last_cuda_error(), which freeing device
+    // outputs could overwrite.
+    std::string msg = status_message(st, job->what);
     job->free_outputs();
-    throw_status(info.Env(), st, job->what);
+    throw_error(info.Env(), status_code(st), msg);
   }
   return job->finish(info.Env());
 }
@@ -225,14 +268,19 @@ class OpWorker : public Napi::AsyncWorker {
   Napi::Promise promise() { return deferred_.Promise(); }
 
  protected:
-  void Execute() override { status_ = job_->run(); }
+  // The message is built here, on the worker thread: last_cuda_error() is
+  // per thread, and OnOK runs on the JS thread.
+  void Execute() override {
+    status_ = job_->run();
+    if (status_ != Status::Ok) message_ = status_message(status_, job_->what);
+  }
   void OnOK() override {
     Napi::Env env = Env();
     Napi::HandleScope scope(env);
     unpin(env);
     if (status_ != Status::Ok) {
       job_->free_outputs();
-      deferred_.Reject(make_error(env, status_code(status_), status_message(status_, job_->what)).Value());
+      deferred_.Reject(make_error(env, status_code(status_), message_).Value());
       return;
     }
     try {
@@ -256,6 +304,7 @@ class OpWorker : public Napi::AsyncWorker {
   std::unique_ptr<Job> job_;
   Napi::Promise::Deferred deferred_;
   Status status_ = Status::Ok;
+  std::string message_;
 };
 
 Napi::Value run_async(const Napi::CallbackInfo& info, Parser parse) {
@@ -266,24 +315,62 @@ Napi::Value run_async(const Napi::CallbackInfo& info, Parser parse) {
   return p;
 }
 
-// The CUDA twins are dispatched here once they are built (cuda/); until then a
-// device tensor gets KVSQ_UNSUPPORTED naming the op.
-void need_cpu(const Opts& a, int device) {
+// A build without CUDA has no device kernels: a device tensor gets
+// KVSQ_UNSUPPORTED naming the op. (Such a build cannot create device tensors,
+// so this is a guard.) CUDA builds run every op's CUDA twin.
+void need_kernels_for(const Opts& a, int device) {
+#ifndef KVSQ_WITH_CUDA
   if (device != kCpu)
     throw_error(a.env, "KVSQ_UNSUPPORTED", a.op + ": the CUDA kernel is not in this build yet; move the tensors to 'cpu'");
+#endif
 }
+
+// A new job for an op whose data tensors are on `device`.
+std::unique_ptr<Job> new_job(const Opts& a, int device) {
+  auto job = std::make_unique<Job>();
+  job->what = a.op;
+  job->device = device;
+  return job;
+}
+
+// Host-readable values of an i32 index tensor (dtype already checked; null
+// for an absent one): a CPU tensor's own buffer, as before; a device
+// tensor's values downloaded into the job's staging, where the device path
+// validates and uploads them again.
+const int32_t* host_i32(const Opts& a, Job& job, Tensor* t) {
+  if (!t) return nullptr;
+  if (S(t).device == kCpu) return static_cast<const int32_t*>(S(t).data);
+  const int32_t* p = nullptr;
+  Status st = job.stage().download_i32(S(t).data, S(t).numel(), &p);
+  if (st != Status::Ok) throw_status(a.env, st, a.op + ": reading an index tensor from " + S(t).device_name());
+  return p;
+}
+
+#ifdef KVSQ_WITH_CUDA
+// The device half of a run, after the host index checks passed: upload the
+// staged index arrays (the device layer selects the job's device in each of
+// its calls; with nothing staged, a synchronize is that call, so the launch on
+// an async worker thread goes to the right device), launch on the default
+// stream (nullptr), then wait for the device so kernel errors surface in this
+// call and the sync form returns finished data. After a failed launch nothing
+// is awaited here: freeing the outputs and the staging (cudaFree) waits.
+template <class Launch>
+Status on_device(Job* j, Launch&& launch) {
+  Status s = j->staging && !j->staging->empty() ? j->staging->upload() : device_synchronize(j->device);
+  if (s != Status::Ok) return s;
+  s = launch();
+  if (s != Status::Ok) return s;
+  return device_synchronize(j->device);
+}
+size_t i32_bytes(Tensor* t) { return size_t(S(t).numel()) * sizeof(int32_t); }
+#endif
 
 Reduce parse_reduce(const Opts& a) {
   std::string r = a.choice("reduce", "mean", {"mean", "sum", "max"});
   return r == "sum" ? Reduce::Sum : r == "max" ? Reduce::Max : Reduce::Mean;
 }
 
-const int32_t* i32(Tensor* t) { return t ? static_cast<const int32_t*>(S(t).data) : nullptr; }
-
-std::vector<int64_t> widen(Tensor* t) {
-  const int32_t* p = i32(t);
-  return std::vector<int64_t>(p, p + S(t).numel());
-}
+std::vector<int64_t> widen(Tensor* t, const int32_t* p) { return std::vector<int64_t>(p, p + S(t).numel()); }
 
 constexpr int64_t kMaxI32 = 0x7fffffff;
 
@@ -300,9 +387,10 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
   Tensor* sel_indptr = a.tensor("selIndptr", false);
   Tensor* sel_pages = a.tensor("selPages", false);
   Tensor* score = a.tensor("scorePool", false);
-  int dev = same_device(a, {{"q", q}, {"kPool", kp}, {"vPool", vp}, {"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len},
-                            {"selIndptr", sel_indptr}, {"selPages", sel_pages}, {"scorePool", score}});
-  need_cpu(a, dev);
+  int dev = same_device(a, {{"q", q}, {"kPool", kp}, {"vPool", vp}, {"scorePool", score}},
+                        {{"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}, {"selIndptr", sel_indptr}, {"selPages", sel_pages}});
+  need_kernels_for(a, dev);
+  auto job = new_job(a, dev);
   need_dtype(a, q, "q", {DType::F32, DType::F16, DType::BF16});
   need_dtype(a, kp, "kPool", {DType::F32, DType::F16, DType::BF16});
   need_rank(a, q, "q", 3);
@@ -316,10 +404,15 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
   if (Hq % Hkv) throw_error(a.env, "KVSQ_SHAPE", a.op + ": q has " + std::to_string(Hq) + " heads, not a multiple of numKvHeads " + std::to_string(Hkv));
   for (auto [k, t] : {std::pair{"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}, {"selIndptr", sel_indptr}, {"selPages", sel_pages}})
     if (t) need_dtype(a, t, k, {DType::I32});
+  const int32_t* h_indptr = host_i32(a, *job, indptr);
+  const int32_t* h_ids = host_i32(a, *job, ids);
+  const int32_t* h_len = host_i32(a, *job, len);
+  const int32_t* h_sel_indptr = host_i32(a, *job, sel_indptr);
+  const int32_t* h_sel_pages = host_i32(a, *job, sel_pages);
   need_numel(a, len, "kvLen", B * Hkv);
-  check_indptr(a, indptr, "pageIndptr", B * Hkv, S(ids).numel());
+  check_indptr(a, indptr, h_indptr, "pageIndptr", B * Hkv, S(ids).numel());
   if (bool(sel_indptr) != bool(sel_pages)) throw_error(a.env, "KVSQ_ARG", a.op + ": selIndptr and selPages go together");
-  if (sel_indptr) check_indptr(a, sel_indptr, "selIndptr", B * Hq, S(sel_pages).numel());
+  if (sel_indptr) check_indptr(a, sel_indptr, h_sel_indptr, "selIndptr", B * Hq, S(sel_pages).numel());
   if (score) {
     need_dtype(a, score, "scorePool", {DType::F32});
     need_shape(a, score, "scorePool", {N, P});
@@ -328,8 +421,6 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
   const double scale = a.number("scale", 1.0 / std::sqrt(double(D)));
   if (!std::isfinite(scale)) throw_error(a.env, "KVSQ_RANGE", a.op + ": scale must be finite");
 
-  auto job = std::make_unique<Job>();
-  job->what = a.op;
   for (Tensor* t : {q, kp, vp, indptr, ids, len, sel_indptr, sel_pages, score}) job->use(t);
   size_t o_i = job->output(a.env, S(q).dtype, {B, Hq, D}, dev);
   size_t lse_i = want_lse ? job->output(a.env, DType::F32, {B, Hq}, dev) : 0;
@@ -346,11 +437,11 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
   args.k_pool = S(kp).data;
   args.v_pool = S(vp).data;
   args.num_pages = N;
-  args.page_indptr = i32(indptr);
-  args.page_ids = i32(ids);
-  args.kv_len = i32(len);
-  args.sel_indptr = i32(sel_indptr);
-  args.sel_pages = i32(sel_pages);
+  args.page_indptr = h_indptr;
+  args.page_ids = h_ids;
+  args.kv_len = h_len;
+  args.sel_indptr = h_sel_indptr;
+  args.sel_pages = h_sel_pages;
   args.score_pool = score ? static_cast<float*>(S(score).data) : nullptr;
   args.reduce = parse_reduce(a);
   Job* j = job.get();
@@ -359,6 +450,30 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
     args.lse = want_lse ? static_cast<float*>(j->out_ptr(lse_i)) : nullptr;
     return cpu_decode_attention(args);
   };
+#ifdef KVSQ_WITH_CUDA
+  if (dev != kCpu) {
+    Staging& st = job->stage();
+    const size_t s_indptr = st.add(h_indptr, i32_bytes(indptr)), s_ids = st.add(h_ids, i32_bytes(ids)),
+                 s_len = st.add(h_len, i32_bytes(len));
+    const size_t s_sel_indptr = sel_indptr ? st.add(h_sel_indptr, i32_bytes(sel_indptr)) : 0;
+    const size_t s_sel_pages = sel_pages ? st.add(h_sel_pages, i32_bytes(sel_pages)) : 0;
+    const bool sel = sel_indptr != nullptr;
+    job->run = [j, args, o_i, lse_i, want_lse, s_indptr, s_ids, s_len, s_sel_indptr, s_sel_pages, sel]() mutable {
+      args.o = j->out_ptr(o_i);
+      args.lse = want_lse ? static_cast<float*>(j->out_ptr(lse_i)) : nullptr;
+      if (Status s = check_decode_attention_indices(args); s != Status::Ok) return s;  // host index pointers
+      return on_device(j, [&] {
+        const Staging& sg = *j->staging;
+        args.page_indptr = sg.dev<int32_t>(s_indptr);
+        args.page_ids = sg.dev<int32_t>(s_ids);
+        args.kv_len = sg.dev<int32_t>(s_len);
+        args.sel_indptr = sel ? sg.dev<int32_t>(s_sel_indptr) : nullptr;
+        args.sel_pages = sel ? sg.dev<int32_t>(s_sel_pages) : nullptr;
+        return cuda_decode_attention(args, nullptr);
+      });
+    };
+  }
+#endif
   job->result = [want_lse](Napi::Env env, std::vector<Napi::Object>& outs) -> Napi::Value {
     Napi::Object r = Napi::Object::New(env);
     r.Set("o", outs[0]);
@@ -373,7 +488,8 @@ std::unique_ptr<Job> parse_window_scores(const Napi::CallbackInfo& info) {
   Tensor* q = a.tensor("q");
   Tensor* k = a.tensor("k");
   int dev = same_device(a, {{"q", q}, {"k", k}});
-  need_cpu(a, dev);
+  need_kernels_for(a, dev);
+  auto job = new_job(a, dev);
   need_dtype(a, q, "q", {DType::F32, DType::F16, DType::BF16});
   if (S(k).dtype != S(q).dtype) throw_error(a.env, "KVSQ_DTYPE", a.op + ": k and q must share a dtype");
   need_rank(a, q, "q", 3);
@@ -385,8 +501,6 @@ std::unique_ptr<Job> parse_window_scores(const Napi::CallbackInfo& info) {
   const int32_t w = a.integer("window", int32_t(std::min<int64_t>(rows, L)), 1, std::min<int64_t>(rows, L));
   const double scale = a.number("scale", 1.0 / std::sqrt(double(D)));
   if (!std::isfinite(scale)) throw_error(a.env, "KVSQ_RANGE", a.op + ": scale must be finite");
-  auto job = std::make_unique<Job>();
-  job->what = a.op;
   job->use(q);
   job->use(k);
   size_t out_i = job->output(a.env, DType::F32, {Hkv, L}, dev);
@@ -407,6 +521,13 @@ std::unique_ptr<Job> parse_window_scores(const Napi::CallbackInfo& info) {
     args.out = static_cast<float*>(j->out_ptr(out_i));
     return cpu_window_scores(args);
   };
+#ifdef KVSQ_WITH_CUDA
+  if (dev != kCpu)
+    job->run = [j, args, out_i]() mutable {
+      args.out = static_cast<float*>(j->out_ptr(out_i));
+      return on_device(j, [&] { return cuda_window_scores(args, nullptr); });
+    };
+#endif
   job->result = [](Napi::Env, std::vector<Napi::Object>& outs) -> Napi::Value { return outs[0]; };
   return job;
 }
@@ -429,15 +550,14 @@ std::unique_ptr<Job> parse_pool1d(const Napi::CallbackInfo& info) {
   Opts a(info, "pool1d");
   Tensor* x = a.tensor("x");
   int dev = same_device(a, {{"x", x}});
-  need_cpu(a, dev);
+  need_kernels_for(a, dev);
+  auto job = new_job(a, dev);
   int64_t rows, stride;
   rows_of(a, x, "x", rows, stride);
   const int32_t n = a.integer("n", int32_t(stride), 0, stride);
   const int32_t kernel = a.integer("kernel", 7, 1, 1 << 20);
   if (kernel % 2 == 0) throw_error(a.env, "KVSQ_RANGE", a.op + ": kernel must be odd");
   const std::string mode = a.choice("mode", "max", {"max", "avg"});
-  auto job = std::make_unique<Job>();
-  job->what = a.op;
   job->use(x);
   std::vector<int64_t> shape = S(x).shape.size() == 1 ? std::vector<int64_t>{n} : std::vector<int64_t>{rows, n};
   size_t out_i = job->output(a.env, DType::F32, shape, dev);
@@ -454,6 +574,14 @@ std::unique_ptr<Job> parse_pool1d(const Napi::CallbackInfo& info) {
     args.out = static_cast<float*>(j->out_ptr(out_i));
     return cpu_pool1d(args);
   };
+#ifdef KVSQ_WITH_CUDA
+  if (dev != kCpu)
+    job->run = [j, args, out_i]() mutable {
+      if (args.rows == 0 || args.n == 0) return Status::Ok;
+      args.out = static_cast<float*>(j->out_ptr(out_i));
+      return on_device(j, [&] { return cuda_pool1d(args, nullptr); });
+    };
+#endif
   job->result = [](Napi::Env, std::vector<Napi::Object>& outs) -> Napi::Value { return outs[0]; };
   return job;
 }
@@ -462,14 +590,13 @@ std::unique_ptr<Job> parse_chunk_scores(const Napi::CallbackInfo& info) {
   Opts a(info, "chunkScores");
   Tensor* x = a.tensor("x");
   int dev = same_device(a, {{"x", x}});
-  need_cpu(a, dev);
+  need_kernels_for(a, dev);
+  auto job = new_job(a, dev);
   int64_t rows, stride;
   rows_of(a, x, "x", rows, stride);
   const int32_t n = a.integer("n", int32_t(stride), 0, stride);
   const int32_t chunk = a.integer("chunk", 10, 1, kMaxI32);
   const int64_t nchunks = (int64_t(n) + chunk - 1) / chunk;
-  auto job = std::make_unique<Job>();
-  job->what = a.op;
   job->use(x);
   size_t out_i = job->output(a.env, DType::F32, {nchunks}, dev);
   ChunkScoresArgs args;
@@ -484,6 +611,14 @@ std::unique_ptr<Job> parse_chunk_scores(const Napi::CallbackInfo& info) {
     args.out = static_cast<float*>(j->out_ptr(out_i));
     return cpu_chunk_scores(args);
   };
+#ifdef KVSQ_WITH_CUDA
+  if (dev != kCpu)
+    job->run = [j, args, out_i]() mutable {
+      if (args.rows == 0 || args.n == 0) return Status::Ok;
+      args.out = static_cast<float*>(j->out_ptr(out_i));
+      return on_device(j, [&] { return cuda_chunk_scores(args, nullptr); });
+    };
+#endif
   job->result = [](Napi::Env, std::vector<Napi::Object>& outs) -> Napi::Value { return outs[0]; };
   return job;
 }
@@ -497,8 +632,9 @@ std::unique_ptr<Job> parse_topk(const Napi::CallbackInfo& info) {
   int32_t kscalar = -1;
   if (kv.IsNumber()) kscalar = a.integer("k", 0, 0, kMaxI32, true);
   else kt = a.tensor("k");
-  int dev = same_device(a, {{"scores", x}, {"lengths", lengths}, {"k", kt}});
-  need_cpu(a, dev);
+  int dev = same_device(a, {{"scores", x}}, {{"lengths", lengths}, {"k", kt}});
+  need_kernels_for(a, dev);
+  auto job = new_job(a, dev);
   int64_t rows, stride;
   rows_of(a, x, "scores", rows, stride);
   if (lengths) {
@@ -509,18 +645,18 @@ std::unique_ptr<Job> parse_topk(const Napi::CallbackInfo& info) {
     need_dtype(a, kt, "k", {DType::I32});
     need_numel(a, kt, "k", rows);
   }
-  auto job = std::make_unique<Job>();
-  job->what = a.op;
   job->use(x);
   job->use(lengths);
   job->use(kt);
+  const int32_t* h_lengths = host_i32(a, *job, lengths);
+  const int32_t* h_k = host_i32(a, *job, kt);
   // Per-row k as a host array (scalar k broadcast); the output width is the
   // largest count any row can produce, so no row is cut short.
   std::vector<int32_t> kvec(size_t(rows), kscalar);
-  if (kt) std::copy(i32(kt), i32(kt) + rows, kvec.begin());
+  if (kt) std::copy(h_k, h_k + rows, kvec.begin());
   int64_t width = 0;
   for (int64_t r = 0; r < rows; ++r) {
-    int64_t len = lengths ? i32(lengths)[r] : stride;
+    int64_t len = lengths ? h_lengths[r] : stride;
     if (kvec[r] < 0) throw_error(a.env, "KVSQ_RANGE", a.op + ": k[" + std::to_string(r) + "] is negative");
     if (len < 0 || len > stride) throw_error(a.env, "KVSQ_RANGE", a.op + ": lengths[" + std::to_string(r) + "] = " + std::to_string(len) + " is outside [0, " + std::to_string(stride) + "]");
     width = std::max<int64_t>(width, std::min<int64_t>(kvec[r], len));
@@ -533,7 +669,7 @@ std::unique_ptr<Job> parse_topk(const Napi::CallbackInfo& info) {
   args.rows = int32_t(rows);
   args.row_stride = stride;
   args.scores = static_cast<const float*>(S(x).data);
-  args.lengths = i32(lengths);
+  args.lengths = h_lengths;
   args.out_stride = int32_t(width);
   Job* j = job.get();
   job->run = [j, args, idx_i, cnt_i]() mutable {
@@ -549,6 +685,27 @@ std::unique_ptr<Job> parse_topk(const Napi::CallbackInfo& info) {
     }
     return cpu_topk(args);
   };
+#ifdef KVSQ_WITH_CUDA
+  if (dev != kCpu) {
+    // k and lengths were range-checked above (the CUDA twin checks them again
+    // on the device); out may be null when width is 0 (no dummy: a host
+    // address would be wrong here, and the twin writes no index then).
+    Staging& st = job->stage();
+    const size_t s_k = st.add(job->scratch[0].data(), job->scratch[0].size());
+    const size_t s_len = lengths ? st.add(h_lengths, i32_bytes(lengths)) : 0;
+    const bool has_len = lengths != nullptr;
+    job->run = [j, args, idx_i, cnt_i, s_k, s_len, has_len]() mutable {
+      if (args.rows == 0) return Status::Ok;
+      args.out = static_cast<int32_t*>(j->out_ptr(idx_i));
+      args.count = static_cast<int32_t*>(j->out_ptr(cnt_i));
+      return on_device(j, [&] {
+        args.k = j->staging->dev<int32_t>(s_k);
+        args.lengths = has_len ? j->staging->dev<int32_t>(s_len) : nullptr;
+        return cuda_topk(args, nullptr);
+      });
+    };
+  }
+#endif
   job->result = [](Napi::Env env, std::vector<Napi::Object>& outs) -> Napi::Value {
     Napi::Object r = Napi::Object::New(env);
     r.Set("indices", outs[0]);
@@ -565,8 +722,9 @@ std::unique_ptr<Job> parse_quest_bounds(const Napi::CallbackInfo& info) {
   Tensor* indptr = a.tensor("pageIndptr");
   Tensor* ids = a.tensor("pageIds");
   Tensor* len = a.tensor("kvLen");
-  int dev = same_device(a, {{"q", q}, {"metaPool", meta}, {"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}});
-  need_cpu(a, dev);
+  int dev = same_device(a, {{"q", q}, {"metaPool", meta}}, {{"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}});
+  need_kernels_for(a, dev);
+  auto job = new_job(a, dev);
   need_dtype(a, q, "q", {DType::F32, DType::F16, DType::BF16});
   need_dtype(a, meta, "metaPool", {DType::F32, DType::F16, DType::BF16});
   need_rank(a, q, "q", 3);
@@ -579,18 +737,19 @@ std::unique_ptr<Job> parse_quest_bounds(const Napi::CallbackInfo& info) {
   const int32_t P = a.integer("pageSize", 16, 1, 1 << 20);
   if (Hq % Hkv) throw_error(a.env, "KVSQ_SHAPE", a.op + ": q heads must be a multiple of numKvHeads");
   for (auto [k, t] : {std::pair{"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}}) need_dtype(a, t, k, {DType::I32});
+  const int32_t* h_indptr = host_i32(a, *job, indptr);
+  const int32_t* h_ids = host_i32(a, *job, ids);
+  const int32_t* h_len = host_i32(a, *job, len);
   need_numel(a, len, "kvLen", B * Hkv);
-  check_indptr(a, indptr, "pageIndptr", B * Hkv, S(ids).numel());
+  check_indptr(a, indptr, h_indptr, "pageIndptr", B * Hkv, S(ids).numel());
   const bool share = a.boolean("share", false);
   int64_t maxpages = 0;
   for (int64_t l = 0; l < B * Hkv; ++l) {
-    int64_t n = i32(len)[l];
+    int64_t n = h_len[l];
     if (n < 0) throw_error(a.env, "KVSQ_RANGE", a.op + ": kvLen[" + std::to_string(l) + "] is negative");
     maxpages = std::max<int64_t>(maxpages, (n + P - 1) / P);
   }
   const int64_t width = std::max<int64_t>(1, maxpages - 1);
-  auto job = std::make_unique<Job>();
-  job->what = a.op;
   for (Tensor* t : {q, meta, indptr, ids, len}) job->use(t);
   size_t out_i = job->output(a.env, DType::F32, {B, share ? Hkv : Hq, width}, dev);
   QuestBoundsArgs args;
@@ -604,9 +763,9 @@ std::unique_ptr<Job> parse_quest_bounds(const Napi::CallbackInfo& info) {
   args.q = S(q).data;
   args.meta_pool = S(meta).data;
   args.num_pages = N;
-  args.page_indptr = i32(indptr);
-  args.page_ids = i32(ids);
-  args.kv_len = i32(len);
+  args.page_indptr = h_indptr;
+  args.page_ids = h_ids;
+  args.kv_len = h_len;
   args.share = share;
   args.out_stride = int32_t(width);
   Job* j = job.get();
@@ -615,6 +774,25 @@ std::unique_ptr<Job> parse_quest_bounds(const Napi::CallbackInfo& info) {
     args.out = static_cast<float*>(j->out_ptr(out_i));
     return cpu_quest_bounds(args);
   };
+#ifdef KVSQ_WITH_CUDA
+  if (dev != kCpu) {
+    Staging& st = job->stage();
+    const size_t s_indptr = st.add(h_indptr, i32_bytes(indptr)), s_ids = st.add(h_ids, i32_bytes(ids)),
+                 s_len = st.add(h_len, i32_bytes(len));
+    job->run = [j, args, out_i, s_indptr, s_ids, s_len]() mutable {
+      if (args.batch == 0) return Status::Ok;
+      args.out = static_cast<float*>(j->out_ptr(out_i));
+      if (Status s = check_quest_bounds_indices(args); s != Status::Ok) return s;  // host index pointers
+      return on_device(j, [&] {
+        const Staging& sg = *j->staging;
+        args.page_indptr = sg.dev<int32_t>(s_indptr);
+        args.page_ids = sg.dev<int32_t>(s_ids);
+        args.kv_len = sg.dev<int32_t>(s_len);
+        return cuda_quest_bounds(args, nullptr);
+      });
+    };
+  }
+#endif
   job->result = [](Napi::Env, std::vector<Napi::Object>& outs) -> Napi::Value { return outs[0]; };
   return job;
 }
@@ -655,9 +833,10 @@ std::unique_ptr<Job> parse_append(const Napi::CallbackInfo& info) {
   Tensor* vn = a.tensor("vNew");
   Tensor* slot = a.tensor("dstSlot");
   Tensor* reset = a.tensor("resetMeta", false);
-  int dev = same_device(a, {{"kPool", p.k}, {"vPool", p.v}, {"metaPool", p.meta}, {"scorePool", p.score}, {"kNew", kn}, {"vNew", vn},
-                            {"dstSlot", slot}, {"resetMeta", reset}});
-  need_cpu(a, dev);
+  int dev = same_device(a, {{"kPool", p.k}, {"vPool", p.v}, {"metaPool", p.meta}, {"scorePool", p.score}, {"kNew", kn}, {"vNew", vn}},
+                        {{"dstSlot", slot}, {"resetMeta", reset}});
+  need_kernels_for(a, dev);
+  auto job = new_job(a, dev);
   if (S(kn).dtype != S(p.k).dtype || S(vn).dtype != S(p.k).dtype)
     throw_error(a.env, "KVSQ_DTYPE", a.op + ": kNew and vNew must have the pools' dtype " + dtype_name(S(p.k).dtype));
   if (S(kn).shape.empty() || S(kn).shape.back() != p.D)
@@ -670,15 +849,14 @@ std::unique_ptr<Job> parse_append(const Napi::CallbackInfo& info) {
     need_dtype(a, reset, "resetMeta", {DType::I32});
     need_numel(a, reset, "resetMeta", count);
   }
-  auto job = std::make_unique<Job>();
-  job->what = a.op;
   for (Tensor* t : {p.k, p.v, p.meta, p.score, kn, vn, slot, reset}) job->use(t);
-  std::vector<int64_t> slots = widen(slot);
+  const int32_t* h_reset = host_i32(a, *job, reset);
+  std::vector<int64_t> slots = widen(slot, host_i32(a, *job, slot));
   job->scratch.emplace_back(reinterpret_cast<uint8_t*>(slots.data()), reinterpret_cast<uint8_t*>(slots.data() + count));
   job->scratch.emplace_back();
   if (reset) {
     job->scratch[1].resize(size_t(count));
-    for (int64_t i = 0; i < count; ++i) job->scratch[1][i] = i32(reset)[i] != 0;
+    for (int64_t i = 0; i < count; ++i) job->scratch[1][i] = h_reset[i] != 0;
   }
   AppendArgs args;
   args.count = int32_t(count);
@@ -700,6 +878,51 @@ std::unique_ptr<Job> parse_append(const Napi::CallbackInfo& info) {
     args.reset_meta = has_reset ? j->scratch[1].data() : nullptr;
     return cpu_append(args);
   };
+#ifdef KVSQ_WITH_CUDA
+  if (dev != kCpu) {
+    Staging& st = job->stage();
+    const size_t s_slot = st.add(job->scratch[0].data(), job->scratch[0].size());
+    const size_t s_reset = has_reset ? st.add(job->scratch[1].data(), job->scratch[1].size()) : 0;
+    job->run = [j, args, has_reset, s_slot, s_reset]() mutable {
+      if (args.count == 0) return Status::Ok;
+      args.dst_slot = reinterpret_cast<const int64_t*>(j->scratch[0].data());
+      args.reset_meta = has_reset ? j->scratch[1].data() : nullptr;
+      if (Status s = check_append_indices(args); s != Status::Ok) return s;  // host slots: in range, distinct
+      // cuda_append updates a page's metadata from at most one row per launch
+      // (its rows run in parallel); the CPU applies a page's rows in row
+      // order. So with metaPool the rows go in consecutive runs whose pages
+      // are distinct, launched in order on one stream: the CPU's result. A
+      // decode step (one row per list, lists never share pages) is one run.
+      std::vector<int32_t> starts{0};
+      if (args.meta_pool) {
+        std::unordered_set<int64_t> pages;
+        for (int32_t i = 0; i < args.count; ++i)
+          if (!pages.insert(args.dst_slot[i] / args.page_size).second) {
+            starts.push_back(i);
+            pages.clear();
+            pages.insert(args.dst_slot[i] / args.page_size);
+          }
+      }
+      starts.push_back(args.count);
+      const size_t row = size_t(args.head_dim) * dtype_size(args.dtype);
+      return on_device(j, [&] {
+        const int64_t* slot_d = j->staging->dev<int64_t>(s_slot);
+        const uint8_t* reset_d = has_reset ? j->staging->dev<uint8_t>(s_reset) : nullptr;
+        for (size_t r = 0; r + 1 < starts.size(); ++r) {
+          const int32_t b = starts[r];
+          AppendArgs run = args;
+          run.count = starts[r + 1] - b;
+          run.k_new = static_cast<const uint8_t*>(args.k_new) + size_t(b) * row;
+          run.v_new = static_cast<const uint8_t*>(args.v_new) + size_t(b) * row;
+          run.dst_slot = slot_d + b;
+          run.reset_meta = reset_d ? reset_d + b : nullptr;
+          if (Status s = cuda_append(run, nullptr); s != Status::Ok) return s;
+        }
+        return Status::Ok;
+      });
+    };
+  }
+#endif
   return job;
 }
 
@@ -711,9 +934,10 @@ std::unique_ptr<Job> parse_gather(const Napi::CallbackInfo& info) {
   Tensor* src_row = a.tensor("srcRow");
   Tensor* dst = a.tensor("dstSlot");
   Tensor* ssrc = a.tensor("scoreSrc", false);
-  int dev = same_device(a, {{"kPool", p.k}, {"vPool", p.v}, {"scorePool", p.score}, {"kSrc", ks}, {"vSrc", vs}, {"srcRow", src_row},
-                            {"dstSlot", dst}, {"scoreSrc", ssrc}});
-  need_cpu(a, dev);
+  int dev = same_device(a, {{"kPool", p.k}, {"vPool", p.v}, {"scorePool", p.score}, {"kSrc", ks}, {"vSrc", vs}, {"scoreSrc", ssrc}},
+                        {{"srcRow", src_row}, {"dstSlot", dst}});
+  need_kernels_for(a, dev);
+  auto job = new_job(a, dev);
   if (S(ks).dtype != S(p.k).dtype || S(vs).dtype != S(p.k).dtype)
     throw_error(a.env, "KVSQ_DTYPE", a.op + ": kSrc and vSrc must have the pools' dtype " + dtype_name(S(p.k).dtype));
   if (S(ks).shape.empty() || S(ks).shape.back() != p.D)
@@ -729,10 +953,8 @@ std::unique_ptr<Job> parse_gather(const Napi::CallbackInfo& info) {
     need_dtype(a, ssrc, "scoreSrc", {DType::F32});
     need_numel(a, ssrc, "scoreSrc", src_rows);
   }
-  auto job = std::make_unique<Job>();
-  job->what = a.op;
   for (Tensor* t : {p.k, p.v, p.score, ks, vs, src_row, dst, ssrc}) job->use(t);
-  std::vector<int64_t> rows = widen(src_row), slots = widen(dst);
+  std::vector<int64_t> rows = widen(src_row, host_i32(a, *job, src_row)), slots = widen(dst, host_i32(a, *job, dst));
   job->scratch.emplace_back(reinterpret_cast<uint8_t*>(rows.data()), reinterpret_cast<uint8_t*>(rows.data() + count));
   job->scratch.emplace_back(reinterpret_cast<uint8_t*>(slots.data()), reinterpret_cast<uint8_t*>(slots.data() + count));
   GatherArgs args;
@@ -755,6 +977,25 @@ std::unique_ptr<Job> parse_gather(const Napi::CallbackInfo& info) {
     args.dst_slot = reinterpret_cast<const int64_t*>(j->scratch[1].data());
     return cpu_gather(args);
   };
+#ifdef KVSQ_WITH_CUDA
+  if (dev != kCpu) {
+    Staging& st = job->stage();
+    const size_t s_row = st.add(job->scratch[0].data(), job->scratch[0].size());
+    const size_t s_slot = st.add(job->scratch[1].data(), job->scratch[1].size());
+    job->run = [j, args, s_row, s_slot]() mutable {
+      if (args.count == 0) return Status::Ok;
+      args.src_row = reinterpret_cast<const int64_t*>(j->scratch[0].data());
+      args.dst_slot = reinterpret_cast<const int64_t*>(j->scratch[1].data());
+      // Host rows/slots: in range, slots distinct and (pool to pool) not read.
+      if (Status s = check_gather_indices(args); s != Status::Ok) return s;
+      return on_device(j, [&] {
+        args.src_row = j->staging->dev<int64_t>(s_row);
+        args.dst_slot = j->staging->dev<int64_t>(s_slot);
+        return cuda_gather(args, nullptr);
+      });
+    };
+  }
+#endif
   return job;
 }
 
@@ -764,8 +1005,9 @@ std::unique_ptr<Job> parse_page_meta(const Napi::CallbackInfo& info) {
   Tensor* meta = a.tensor("metaPool");
   Tensor* ids = a.tensor("pageIds");
   Tensor* fill = a.tensor("fill");
-  int dev = same_device(a, {{"kPool", kp}, {"metaPool", meta}, {"pageIds", ids}, {"fill", fill}});
-  need_cpu(a, dev);
+  int dev = same_device(a, {{"kPool", kp}, {"metaPool", meta}}, {{"pageIds", ids}, {"fill", fill}});
+  need_kernels_for(a, dev);
+  auto job = new_job(a, dev);
   need_dtype(a, kp, "kPool", {DType::F32, DType::F16, DType::BF16});
   need_rank(a, kp, "kPool", 3);
   const int64_t N = S(kp).shape[0], P = S(kp).shape[1], D = S(kp).shape[2];
@@ -775,9 +1017,9 @@ std::unique_ptr<Job> parse_page_meta(const Napi::CallbackInfo& info) {
   need_dtype(a, fill, "fill", {DType::I32});
   const int64_t count = S(ids).numel();
   need_numel(a, fill, "fill", count);
-  auto job = std::make_unique<Job>();
-  job->what = a.op;
   for (Tensor* t : {kp, meta, ids, fill}) job->use(t);
+  const int32_t* h_ids = host_i32(a, *job, ids);
+  const int32_t* h_fill = host_i32(a, *job, fill);
   PageMetaArgs args;
   args.count = int32_t(count);
   args.head_dim = int32_t(D);
@@ -786,12 +1028,29 @@ std::unique_ptr<Job> parse_page_meta(const Napi::CallbackInfo& info) {
   args.num_pages = N;
   args.k_pool = S(kp).data;
   args.meta_pool = S(meta).data;
-  args.page_ids = i32(ids);
-  args.fill = i32(fill);
+  args.page_ids = h_ids;
+  args.fill = h_fill;
   job->run = [args]() {
     if (args.count == 0) return Status::Ok;
     return cpu_page_meta(args);
   };
+#ifdef KVSQ_WITH_CUDA
+  if (dev != kCpu) {
+    Staging& st = job->stage();
+    const size_t s_ids = st.add(h_ids, i32_bytes(ids)), s_fill = st.add(h_fill, i32_bytes(fill));
+    Job* j = job.get();
+    job->run = [j, args, s_ids, s_fill]() mutable {
+      if (args.count == 0) return Status::Ok;
+      // Host ids/fills: in range, pages distinct (one writer per page's meta).
+      if (Status s = check_page_meta_indices(args); s != Status::Ok) return s;
+      return on_device(j, [&] {
+        args.page_ids = j->staging->dev<int32_t>(s_ids);
+        args.fill = j->staging->dev<int32_t>(s_fill);
+        return cuda_page_meta(args, nullptr);
+      });
+    };
+  }
+#endif
   return job;
 }
 
@@ -804,24 +1063,26 @@ std::unique_ptr<Job> parse_scores(const Napi::CallbackInfo& info, bool write) {
   Tensor* ids = a.tensor("pageIds");
   Tensor* len = a.tensor("kvLen");
   Tensor* values = write ? a.tensor("values") : nullptr;
-  int dev = same_device(a, {{"scorePool", score}, {"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}, {"values", values}});
-  need_cpu(a, dev);
+  int dev = same_device(a, {{"scorePool", score}, {"values", values}}, {{"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}});
+  need_kernels_for(a, dev);
+  auto job = new_job(a, dev);
   need_dtype(a, score, "scorePool", {DType::F32});
   need_rank(a, score, "scorePool", 2);
   for (auto [k, t] : {std::pair{"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}}) need_dtype(a, t, k, {DType::I32});
+  const int32_t* h_indptr = host_i32(a, *job, indptr);
+  const int32_t* h_ids = host_i32(a, *job, ids);
+  const int32_t* h_len = host_i32(a, *job, len);
   const int64_t lists = S(len).numel();
-  check_indptr(a, indptr, "pageIndptr", lists, S(ids).numel());
+  check_indptr(a, indptr, h_indptr, "pageIndptr", lists, S(ids).numel());
   int64_t total = 0;
   for (int64_t l = 0; l < lists; ++l) {
-    if (i32(len)[l] < 0) throw_error(a.env, "KVSQ_RANGE", a.op + ": kvLen[" + std::to_string(l) + "] is negative");
-    total += i32(len)[l];
+    if (h_len[l] < 0) throw_error(a.env, "KVSQ_RANGE", a.op + ": kvLen[" + std::to_string(l) + "] is negative");
+    total += h_len[l];
   }
   if (values) {
     need_dtype(a, values, "values", {DType::F32});
     need_numel(a, values, "values", total);
   }
-  auto job = std::make_unique<Job>();
-  job->what = a.op;
   for (Tensor* t : {score, indptr, ids, len, values}) job->use(t);
   size_t out_i = write ? 0 : job->output(a.env, DType::F32, {total}, dev);
   ReadScoresArgs args;
@@ -829,9 +1090,9 @@ std::unique_ptr<Job> parse_scores(const Napi::CallbackInfo& info, bool write) {
   args.page_size = int32_t(S(score).shape[1]);
   args.num_pages = S(score).shape[0];
   args.score_pool = static_cast<const float*>(S(score).data);
-  args.page_indptr = i32(indptr);
-  args.page_ids = i32(ids);
-  args.kv_len = i32(len);
+  args.page_indptr = h_indptr;
+  args.page_ids = h_ids;
+  args.kv_len = h_len;
   args.write_back = write;
   args.in = values ? static_cast<const float*>(S(values).data) : nullptr;
   Job* j = job.get();
@@ -840,11 +1101,63 @@ std::unique_ptr<Job> parse_scores(const Napi::CallbackInfo& info, bool write) {
     if (!write) args.out = static_cast<float*>(j->out_ptr(out_i));
     return cpu_read_scores(args);
   };
+#ifdef KVSQ_WITH_CUDA
+  if (dev != kCpu) {
+    Staging& st = job->stage();
+    const size_t s_indptr = st.add(h_indptr, i32_bytes(indptr)), s_ids = st.add(h_ids, i32_bytes(ids)),
+                 s_len = st.add(h_len, i32_bytes(len));
+    job->run = [j, args, out_i, write, total, s_indptr, s_ids, s_len]() mutable {
+      if (total == 0) return Status::Ok;
+      if (!write) args.out = static_cast<float*>(j->out_ptr(out_i));
+      if (Status s = check_read_scores_indices(args); s != Status::Ok) return s;  // host index pointers
+      return on_device(j, [&] {
+        const Staging& sg = *j->staging;
+        args.page_indptr = sg.dev<int32_t>(s_indptr);
+        args.page_ids = sg.dev<int32_t>(s_ids);
+        args.kv_len = sg.dev<int32_t>(s_len);
+        return cuda_read_scores(args, nullptr);
+      });
+    };
+  }
+#endif
   if (!write) job->result = [](Napi::Env, std::vector<Napi::Object>& outs) -> Napi::Value { return outs[0]; };
   return job;
 }
 std::unique_ptr<Job> parse_read_scores(const Napi::CallbackInfo& info) { return parse_scores(info, false); }
 std::unique_ptr<Job> parse_write_scores(const Napi::CallbackInfo& info) { return parse_scores(info, true); }
+
+// countNonFinite({ x }) -> number of NaN/Inf elements (any float tensor).
+std::unique_ptr<Job> parse_count_nonfinite(const Napi::CallbackInfo& info) {
+  Opts a(info, "countNonFinite");
+  Tensor* x = a.tensor("x");
+  int dev = same_device(a, {{"x", x}});
+  need_kernels_for(a, dev);
+  auto job = new_job(a, dev);
+  need_dtype(a, x, "x", {DType::F32, DType::F16, DType::BF16});
+  job->use(x);
+  auto count = std::make_shared<int64_t>(0);
+  NonFiniteArgs args;
+  args.dtype = S(x).dtype;
+  args.x = S(x).data;
+  args.n = S(x).numel();
+  args.count = count.get();
+  job->run = [args]() { return cpu_count_nonfinite(args); };
+#ifdef KVSQ_WITH_CUDA
+  if (dev != kCpu) {
+    // The count lands in an 8-byte device output, then comes back to the host.
+    size_t c_i = job->output(a.env, DType::I32, {2}, dev);
+    Job* j = job.get();
+    job->run = [j, args, c_i, count, dev]() mutable {
+      args.count = static_cast<int64_t*>(j->out_ptr(c_i));
+      Status s = on_device(j, [&] { return cuda_count_nonfinite(args, nullptr); });
+      if (s != Status::Ok) return s;
+      return copy_device_to_host(dev, count.get(), args.count, sizeof(int64_t));
+    };
+  }
+#endif
+  job->result = [count](Napi::Env env, std::vector<Napi::Object>&) -> Napi::Value { return Napi::Number::New(env, double(*count)); };
+  return job;
+}
 
 template <Parser P>
 Napi::Value Sync(const Napi::CallbackInfo& info) {
@@ -875,6 +1188,7 @@ void register_ops(Napi::Env env, Napi::Object exports) {
       {"pageMeta", Sync<parse_page_meta>, Async<parse_page_meta>},
       {"readScores", Sync<parse_read_scores>, Async<parse_read_scores>},
       {"writeScores", Sync<parse_write_scores>, Async<parse_write_scores>},
+      {"countNonFinite", Sync<parse_count_nonfinite>, Async<parse_count_nonfinite>},
   };
   for (const Entry& e : entries) {
     exports.Set(e.name, Napi::Function::New(env, e.sync, e.name));
