@@ -34,9 +34,9 @@
 //   the kernel compute/shuffle-bound (and re-convert f16 g times). So each
 //   loaded K row is converted once and FMA'd against all g query vectors, with
 //   8 independent dot products in flight (8/g slots x g heads, 8 ymm
-//   accumulators: enough to hide FMA latency) and a single transpose-reduce
-//   (hadd tree) turning the 8 accumulators into 8 logits, instead of 8
-//   separate horizontal sums.
+//   accumulators: enough to hide FMA latency; 16 zmm with AVX-512) and a
+//   single transpose-reduce (hadd tree) turning the 8 accumulators into 8
+//   logits, instead of 8 separate horizontal sums.
 // * V is accumulated as a small GEMM: acc[g][D] += p[g][T] * V[T][D], register
 //   tiles of (heads x 8-float columns) = 8 ymm, each V vector converted once
 //   per tile and broadcast-multiplied by the probabilities of every head. The
@@ -45,11 +45,14 @@
 // * Slots are processed in blocks of kT: logits of the block for all heads,
 //   then one online-softmax update per head, then V. The per-block softmax
 //   amortises the exp and max work over vectors of slots.
-// * Parallelism is flash-decoding: each list's slot range is cut into splits;
-//   (list, split) items are handed out dynamically (atomic counter) because
-//   lengths are ragged and the 2-core machine is noisy. Each split leaves a
-//   partial (max, sum, acc) and the partials are merged per list. A list with
-//   a single split finalises inline, so a batch of short sequences pays no merge.
+// * Parallelism is flash-decoding: each list's slot range is cut into splits
+//   (about kItemsPerThread per thread, so the last ones even out the threads'
+//   finish); (list, split) items are handed out dynamically (atomic counter)
+//   because lengths are ragged and the 2-core machine is noisy. Each split
+//   leaves a partial (max, sum, acc) and the partials are merged per list. A
+//   list with a single split finalises inline, so a batch of short sequences
+//   pays no merge; without score accumulation the thread that finishes a
+//   list's last split merges it, so a call is one pool dispatch.
 // * Score accumulation needs this step's normalised probabilities, which are
 //   known only after the last split of the list. Rather than read K again, the
 //   raw logits are kept in a per-call scratch (g floats per slot); after the
@@ -60,19 +63,38 @@
 //   kernel walks the union of the group's selected pages once (each K/V row
 //   read once for the group) and masks the logits of heads that did not
 //   select a page to -inf (exp2 -> exactly 0).
-// * Rows two blocks ahead are software-prefetched: pages are scattered in the
-//   pool (a 16-slot f16 page of D=128 is one 4 KiB OS page) and hardware
-//   prefetchers stop at those boundaries; measured on one core, this took a
-//   32K-context f16 step (Hq 32, Hkv 8, D 128) from ~27 to ~16 ms of CPU time.
-//   Locality hint (t0/t1/t2/nta) and lookahead (32..512 slots) made no
-//   measurable difference; spreading the prefetches did.
+// * Software prefetch, because pages are scattered in the pool (a 16-slot f16
+//   page of D=128 is one 4 KiB OS page: a TLB miss and a new stream that the
+//   hardware prefetchers pick up late or not at all). Each row is prefetched
+//   kPfBytes of K ahead by the inner kernels, one line of the future row per
+//   line of the current row consumed, so prefetches go out at the rate data
+//   is used. Issued as a burst per block (the previous design) they filled
+//   the miss queue: the core waited on the burst and then computed with no
+//   miss in flight, so memory and compute time added up (f16 32K target,
+//   2 threads, AVX2 tiles in both: 8.1 ms with bursts, 4.7 ms spread).
+//   Pages kTouchBytes ahead get one touch per 4 KiB so that their page walks
+//   are done early (~5%).
+// * Bound, on the target (EPYC Zen 5 VM, 2 cores, f16 32K, 134 MB): compute
+//   alone (K/V resident in L2) takes ~2.4 ms with the AVX-512 tiles and
+//   ~4.2 ms with AVX2 (2 threads); a read-only pass over the same bytes in
+//   shuffled 4 KiB pages ~3.0-3.7 ms (the bench prints it). The kernel runs
+//   ~4.3-4.6 ms: memory-bound, compute overlapped. With the AVX2 tiles only
+//   it runs ~4.7 ms, at the compute figure.
+// * Where the CPU has AVX-512F (checked at run time, as are AVX2/FMA/F16C)
+//   the dot products and the V accumulation use 16-float vectors: half the
+//   FMA and conversion instructions per row; the logits reduce 16
+//   accumulators (4 slots x 4 heads) with one shuffle tree. The softmax and
+//   score primitives stay AVX2 (a few % of the work). KVSQ_NO_AVX512=1 keeps
+//   the AVX2 tiles, to test or compare them on such a machine.
 // * Everything is validated before anything is written; scratch is allocated
 //   before the first output write (allocation failure -> Status::OOM).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <new>
 #include <vector>
 
@@ -91,7 +113,13 @@ namespace kvsq {
 namespace {
 
 constexpr int kT = 32;  // slots per block (32 vs 64 vs 128: within noise, 32 slightly ahead)
-constexpr int64_t kPfDist = 2 * kT;  // prefetch lookahead, slots
+// Prefetch lookahead, in bytes of K (the same slots' V is prefetched too): rows
+// about 16 KiB ahead; and pages about 256 KiB ahead touched for their TLB
+// entries. Measured on the target (2 threads, f16 32K): 8-16 KiB within noise
+// of each other, 4 KiB ~10% slower; the far touch ~5% faster than none.
+constexpr int64_t kPfBytes = 16 << 10;
+constexpr int64_t kTouchBytes = 256 << 10;
+constexpr int64_t kItemsPerThread = 16;  // splits per thread: the last ones even out the threads' finish
 constexpr int64_t kMinSplit = 512;  // slots: shorter splits cost more in merge than they balance
 constexpr float kLog2e = 1.44269504088896340736f;
 constexpr float kLn2 = 0.693147180559945309417f;
@@ -101,15 +129,16 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Both paths implement the same five primitives; the driver below is shared.
 struct Kern {
   // out[h*ls + t] = qf[h*D ..] . K(rows[t]) for h < g, t < n (n <= kT). ws: >= D floats.
-  void (*logits)(const float* qf, int g, int D, const char* const* rows, int n, float* out,
-                 int64_t ls, float* ws);
+  // pf[t]: a row to prefetch while rows[t] is consumed, line for line (see run_item).
+  void (*logits)(const float* qf, int g, int D, const char* const* rows, const char* const* pf, int n,
+                 float* out, int64_t ls, float* ws);
   // max of l[0..n)
   float (*maxv)(const float* l, int n);
   // p[t] = exp2(l[t] - m), returns the sum; m finite.
   float (*expsum)(const float* l, int n, float m, float* p);
   // acc[h*D + d] = alpha[h] * acc[h*D + d] + sum_t p[h*ps + t] * V(rows[t])[d]
   void (*vacc)(const float* p, int64_t ps, const float* alpha, int g, int D,
-               const char* const* rows, int n, float* acc, float* ws);
+               const char* const* rows, const char* const* pf, int n, float* acc, float* ws);
   // r[t] = reduce_h exp2(l[h*ls + t] - m[h]) (heads with m = -inf contribute 0), t < n
   void (*scores)(const float* l, int64_t ls, const float* m, int g, int n, Reduce mode, float* r);
 };
@@ -123,8 +152,8 @@ inline float ld1(const char* row, int d) {
 
 // ---- portable: plain fp32 loops; rows are converted once into ws.
 template <DType T>
-void logits_portable(const float* qf, int g, int D, const char* const* rows, int n, float* out,
-                     int64_t ls, float* ws) {
+void logits_portable(const float* qf, int g, int D, const char* const* rows, const char* const*, int n,
+                     float* out, int64_t ls, float* ws) {
   for (int t = 0; t < n; ++t) {
     for (int d = 0; d < D; ++d) ws[d] = ld1<T>(rows[t], d);
     for (int h = 0; h < g; ++h) {
@@ -147,7 +176,7 @@ float expsum_portable(const float* l, int n, float m, float* p) {
 }
 template <DType T>
 void vacc_portable(const float* p, int64_t ps, const float* alpha, int g, int D,
-                   const char* const* rows, int n, float* acc, float* ws) {
+                   const char* const* rows, const char* const*, int n, float* acc, float* ws) {
   for (int h = 0; h < g; ++h)
     if (alpha[h] != 1.f)
       for (int d = 0; d < D; ++d) acc[int64_t(h) * D + d] *= alpha[h];
@@ -227,20 +256,25 @@ KVSQ_DA_SIMD inline float hmax(__m256 v) {
 
 // NS slots x NH heads of logits per pass (NS * NH = 8 accumulators).
 template <DType T, int NH>
-KVSQ_DA_SIMD void logits_simd(const float* qf, int g, int D, const char* const* rows, int n, float* out,
-                              int64_t ls, float*) {
+KVSQ_DA_SIMD void logits_simd(const float* qf, int g, int D, const char* const* rows, const char* const* pf,
+                              int n, float* out, int64_t ls, float*) {
   constexpr int NS = 8 / NH;
+  constexpr int kLine = 64 / int(T == DType::F32 ? 4 : 2);  // elements per cache line
   const int D8 = D & ~7;
   for (int h0 = 0; h0 < g; h0 += NH) {
     const float* q0 = qf + int64_t(h0) * D;
     for (int t0 = 0; t0 < n; t0 += NS) {
       const char* r[NS];
+      const char* f[NS];
 #pragma GCC unroll 8
-      for (int s = 0; s < NS; ++s) r[s] = rows[std::min(t0 + s, n - 1)];
+      for (int s = 0; s < NS; ++s) r[s] = rows[std::min(t0 + s, n - 1)], f[s] = pf[std::min(t0 + s, n - 1)];
       __m256 acc[8];
 #pragma GCC unroll 8
       for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
       for (int d = 0; d < D8; d += 8) {
+        if (h0 == 0 && d % kLine == 0)
+#pragma GCC unroll 8
+          for (int s = 0; s < NS; ++s) _mm_prefetch(f[s] + d * (T == DType::F32 ? 4 : 2), _MM_HINT_T0);
 #pragma GCC unroll 8
         for (int s = 0; s < NS; ++s) {
           const __m256 kv = ld8<T>(r[s], d);
@@ -292,7 +326,8 @@ KVSQ_DA_SIMD float expsum_simd(const float* l, int n, float m, float* p) {
 // Tile: NH heads x ND 8-float columns of acc, held in registers across the block.
 template <DType T, int NH, int ND>
 KVSQ_DA_SIMD inline void vtile(const float* p, int64_t ps, const float* alpha, int D, const char* const* rows,
-                               int n, float* acc, int d0) {
+                               const char* const* pf, int n, float* acc, int d0) {
+  constexpr int es = T == DType::F32 ? 4 : 2;
   __m256 a[NH][ND];
 #pragma GCC unroll 8
   for (int h = 0; h < NH; ++h) {
@@ -301,6 +336,10 @@ KVSQ_DA_SIMD inline void vtile(const float* p, int64_t ps, const float* alpha, i
     for (int j = 0; j < ND; ++j) a[h][j] = _mm256_mul_ps(al, _mm256_loadu_ps(acc + h * D + d0 + 8 * j));
   }
   for (int t = 0; t < n; ++t) {
+    if (pf)
+#pragma GCC unroll 8
+      for (int j = 0; j < ND; ++j)
+        if ((d0 + 8 * j) * es % 64 == 0) _mm_prefetch(pf[t] + (d0 + 8 * j) * es, _MM_HINT_T0);
     __m256 v[ND];
 #pragma GCC unroll 8
     for (int j = 0; j < ND; ++j) v[j] = ld8<T>(rows[t], d0 + 8 * j);
@@ -319,17 +358,17 @@ KVSQ_DA_SIMD inline void vtile(const float* p, int64_t ps, const float* alpha, i
 
 template <DType T, int NH, int ND>
 KVSQ_DA_SIMD inline void vtile_rest(int nd, const float* p, int64_t ps, const float* alpha, int D,
-                                    const char* const* rows, int n, float* acc, int d0) {
+                                    const char* const* rows, const char* const* pf, int n, float* acc, int d0) {
   // nd < ND leftover columns: the widest tile that fits, so short rows keep several chains.
   if constexpr (ND > 1) {
-    if (nd == ND - 1) return vtile<T, NH, ND - 1>(p, ps, alpha, D, rows, n, acc, d0);
-    return vtile_rest<T, NH, ND - 1>(nd, p, ps, alpha, D, rows, n, acc, d0);
+    if (nd == ND - 1) return vtile<T, NH, ND - 1>(p, ps, alpha, D, rows, pf, n, acc, d0);
+    return vtile_rest<T, NH, ND - 1>(nd, p, ps, alpha, D, rows, pf, n, acc, d0);
   }
 }
 
 template <DType T, int NH>
 KVSQ_DA_SIMD void vacc_simd(const float* p, int64_t ps, const float* alpha, int g, int D,
-                            const char* const* rows, int n, float* acc, float*) {
+                            const char* const* rows, const char* const* pf, int n, float* acc, float*) {
   constexpr int ND = 8 / NH;
   const int D8 = D & ~7;
   for (int h0 = 0; h0 < g; h0 += NH) {
@@ -337,8 +376,9 @@ KVSQ_DA_SIMD void vacc_simd(const float* p, int64_t ps, const float* alpha, int 
     const float* al = alpha + h0;
     float* ah = acc + int64_t(h0) * D;
     int d0 = 0;
-    for (; d0 + 8 * ND <= D8; d0 += 8 * ND) vtile<T, NH, ND>(ph, ps, al, D, rows, n, ah, d0);
-    if (d0 < D8) vtile_rest<T, NH, ND>((D8 - d0) / 8, ph, ps, al, D, rows, n, ah, d0);
+    const char* const* f = h0 == 0 ? pf : nullptr;  // each line prefetched once
+    for (; d0 + 8 * ND <= D8; d0 += 8 * ND) vtile<T, NH, ND>(ph, ps, al, D, rows, f, n, ah, d0);
+    if (d0 < D8) vtile_rest<T, NH, ND>((D8 - d0) / 8, ph, ps, al, D, rows, f, n, ah, d0);
     if (D8 < D) {
       for (int h = 0; h < NH; ++h)
         for (int d = D8; d < D; ++d) ah[h * D + d] *= al[h];
@@ -395,6 +435,188 @@ Kern simd_kern(int g) {
   k.scores = scores_simd;
   return k;
 }
+
+// ---- AVX-512F (same algorithm, 16-float vectors). Where the FMA units are
+// 512 bits wide (Zen 5, recent Intel server cores) this halves the FMA and
+// conversion instruction count per row, which is what bounds the kernel once
+// memory is streamed well (see the design notes).
+#define KVSQ_DA_SIMD512 __attribute__((target("avx512f,avx2,fma,f16c")))
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() and trip
+// -Wmaybe-uninitialized once inlined (a false positive).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+template <DType T>
+KVSQ_DA_SIMD512 inline __m512 ld16(const char* row, int d) {
+  if (T == DType::F32) return _mm512_loadu_ps(reinterpret_cast<const float*>(row) + d);
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(reinterpret_cast<const uint16_t*>(row) + d));
+  if (T == DType::F16) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// Sums of a[0..16): the sum of a[i] lands in lane 4 * (i % 4) + i / 4.
+KVSQ_DA_SIMD512 inline __m512 reduce16(const __m512* a) {
+  __m512 b[8], c[4];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i)  // blocks: a[2i] (lanes 0-7), a[2i+1] (lanes 8-15)
+    b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i)  // 128-bit block j: a[4i + j]
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xDD));
+  const __m512 d0 = _mm512_add_ps(_mm512_unpacklo_ps(c[0], c[1]), _mm512_unpackhi_ps(c[0], c[1]));
+  const __m512 d1 = _mm512_add_ps(_mm512_unpacklo_ps(c[2], c[3]), _mm512_unpackhi_ps(c[2], c[3]));
+  return _mm512_add_ps(_mm512_shuffle_ps(d0, d1, _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_ps(d0, d1, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+
+// NS slots x NH heads per pass, NS * NH = 16 accumulators.
+template <DType T, int NH>
+KVSQ_DA_SIMD512 void logits_512(const float* qf, int g, int D, const char* const* rows, const char* const* pf,
+                                int n, float* out, int64_t ls, float*) {
+  constexpr int NS = 16 / NH;
+  constexpr int es = T == DType::F32 ? 4 : 2;
+  const int D16 = D & ~15;
+  for (int h0 = 0; h0 < g; h0 += NH) {
+    const float* q0 = qf + int64_t(h0) * D;
+    for (int t0 = 0; t0 < n; t0 += NS) {
+      const char* r[NS];
+      const char* f[NS];
+#pragma GCC unroll 16
+      for (int s = 0; s < NS; ++s) r[s] = rows[std::min(t0 + s, n - 1)], f[s] = pf[std::min(t0 + s, n - 1)];
+      __m512 acc[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+      for (int d = 0; d < D16; d += 16) {
+        if (h0 == 0 && d * es % 64 == 0)
+#pragma GCC unroll 16
+          for (int s = 0; s < NS; ++s) _mm_prefetch(f[s] + d * es, _MM_HINT_T0);
+        __m512 qv[NH];
+#pragma GCC unroll 16
+        for (int h = 0; h < NH; ++h) qv[h] = _mm512_loadu_ps(q0 + h * D + d);
+#pragma GCC unroll 16
+        for (int s = 0; s < NS; ++s) {
+          const __m512 kv = ld16<T>(r[s], d);
+#pragma GCC unroll 16
+          for (int h = 0; h < NH; ++h) acc[s * NH + h] = _mm512_fmadd_ps(kv, qv[h], acc[s * NH + h]);
+        }
+      }
+      const __m512 sums = reduce16(acc);
+      if (NH == 4 && D16 == D && t0 + NS <= n) {  // lanes 4h..4h+3: head h, slots t0..t0+3
+        float* o = out + int64_t(h0) * ls + t0;
+        _mm_storeu_ps(o, _mm512_castps512_ps128(sums));
+        _mm_storeu_ps(o + ls, _mm512_extractf32x4_ps(sums, 1));
+        _mm_storeu_ps(o + 2 * ls, _mm512_extractf32x4_ps(sums, 2));
+        _mm_storeu_ps(o + 3 * ls, _mm512_extractf32x4_ps(sums, 3));
+        continue;
+      }
+      alignas(64) float tmp[16];
+      _mm512_store_ps(tmp, sums);
+      for (int s = 0; s < NS && t0 + s < n; ++s)
+        for (int h = 0; h < NH; ++h) {
+          const int i = s * NH + h;
+          float v = tmp[4 * (i & 3) + (i >> 2)];
+          for (int d = D16; d < D; ++d) v += ld1<T>(r[s], d) * q0[h * D + d];
+          out[(h0 + h) * ls + t0 + s] = v;
+        }
+    }
+  }
+}
+
+template <DType T, int NH, int ND>
+KVSQ_DA_SIMD512 inline void vtile_512(const float* p, int64_t ps, const float* alpha, int D, const char* const* rows,
+                                      const char* const* pf, int n, float* acc, int d0) {
+  constexpr int es = T == DType::F32 ? 4 : 2;
+  __m512 a[NH][ND];
+#pragma GCC unroll 16
+  for (int h = 0; h < NH; ++h) {
+    const __m512 al = _mm512_set1_ps(alpha[h]);
+#pragma GCC unroll 16
+    for (int j = 0; j < ND; ++j) a[h][j] = _mm512_mul_ps(al, _mm512_loadu_ps(acc + h * D + d0 + 16 * j));
+  }
+  for (int t = 0; t < n; ++t) {
+    if (pf)
+#pragma GCC unroll 16
+      for (int j = 0; j < ND; ++j)
+        if ((d0 + 16 * j) * es % 64 == 0) _mm_prefetch(pf[t] + (d0 + 16 * j) * es, _MM_HINT_T0);
+    __m512 v[ND];
+#pragma GCC unroll 16
+    for (int j = 0; j < ND; ++j) v[j] = ld16<T>(rows[t], d0 + 16 * j);
+#pragma GCC unroll 16
+    for (int h = 0; h < NH; ++h) {
+      const __m512 w = _mm512_set1_ps(p[h * ps + t]);
+#pragma GCC unroll 16
+      for (int j = 0; j < ND; ++j) a[h][j] = _mm512_fmadd_ps(w, v[j], a[h][j]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int h = 0; h < NH; ++h)
+#pragma GCC unroll 16
+    for (int j = 0; j < ND; ++j) _mm512_storeu_ps(acc + h * D + d0 + 16 * j, a[h][j]);
+}
+
+template <DType T, int NH, int ND>
+KVSQ_DA_SIMD512 inline void vtile_rest_512(int nd, const float* p, int64_t ps, const float* alpha, int D,
+                                           const char* const* rows, const char* const* pf, int n, float* acc,
+                                           int d0) {
+  if constexpr (ND > 1) {
+    if (nd == ND - 1) return vtile_512<T, NH, ND - 1>(p, ps, alpha, D, rows, pf, n, acc, d0);
+    return vtile_rest_512<T, NH, ND - 1>(nd, p, ps, alpha, D, rows, pf, n, acc, d0);
+  }
+}
+
+template <DType T, int NH>
+KVSQ_DA_SIMD512 void vacc_512(const float* p, int64_t ps, const float* alpha, int g, int D,
+                              const char* const* rows, const char* const* pf, int n, float* acc, float*) {
+  constexpr int ND = NH >= 2 ? 16 / NH : 8;
+  const int D16 = D & ~15;
+  for (int h0 = 0; h0 < g; h0 += NH) {
+    const float* ph = p + h0 * ps;
+    const float* al = alpha + h0;
+    float* ah = acc + int64_t(h0) * D;
+    int d0 = 0;
+    const char* const* f = h0 == 0 ? pf : nullptr;  // each line prefetched once
+    for (; d0 + 16 * ND <= D16; d0 += 16 * ND) vtile_512<T, NH, ND>(ph, ps, al, D, rows, f, n, ah, d0);
+    if (d0 < D16) vtile_rest_512<T, NH, ND>((D16 - d0) / 16, ph, ps, al, D, rows, f, n, ah, d0);
+    if (D16 < D) {
+      for (int h = 0; h < NH; ++h)
+        for (int d = D16; d < D; ++d) ah[h * D + d] *= al[h];
+      for (int t = 0; t < n; ++t)
+        for (int d = D16; d < D; ++d) {
+          const float vd = ld1<T>(rows[t], d);
+          for (int h = 0; h < NH; ++h) ah[h * D + d] += ph[h * ps + t] * vd;
+        }
+    }
+  }
+}
+
+template <DType T>
+Kern avx512_kern(int g) {
+  Kern k = simd_kern<T>(g);  // softmax and score primitives: the AVX2 ones (a small share of the work)
+  const int nh = g % 8 == 0 ? 8 : g % 4 == 0 ? 4 : g % 2 == 0 ? 2 : 1;
+  switch (nh) {
+    case 8: k.logits = logits_512<T, 8>; k.vacc = vacc_512<T, 8>; break;
+    case 4: k.logits = logits_512<T, 4>; k.vacc = vacc_512<T, 4>; break;
+    case 2: k.logits = logits_512<T, 2>; k.vacc = vacc_512<T, 2>; break;
+    default: k.logits = logits_512<T, 1>; k.vacc = vacc_512<T, 1>; break;
+  }
+  return k;
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+// AVX-512F with the OS saving zmm state (__builtin_cpu_supports checks XCR0);
+// KVSQ_NO_AVX512=1 keeps the AVX2 path (to test or compare it on such a machine).
+bool use_avx512() {
+  static const bool on = __builtin_cpu_supports("avx512f") && !(std::getenv("KVSQ_NO_AVX512") &&
+                                                                 std::getenv("KVSQ_NO_AVX512")[0] == '1');
+  return on;
+}
 #endif  // KVSQ_DA_X86
 
 template <DType T>
@@ -411,6 +633,11 @@ Kern portable_kern() {
 Kern pick_kern(DType kv, int g) {
 #ifdef KVSQ_DA_X86
   if (cpu_features().simd()) {
+    if (use_avx512()) switch (kv) {
+        case DType::F16: return avx512_kern<DType::F16>(g);
+        case DType::BF16: return avx512_kern<DType::BF16>(g);
+        default: return avx512_kern<DType::F32>(g);
+      }
     switch (kv) {
       case DType::F16: return simd_kern<DType::F16>(g);
       case DType::BF16: return simd_kern<DType::BF16>(g);
@@ -458,6 +685,7 @@ struct Ctx {
   std::vector<float>& part;      // per item: m[g], s[g], acc[g*D]
   Ctx(std::vector<float>& lg, std::vector<float>& pt) : logits(lg), part(pt) {}
   int64_t part_stride;
+  int64_t pf_dist, pf_tlb;       // lookahead of the row prefetches and of the page touches, slots
 };
 
 // Walks the slots of a list in union order, yielding physical rows.
@@ -525,38 +753,58 @@ void run_item(Ctx& c, int64_t item, Workspace& w) {
   const bool keep = a.score_pool != nullptr;
   Cursor cur{&c, &L, a.page_ids + L.pbase, 0, 0, 0};
   cur.seek(it.u0);
-  // A second cursor runs kPfDist slots ahead and prefetches K and V rows, so
-  // the loads of a block find their lines in flight or arrived. Prefetches are
-  // interleaved with the logits in 8-slot steps: one burst per block filled
-  // the miss queue and stalled the core (~12% more CPU time measured).
+  // Prefetching. Each K/V row is prefetched pf_dist slots before it is used,
+  // by the inner kernels themselves, one line of the row ahead for each line
+  // of the current row they consume (pk/pv below). The prefetches are thus
+  // spread at the rate of consumption: issued in bursts (a block's worth
+  // before its compute) they filled the miss queue, the core waited for the
+  // burst, then computed with no miss outstanding: memory and compute time
+  // added up instead of overlapping.
   Cursor pf = cur;
-  int64_t upf = it.u0;
-  auto prefetch_to = [&](int64_t target) {
-    target = std::min(target, it.u1);
-    for (; upf < target; ++upf) {
-      const int64_t off = pf.phys() * c.row_bytes;
-      for (int64_t o = 0; o < c.row_bytes; o += 64) {
+  const int64_t pf_dist = std::min(c.pf_dist, it.u1 - it.u0);
+  for (int64_t i = 0; i < pf_dist; ++i) pf.next();
+  // Page-granular touch further ahead: one line of K and of V per page, so
+  // that the page walk (TLB miss) of a shuffled 4 KiB page is under way
+  // before the row prefetches reach it.
+  const int64_t npages_u = c.subset ? L.nu : (int64_t(L.len) + c.P - 1) / c.P;
+  int64_t tup = cur.up;  // next union page to touch
+  auto page_start = [&](int64_t up) { return c.subset ? c.ustart[L.ubase + up] : up * c.P; };
+  auto touch_to = [&](int64_t target) {
+    for (; tup < npages_u && page_start(tup) < target; ++tup) {
+      const int64_t lp = c.subset ? c.upage[L.ubase + tup] : tup;
+      const int64_t off = int64_t(a.page_ids[L.pbase + lp]) * c.P * c.row_bytes;
+      for (int64_t o = 0; o < c.P * c.row_bytes; o += 4096) {  // each 4 KiB OS page of a larger KV page
         __builtin_prefetch(kp + off + o, 0, 3);
         __builtin_prefetch(vp + off + o, 0, 3);
       }
-      pf.next();
     }
   };
-  prefetch_to(it.u0 + kPfDist);
 
   const char* krows[kT];
   const char* vrows[kT];
+  const char* pk[kT];
+  const char* pv[kT];
   const uint8_t* masks[kT];
   float* pb = w.pbuf.data();
   float* alpha = w.alpha.data();
   for (int64_t u = it.u0; u < it.u1; u += kT) {
     const int n = int(std::min<int64_t>(kT, it.u1 - u));
+    touch_to(std::min(u + n + c.pf_tlb, it.u1));
     for (int t = 0; t < n; ++t) {
       const int64_t off = cur.phys() * c.row_bytes;
       krows[t] = kp + off;
       vrows[t] = vp + off;
       masks[t] = cur.mask();
       cur.next();
+      if (u + t + pf_dist < it.u1) {
+        const int64_t poff = pf.phys() * c.row_bytes;
+        pk[t] = kp + poff;
+        pv[t] = vp + poff;
+        pf.next();
+      } else {  // past the split: re-touch the current row (an L1 hit)
+        pk[t] = krows[t];
+        pv[t] = vrows[t];
+      }
     }
     float* lrow;
     int64_t ls;
@@ -567,10 +815,7 @@ void run_item(Ctx& c, int64_t item, Workspace& w) {
       lrow = w.lbuf.data();
       ls = kT;
     }
-    for (int t = 0; t < n; t += 8) {
-      prefetch_to(u + t + 8 + kPfDist);
-      c.k.logits(q, g, D, krows + t, std::min(8, n - t), lrow + t, ls, w.ws.data());
-    }
+    c.k.logits(q, g, D, krows, pk, n, lrow, ls, w.ws.data());
     if (c.subset)
       for (int t = 0; t < n; ++t)
         for (int h = 0; h < g; ++h)
@@ -589,7 +834,7 @@ void run_item(Ctx& c, int64_t item, Workspace& w) {
       s[h] = s[h] * alpha[h] + c.k.expsum(lh, n, mn, ph);
       m[h] = mn;
     }
-    c.k.vacc(pb, kT, alpha, g, D, vrows, n, acc, w.ws.data());
+    c.k.vacc(pb, kT, alpha, g, D, vrows, pv, n, acc, w.ws.data());
   }
 }
 
@@ -771,10 +1016,10 @@ void plan(Ctx& c) {
     }
     total += L.ulen;
   }
-  // Splits: about 8 items per thread over the whole batch, none shorter than
+  // Splits: about kItemsPerThread items per thread over the whole batch, none shorter than
   // kMinSplit, lengths a multiple of the block.
   const int threads = pool_threads();
-  int64_t target = std::max<int64_t>(kMinSplit, (total + threads * 8 - 1) / (threads * 8));
+  int64_t target = std::max<int64_t>(kMinSplit, (total + threads * kItemsPerThread - 1) / (threads * kItemsPerThread));
   target = (target + kT - 1) / kT * kT;
   int64_t loff = 0;
   for (int64_t l = 0; l < nl; ++l) {
@@ -828,10 +1073,14 @@ Status cpu_decode_attention(const DecodeAttnArgs& a) {
   c.q_es = dtype_size(a.q_dtype);
   c.row_bytes = int64_t(c.D) * int64_t(c.kv_es);
   c.subset = a.sel_indptr != nullptr;
+  c.pf_dist = std::max<int64_t>(4, kPfBytes / c.row_bytes);
+  c.pf_tlb = std::max<int64_t>(c.pf_dist, kTouchBytes / c.row_bytes);
   c.k = pick_kern(a.kv_dtype, c.g);
+  std::unique_ptr<std::atomic<int32_t>[]> left;  // per list: splits not yet done (no-score mode)
   std::vector<Workspace> wss;  // per pool thread, allocated here so OOM surfaces before any write
   try {
     plan(c);
+    if (!a.score_pool) left.reset(new std::atomic<int32_t>[c.lists.size()]);
     wss.resize(pool_threads());
     for (auto& w : wss) w.init(c.g, c.D);
   } catch (const std::bad_alloc&) {
@@ -865,6 +1114,11 @@ Status cpu_decode_attention(const DecodeAttnArgs& a) {
 
   const int threads = int(std::min<int64_t>(pool_threads(), ni));
   std::atomic<int64_t> next{0};
+  // Without score accumulation the thread that finishes the last split of a
+  // list merges it (acq_rel on the counter publishes the other splits'
+  // partials), so the call needs one pool dispatch.
+  if (left)
+    for (int64_t l = 0; l < nl; ++l) left[l].store(c.lists[l].nitems, std::memory_order_relaxed);
   parallel_for(threads, [&](int64_t, int64_t, int tid) {
     Workspace& w = wss[tid];
     for (int64_t i; (i = next.fetch_add(1)) < ni;) {
@@ -874,18 +1128,19 @@ Status cpu_decode_attention(const DecodeAttnArgs& a) {
       if (c.lists[l].nitems == 1) {  // sole split: finish here
         finish_list(c, l, w);
         if (a.score_pool) score_item(c, idx, w);
+      } else if (left && left[l].fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        finish_list(c, l, w);
       }
     }
   });
 
-  // Multi-split lists: merge (per list) and score (per item) units.
+  // Score mode, multi-split lists: merge (per list) and score (per item) units.
   std::vector<int64_t> units;  // >= 0: list to merge; < 0: -(item + 1) to score
-  for (int64_t l = 0; l < nl; ++l) {
+  for (int64_t l = 0; l < nl && a.score_pool; ++l) {
     const ListInfo& L = c.lists[l];
     if (L.nitems < 2) continue;
     units.push_back(l);
-    if (a.score_pool)
-      for (int i = 0; i < L.nitems; ++i) units.push_back(-(L.item0 + i + 1));
+    for (int i = 0; i < L.nitems; ++i) units.push_back(-(L.item0 + i + 1));
   }
   const int64_t nu = int64_t(units.size());
   if (nu) {
