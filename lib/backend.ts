@@ -11,7 +11,7 @@ export interface CudaDevice {
 
 export interface BackendInfo {
   version: string;
-  cpu: { threads: number; hardwareThreads: number; avx2: boolean; fma: boolean; f16c: boolean; simd: string };
+  cpu: { threads: number; hardwareThreads: number; avx2: boolean; fma: boolean; f16c: boolean; avx512f: boolean; simd: string };
   cuda: {
     compiled: boolean;
     available: boolean;

@@ -80,7 +80,7 @@ const prefillArb: fc.Arbitrary<PrefillDesc> = fc.oneof(
   fc.record({ kind: fc.constant('pyramid' as const), budget: fc.integer({ min: 3, max: 40 }), window: fc.integer({ min: 1, max: 4 }) }),
   fc.record({ kind: fc.constant('chunk' as const), budget: fc.integer({ min: 2, max: 40 }), window: fc.integer({ min: 1, max: 6 }), chunk: fc.integer({ min: 1, max: 5 }), reuse: fc.integer({ min: 1, max: 3 }) }),
   fc.record({ kind: fc.constant('stream' as const), budget: fc.integer({ min: 3, max: 30 }), sinks: fc.integer({ min: 0, max: 2 }) }),
-  fc.record({ kind: fc.constant('h2o' as const), heavy: fc.integer({ min: 0, max: 10 }), recent: fc.integer({ min: 0, max: 10 }) }),
+  fc.record({ kind: fc.constant('h2o' as const), heavy: fc.integer({ min: 0, max: 10 }), recent: fc.integer({ min: 1, max: 10 }) }),
   fc.record({
     kind: fc.constant('shot' as const),
     bounds: fc.uniqueArray(fc.integer({ min: 0, max: 45 }), { maxLength: 8 }),
@@ -91,7 +91,7 @@ const prefillArb: fc.Arbitrary<PrefillDesc> = fc.oneof(
 );
 const decodeArb: fc.Arbitrary<DecodeDesc> = fc.oneof(
   fc.constant({ kind: 'none' as const }),
-  fc.record({ kind: fc.constant('h2o' as const), heavy: fc.integer({ min: 0, max: 8 }), recent: fc.integer({ min: 0, max: 8 }), gqa: gqaArb }),
+  fc.record({ kind: fc.constant('h2o' as const), heavy: fc.integer({ min: 0, max: 8 }), recent: fc.integer({ min: 1, max: 8 }), gqa: gqaArb }),
   fc.record({ kind: fc.constant('stream' as const), budget: fc.integer({ min: 3, max: 20 }), sinks: fc.integer({ min: 0, max: 2 }) }),
   fc.record({ kind: fc.constant('quest' as const), budget: fc.integer({ min: 1, max: 32 }), denseLayers: fc.integer({ min: 0, max: 1 }), share: fc.boolean() }),
   fc.record({ kind: fc.constant('shot' as const), decodeBudget: fc.integer({ min: 0, max: 4 }) }),

@@ -34,8 +34,14 @@ function shuffled(n: number): Int32Array {
   }
   return a;
 }
-const i32 = (a: Int32Array | number[]) => Tensor.from(a instanceof Int32Array ? a : Int32Array.from(a), [a.length]);
-const ft = (n: number, shape: number[], dtype: DType, lo = -1, hi = 1) => Tensor.from(randomF32(n, lo, hi), shape, { dtype });
+/** Tensor makers on one device ('cpu' or 'cuda:N'): every tensor of a case lives where its kernel runs. */
+function makers(device: string) {
+  return {
+    i32: (a: Int32Array | number[]) => Tensor.from(a instanceof Int32Array ? a : Int32Array.from(a), [a.length], { device }),
+    ft: (n: number, shape: number[], dtype: DType, lo = -1, hi = 1) => Tensor.from(randomF32(n, lo, hi), shape, { dtype, device }),
+    from: (a: Float32Array, shape: number[], dtype: DType = 'f32') => Tensor.from(a, shape, { dtype, device }),
+  };
+}
 
 /** The reference on a shape with its work divided by `div` (div = 1: the full shape). */
 export interface Baseline {
@@ -86,7 +92,8 @@ function disposeAll(ts: (Tensor | undefined)[]) {
 
 // ------------------------------------------------------------------ decode attention
 
-function decodeCase(Hq: number, Hkv: number, D: number, L: number, P: number, dt: FD, withOrt: boolean): KernelCase {
+function decodeCase(Hq: number, Hkv: number, D: number, L: number, P: number, dt: FD, withOrt: boolean, dev = 'cpu'): KernelCase {
+  const { i32, ft } = makers(dev);
   const g = Hq / Hkv;
   return {
     id: `decode-${dt}`,
@@ -158,7 +165,8 @@ function decodeCase(Hq: number, Hkv: number, D: number, L: number, P: number, dt
 
 // ------------------------------------------------------------------ window scores
 
-function windowCase(Hq: number, Hkv: number, D: number, L: number, w: number, dt: FD): KernelCase {
+function windowCase(Hq: number, Hkv: number, D: number, L: number, w: number, dt: FD, dev = 'cpu'): KernelCase {
+  const { ft } = makers(dev);
   const pairs = w * (L - w) + (w * (w + 1)) / 2;
   return {
     id: 'window',
@@ -196,7 +204,8 @@ function windowCase(Hq: number, Hkv: number, D: number, L: number, w: number, dt
 
 // ------------------------------------------------------------------ top-k
 
-function topkCase(rows: number, len: number, k: number): KernelCase {
+function topkCase(rows: number, len: number, k: number, dev = 'cpu'): KernelCase {
+  const { from } = makers(dev);
   return {
     id: 'topk',
     kernel: 'topk',
@@ -205,7 +214,7 @@ function topkCase(rows: number, len: number, k: number): KernelCase {
     bound: 'memory',
     setup() {
       const s = randomF32(rows * len);
-      const t = Tensor.from(s, [rows, len]);
+      const t = from(s, [rows, len]);
       let last: { indices: Tensor; counts: Tensor } | undefined;
       return {
         run() {
@@ -228,7 +237,8 @@ function topkCase(rows: number, len: number, k: number): KernelCase {
 
 // ------------------------------------------------------------------ Quest bounds
 
-function questCase(Hq: number, Hkv: number, D: number, L: number, P: number, dt: FD, share: boolean): KernelCase {
+function questCase(Hq: number, Hkv: number, D: number, L: number, P: number, dt: FD, share: boolean, dev = 'cpu'): KernelCase {
+  const { i32, ft, from } = makers(dev);
   const pages = Math.ceil(L / P);
   return {
     id: share ? 'quest-share' : 'quest',
@@ -248,7 +258,7 @@ function questCase(Hq: number, Hkv: number, D: number, L: number, P: number, dt:
           meta[p * 2 * D + d] = Math.min(a[p * D + d], b[p * D + d]);
           meta[p * 2 * D + D + d] = Math.max(a[p * D + d], b[p * D + d]);
         }
-      const metaPool = Tensor.from(meta, [N, 2, D], { dtype: dt });
+      const metaPool = from(meta, [N, 2, D], dt);
       const q = ft(Hq * D, [1, Hq, D], dt, -2, 2);
       const mv = metaPool.toFloat32();
       const qv = q.toFloat32();
@@ -289,7 +299,8 @@ function questCase(Hq: number, Hkv: number, D: number, L: number, P: number, dt:
 
 // ------------------------------------------------------------------ pool1d / chunk scores
 
-function poolCase(rows: number, width: number, n: number, kernel: number, mode: 'max' | 'avg'): KernelCase {
+function poolCase(rows: number, width: number, n: number, kernel: number, mode: 'max' | 'avg', dev = 'cpu'): KernelCase {
+  const { from } = makers(dev);
   return {
     id: `pool1d-${mode}`,
     kernel: 'pool1d',
@@ -298,7 +309,7 @@ function poolCase(rows: number, width: number, n: number, kernel: number, mode: 
     bound: 'memory',
     setup() {
       const x = randomF32(rows * width);
-      const t = Tensor.from(x, [rows, width]);
+      const t = from(x, [rows, width]);
       let last: Tensor | undefined;
       return {
         run() {
@@ -313,7 +324,8 @@ function poolCase(rows: number, width: number, n: number, kernel: number, mode: 
   };
 }
 
-function chunkCase(rows: number, width: number, n: number, chunk: number): KernelCase {
+function chunkCase(rows: number, width: number, n: number, chunk: number, dev = 'cpu'): KernelCase {
+  const { from } = makers(dev);
   return {
     id: 'chunk',
     kernel: 'chunkScores',
@@ -322,7 +334,7 @@ function chunkCase(rows: number, width: number, n: number, chunk: number): Kerne
     bound: 'memory',
     setup() {
       const x = randomF32(rows * width);
-      const t = Tensor.from(x, [rows, width]);
+      const t = from(x, [rows, width]);
       let last: Tensor | undefined;
       return {
         run() {
@@ -339,7 +351,8 @@ function chunkCase(rows: number, width: number, n: number, chunk: number): Kerne
 
 // ------------------------------------------------------------------ append / gather
 
-function appendCase(heads: number, D: number, P: number, poolPages: number, dt: FD): KernelCase {
+function appendCase(heads: number, D: number, P: number, poolPages: number, dt: FD, dev = 'cpu'): KernelCase {
+  const { i32, ft } = makers(dev);
   return {
     id: 'append',
     kernel: 'append',
@@ -374,7 +387,8 @@ function appendCase(heads: number, D: number, P: number, poolPages: number, dt: 
   };
 }
 
-function gatherCase(rowsPerHead: number, heads: number, L: number, D: number, P: number, dt: FD): KernelCase {
+function gatherCase(rowsPerHead: number, heads: number, L: number, D: number, P: number, dt: FD, dev = 'cpu'): KernelCase {
+  const { i32, ft } = makers(dev);
   const count = rowsPerHead * heads;
   return {
     id: 'gather',
@@ -413,36 +427,38 @@ function gatherCase(rowsPerHead: number, heads: number, L: number, D: number, P:
 
 // ------------------------------------------------------------------ the lists
 
-/** The issue's target shapes. */
-export function fullCases(): KernelCase[] {
+/** The issue's target shapes, with tensors on `dev` (ORT, a CPU baseline, only on the CPU). */
+export function fullCases(dev = 'cpu'): KernelCase[] {
+  const ort = dev === 'cpu';
   return [
-    decodeCase(32, 8, 128, 32768, 16, 'f16', true),
-    decodeCase(32, 8, 128, 32768, 16, 'f32', true),
-    topkCase(8, 131072, 2048),
-    windowCase(32, 8, 128, 32768, 32, 'f16'),
-    questCase(32, 8, 128, 32768, 16, 'f16', false),
-    questCase(32, 8, 128, 32768, 16, 'f16', true),
-    poolCase(8, 32768, 32736, 7, 'max'),
-    poolCase(8, 32768, 32736, 5, 'avg'),
-    chunkCase(8, 32768, 32736, 10),
-    appendCase(8, 128, 16, 16384, 'f16'),
-    gatherCase(1024, 8, 32768, 128, 16, 'f16'),
+    decodeCase(32, 8, 128, 32768, 16, 'f16', ort, dev),
+    decodeCase(32, 8, 128, 32768, 16, 'f32', ort, dev),
+    topkCase(8, 131072, 2048, dev),
+    windowCase(32, 8, 128, 32768, 32, 'f16', dev),
+    questCase(32, 8, 128, 32768, 16, 'f16', false, dev),
+    questCase(32, 8, 128, 32768, 16, 'f16', true, dev),
+    poolCase(8, 32768, 32736, 7, 'max', dev),
+    poolCase(8, 32768, 32736, 5, 'avg', dev),
+    chunkCase(8, 32768, 32736, 10, dev),
+    appendCase(8, 128, 16, 16384, 'f16', dev),
+    gatherCase(1024, 8, 32768, 128, 16, 'f16', dev),
   ];
 }
 
 /** Small shapes (--quick): a few seconds in all. */
-export function quickCases(): KernelCase[] {
+export function quickCases(dev = 'cpu'): KernelCase[] {
+  const ort = dev === 'cpu';
   return [
-    decodeCase(8, 2, 64, 2048, 16, 'f16', true),
-    decodeCase(8, 2, 64, 2048, 16, 'f32', true),
-    topkCase(2, 8192, 256),
-    windowCase(4, 2, 64, 1024, 16, 'f16'),
-    questCase(8, 2, 64, 2048, 16, 'f16', false),
-    questCase(8, 2, 64, 2048, 16, 'f16', true),
-    poolCase(2, 2048, 2032, 7, 'max'),
-    poolCase(2, 2048, 2032, 5, 'avg'),
-    chunkCase(2, 2048, 2032, 10),
-    appendCase(2, 64, 16, 256, 'f16'),
-    gatherCase(64, 2, 2048, 64, 16, 'f16'),
+    decodeCase(8, 2, 64, 2048, 16, 'f16', ort, dev),
+    decodeCase(8, 2, 64, 2048, 16, 'f32', ort, dev),
+    topkCase(2, 8192, 256, dev),
+    windowCase(4, 2, 64, 1024, 16, 'f16', dev),
+    questCase(8, 2, 64, 2048, 16, 'f16', false, dev),
+    questCase(8, 2, 64, 2048, 16, 'f16', true, dev),
+    poolCase(2, 2048, 2032, 7, 'max', dev),
+    poolCase(2, 2048, 2032, 5, 'avg', dev),
+    chunkCase(2, 2048, 2032, 10, dev),
+    appendCase(2, 64, 16, 256, 'f16', dev),
+    gatherCase(64, 2, 2048, 64, 16, 'f16', dev),
   ];
 }

@@ -16,7 +16,11 @@ CpuFeatures detect() {
   unsigned a, b, c, d;
   __asm__ __volatile__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
   f.f16c = (c >> 29) & 1u;
+  // __builtin_cpu_supports also checks that the OS saves the zmm registers (XCR0).
+  f.avx512f = __builtin_cpu_supports("avx512f") && f.avx2 && f.fma && f.f16c;
 #endif
+  const char* no512 = std::getenv("KVSQ_NO_AVX512");
+  if (no512 && std::strcmp(no512, "0") != 0 && *no512) f.avx512f = false;
   const char* env = std::getenv("KVSQ_NO_SIMD");
   if (env && std::strcmp(env, "0") != 0 && *env) f = CpuFeatures{};
   return f;

@@ -610,13 +610,9 @@ Kern avx512_kern(int g) {
 #pragma GCC diagnostic pop
 #endif
 
-// AVX-512F with the OS saving zmm state (__builtin_cpu_supports checks XCR0);
-// KVSQ_NO_AVX512=1 keeps the AVX2 path (to test or compare it on such a machine).
-bool use_avx512() {
-  static const bool on = __builtin_cpu_supports("avx512f") && !(std::getenv("KVSQ_NO_AVX512") &&
-                                                                 std::getenv("KVSQ_NO_AVX512")[0] == '1');
-  return on;
-}
+// AVX-512F (detected with the other features: native/core/cpu_features.cc;
+// KVSQ_NO_AVX512=1 keeps the AVX2 path, to test or compare it on such a machine).
+bool use_avx512() { return cpu_features().avx512f; }
 #endif  // KVSQ_DA_X86
 
 template <DType T>

@@ -30,7 +30,8 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   cpu.Set("avx2", f.avx2);
   cpu.Set("fma", f.fma);
   cpu.Set("f16c", f.f16c);
-  cpu.Set("simd", f.simd() ? "avx2+fma+f16c" : "portable");
+  cpu.Set("avx512f", f.avx512f);
+  cpu.Set("simd", !f.simd() ? "portable" : f.avx512f ? "avx512f+avx2+fma+f16c" : "avx2+fma+f16c");
   out.Set("cpu", cpu);
 
   CudaInfo ci = cuda_info();
