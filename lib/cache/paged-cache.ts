@@ -90,15 +90,6 @@ class HeadList {
   held(): number {
     return this.len - (this.hole >= 0 ? 1 : 0);
   }
-  clone(): HeadList {
-    const h = new HeadList();
-    h.pages = [...this.pages];
-    h.len = this.len;
-    h.pos = this.pos.slice();
-    h.hole = this.hole;
-    h.frozen = this.frozen;
-    return h;
-  }
 }
 
 interface LayerState {
@@ -539,10 +530,19 @@ export class PagedKVCache {
       }
     const fresh = this.pool.alloc(plan.filter((x) => x.newPage).length);
     this.lastSelection = null;
+    // Undo record: a step changes each list in a few fields only (one slot,
+    // its length, its hole, maybe one more page), so it saves those rather
+    // than copying the lists.
     const before = seqs.map((s) => {
       const st = s.layers[layer]!;
-      return { st, heads: st.heads.map((h) => h.clone()), nextPos: st.nextPos, steps: st.steps };
+      return { st, nextPos: st.nextPos, steps: st.steps };
     });
+    const saved = plan.map((x) => ({
+      pages: x.list.pages.length,
+      len: x.list.len,
+      hole: x.list.hole,
+      pos: x.slot < x.list.pos.length ? x.list.pos[x.slot] : 0,
+    }));
     const temps: Tensor[] = [];
     const track = <T extends Tensor>(t: T) => (temps.push(t), t);
     // What a failure after the kernels started must undo: the scores attention
@@ -628,13 +628,19 @@ export class PagedKVCache {
     } catch (e) {
       // Restore the bookkeeping, the scores and the metadata, and give back
       // the pages taken for this step.
+      plan.forEach((x, i) => {
+        const o = saved[i];
+        x.list.pages.length = o.pages;
+        if (x.slot < x.list.pos.length) x.list.pos[x.slot] = o.pos;
+        x.list.len = o.len;
+        x.list.hole = o.hole;
+      });
       for (const b of before) {
-        b.st.heads.splice(0, b.heads.length, ...b.heads);
         b.st.nextPos = b.nextPos;
         b.st.steps = b.steps;
       }
       this.pool.release(fresh);
-      this.undoStep(scoreUndo, touched, before.flatMap((b) => b.heads));
+      this.undoStep(scoreUndo, touched, plan.map((x) => x.list));
       throw e;
     } finally {
       for (const t of temps) t.dispose();
