@@ -4,14 +4,16 @@
  * methods.md.
  */
 import { KvsqRangeError } from './errors';
-import { ChunkKV, H2O, PyramidKV, Quest, ShotKV, SnapKV, StreamingLLM } from './policies';
+import { ChunkKV, H2O, PyramidKV, Quest, Recompress, ShotKV, SnapKV, StreamingLLM } from './policies';
 import type { DecodePolicy, PrefillPolicy } from './policies/types';
 import type { PoolMode, Reduce } from './ops';
 
 export const METHODS = ['streamingllm', 'snapkv', 'pyramidkv', 'chunkkv', 'h2o', 'quest', 'shotkv'] as const;
 export type MethodName = (typeof METHODS)[number];
-export const DECODE_METHODS = ['none', 'h2o', 'quest', 'streamingllm'] as const;
+export const DECODE_METHODS = ['none', 'h2o', 'quest', 'streamingllm', 'recompress'] as const;
 export type DecodeMethodName = (typeof DECODE_METHODS)[number];
+/** Prefill methods that can score held tokens for `recompress` (their budget is the target). */
+export const SCORER_METHODS = ['snapkv', 'pyramidkv', 'chunkkv', 'streamingllm'] as const;
 
 export interface MethodOptions {
   budget?: number;
@@ -34,6 +36,10 @@ export interface MethodOptions {
   shots?: Array<[number, number]>;
   /** Compose a decode policy on top of a prefill method (default: the method's own). */
   decode?: DecodeMethodName;
+  /** recompress: steps between re-compressions, trigger size (also the scorer's budget), scorer method. */
+  interval?: number;
+  target?: number;
+  scorer?: string;
 }
 
 export interface MethodPolicies {
@@ -89,9 +95,29 @@ export function makeMethod(name: string, o: MethodOptions = {}): MethodPolicies 
     if (o.decode === 'none') decode = null;
     else if (o.decode === 'h2o') decode = new H2O(defined({ heavy: o.heavy, recent: o.recent, gqa: o.gqa }));
     else if (o.decode === 'quest') decode = new Quest(defined({ budget: o.budget, denseLayers: o.denseLayers, share: o.share }));
+    else if (o.decode === 'recompress') decode = makeRecompress(o, decode);
     else decode = new StreamingLLM({ ...budget, ...defined({ sinks: o.sinks }) });
   }
   const params: Record<string, unknown> = { ...(prefill?.params ?? {}) };
   if (decode && decode !== (prefill as unknown)) params.decode = { method: decode.name, ...decode.params };
   return { prefill, decode, params };
+}
+
+/**
+ * `--decode recompress`: Recompress wrapping the method's own decode policy
+ * (e.g. h2o's H2O), scoring with `scorer` at budget = target.
+ */
+function makeRecompress(o: MethodOptions, inner: DecodePolicy | null): DecodePolicy {
+  if (o.interval === undefined || o.target === undefined) throw new KvsqRangeError('recompress needs --interval and --target');
+  const scorer = o.scorer ?? 'snapkv';
+  if (!(SCORER_METHODS as readonly string[]).includes(scorer)) throw new KvsqRangeError(`unknown scorer '${scorer}' (expected one of ${SCORER_METHODS.join(', ')})`);
+  const win = defined({ window: o.window, gqa: o.gqa });
+  const pool = defined({ kernel: o.kernel, pool: o.pool });
+  const budget = { budget: o.target };
+  let s: PrefillPolicy;
+  if (scorer === 'snapkv') s = new SnapKV({ ...budget, ...win, ...pool });
+  else if (scorer === 'pyramidkv') s = new PyramidKV({ ...budget, ...win, ...pool, ...defined({ beta: o.beta }) });
+  else if (scorer === 'chunkkv') s = new ChunkKV({ ...budget, ...win, ...defined({ chunk: o.chunk }) });
+  else s = new StreamingLLM({ ...budget, ...defined({ sinks: o.sinks }) });
+  return new Recompress({ interval: o.interval, target: o.target, scorer: s, ...defined({ window: o.window }), decode: inner });
 }

@@ -42,8 +42,13 @@ function tensor(): k.Tensor {
   let t: k.Tensor;
   if (dtype === 'i32') t = k.Tensor.from(Int32Array.from({ length: n }, () => pick([-1, 0, 1, 2, 3, 5, 16, 2 ** 31 - 1, -(2 ** 31)])), shape);
   else t = k.Tensor.from(Float32Array.from({ length: n }, () => pick([0, 1, -1, 0.5, 1e30, -1e30, NaN, Infinity, rnd()])), shape, { dtype });
+  return remember(t);
+}
+// Keeps a bounded set of live tensors for later calls to pick from (an
+// unbounded one makes the run slower and slower as native memory piles up).
+function remember<T extends k.Tensor>(t: T): T {
   live.push(t);
-  if (live.length > 64) live.shift()!.dispose();
+  if (live.length > 256) live.shift()!.dispose();
   return t;
 }
 function junk(depth = 0): unknown {
@@ -74,15 +79,11 @@ function obj(keys: string[], value: (key: string) => unknown): Record<string, un
   return o;
 }
 const intTensor = (n: number, hi: number) => {
-  const t = k.Tensor.from(Int32Array.from({ length: n }, () => (rnd() < 0.05 ? pick([-1, 2 ** 31 - 1, hi + 1]) : ri(hi + 1))), [n]);
-  live.push(t);
-  return t;
+  return remember(k.Tensor.from(Int32Array.from({ length: n }, () => (rnd() < 0.05 ? pick([-1, 2 ** 31 - 1, hi + 1]) : ri(hi + 1))), [n]));
 };
 const floatTensor = (shape: number[], dtype: k.DType = pick(['f32', 'f16', 'bf16'] as const)) => {
   const n = shape.reduce((a, b) => a * b, 1);
-  const t = k.Tensor.from(Float32Array.from({ length: n }, () => rnd() * 2 - 1), shape, { dtype });
-  live.push(t);
-  return t;
+  return remember(k.Tensor.from(Float32Array.from({ length: n }, () => rnd() * 2 - 1), shape, { dtype }));
 };
 
 // Plausible-but-perturbed arguments for each op, so calls reach the kernels' own checks too.
@@ -250,8 +251,10 @@ test(`fuzz ${CALLS} calls (seed ${SEED}; replay with KVSQ_FUZZ_SEED)`, async () 
   const codes = new Map<string, number>();
   let ok = 0;
   const pending: Promise<unknown>[] = [];
+  const spent = new Map<string, number>();
   for (let i = 0; i < CALLS; i++) {
     const [name, fn] = targets[i % targets.length];
+    const t0 = performance.now();
     try {
       const r = fn();
       if (r !== null && typeof (r as { then?: unknown })?.then === "function") pending.push(r as Promise<unknown>);
@@ -261,11 +264,13 @@ test(`fuzz ${CALLS} calls (seed ${SEED}; replay with KVSQ_FUZZ_SEED)`, async () 
       const code = (e as k.KvsqError).code;
       codes.set(code, (codes.get(code) ?? 0) + 1);
     }
+    spent.set(name, (spent.get(name) ?? 0) + performance.now() - t0);
     if (pending.length > 64) await Promise.all(pending.splice(0));
   }
   await Promise.all(pending);
   for (const t of live) t.dispose();
   cache?.dispose();
-  console.log(`fuzz seed ${SEED}: ${CALLS} calls, ${ok} succeeded, errors by code ${JSON.stringify(Object.fromEntries(codes))}`);
+  const ms = Object.fromEntries([...spent].map(([k2, v]) => [k2, Math.round(v)]));
+  console.log(`fuzz seed ${SEED}: ${CALLS} calls, ${ok} succeeded, errors by code ${JSON.stringify(Object.fromEntries(codes))}; ms per target ${JSON.stringify(ms)}`);
   expect(ok + [...codes.values()].reduce((a, b) => a + b, 0)).toBe(CALLS);
 }, 180000);

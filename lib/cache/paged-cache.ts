@@ -14,7 +14,7 @@
  */
 import { ArgumentError, DTypeError, DisposedError, KvsqRangeError, NaNError, ShapeError, StateError, show } from '../errors';
 import { ops, Reduce } from '../ops';
-import type { DecodeHeadView, DecodePolicy, PrefillDecision, PrefillPolicy } from '../policies/types';
+import type { DecodeHeadView, DecodePolicy, PrefillContext, PrefillDecision, PrefillPolicy, RecompressConfig } from '../policies/types';
 import { DType, Tensor } from '../tensor';
 import { PagePool } from './page-pool';
 
@@ -96,6 +96,22 @@ interface LayerState {
   heads: HeadList[];
   nextPos: number; // position of the next token
   steps: number;
+  /** Recompress: the last decode-step queries (f32 [window][Hq * D] ring). */
+  ring?: QueryRing;
+}
+
+interface QueryRing {
+  buf: Float32Array;
+  head: number; // next row written
+  count: number; // rows held (<= window)
+}
+
+/** One list's re-compression, planned before anything changes. */
+interface CompactPlan {
+  list: HeadList;
+  /** Old slots to keep, in their new slot order (frozen first, then by position). */
+  slots: number[];
+  frozen: number;
 }
 
 const FLOAT: readonly DType[] = ['f32', 'f16', 'bf16'];
@@ -549,6 +565,7 @@ export class PagedKVCache {
     // added (restored from a copy), and the page metadata append widened.
     let scoreUndo: { tables: { indptr: Tensor; ids: Tensor; len: Tensor }; values: Tensor } | undefined;
     const touched = new Set<number>();
+    const ringUndo: (() => void)[] = [];
     try {
       let fi = 0;
       const slots = new Int32Array(plan.length);
@@ -624,8 +641,19 @@ export class PagedKVCache {
           h.hole = slot;
         });
       }
+      // Periodic re-compression (Recompress) after the step: record this
+      // step's queries, then plan, copy and commit (the commit cannot fail).
+      if (seqs.some((s) => s.decodePolicy(layer)?.recompress)) {
+        try {
+          this.recompressStep(layer, seqs, q, ringUndo);
+        } catch (e) {
+          o.dispose();
+          throw e;
+        }
+      }
       return o;
     } catch (e) {
+      for (let i = ringUndo.length - 1; i >= 0; i--) ringUndo[i]();
       // Restore the bookkeeping, the scores and the metadata, and give back
       // the pages taken for this step.
       plan.forEach((x, i) => {
@@ -645,6 +673,195 @@ export class PagedKVCache {
     } finally {
       for (const t of temps) t.dispose();
     }
+  }
+
+  /**
+   * Recompress after a decode step (lib/policies/recompress.ts): records each
+   * sequence's queries in its ring (undo closures pushed on `undo`), then, for
+   * the (sequence, layer)s whose step count is a multiple of `interval`, runs
+   * the scorer over the lists holding more than `target` tokens and compacts
+   * them into fresh pages. All-or-nothing over the batch: every scorer runs
+   * and every fresh page is taken and filled before any list changes; on a
+   * failure the fresh pages go back and the lists are as they were.
+   */
+  private recompressStep(layer: number, seqs: readonly Sequence[], q: Tensor, undo: (() => void)[]): void {
+    const Hq = this.numQHeads;
+    const D = this.headDim;
+    const row = Hq * D;
+    const qf = q.toFloat32();
+    const jobs: { st: LayerState; cfg: RecompressConfig }[] = [];
+    seqs.forEach((s, b) => {
+      const cfg = s.decodePolicy(layer)?.recompress;
+      if (!cfg) return;
+      const st = s.layers[layer]!;
+      // Record this step's queries.
+      const had = st.ring;
+      const ring = had && had.buf.length === cfg.window * row ? had : { buf: new Float32Array(cfg.window * row), head: 0, count: 0 };
+      const at = ring.head * row;
+      const old = ring.buf.slice(at, at + row);
+      const [head, count] = [ring.head, ring.count];
+      ring.buf.set(qf.subarray(b * row, (b + 1) * row), at);
+      ring.head = (ring.head + 1) % cfg.window;
+      ring.count = Math.min(ring.count + 1, cfg.window);
+      st.ring = ring;
+      undo.push(() => {
+        ring.buf.set(old, at);
+        ring.head = head;
+        ring.count = count;
+        st.ring = had;
+      });
+      if (st.steps % cfg.interval === 0 && st.heads.some((h) => h.held() > cfg.target)) jobs.push({ st, cfg });
+    });
+    if (!jobs.length) return;
+
+    // Plan: the scorer's kept positions per list, mapped back to slots.
+    const plans: CompactPlan[] = [];
+    for (const { st, cfg } of jobs) plans.push(...this.planRecompress(layer, st, cfg));
+    if (!plans.length) return;
+
+    // Take every fresh page first (KVSQ_OOM here changes nothing), then copy.
+    const P = this.pageSize;
+    const counts = plans.map((p) => Math.ceil(p.slots.length / P));
+    const fresh = this.pool.alloc(counts.reduce((a, b) => a + b, 0));
+    const newPages: number[][] = [];
+    try {
+      const total = plans.reduce((n, p) => n + p.slots.length, 0);
+      const src = new Int32Array(total);
+      const dst = new Int32Array(total);
+      const metaPages: number[] = [];
+      const metaFill: number[] = [];
+      let o = 0;
+      let fi = 0;
+      plans.forEach((p, i) => {
+        const pages = fresh.slice(fi, fi + counts[i]);
+        fi += counts[i];
+        newPages.push(pages);
+        p.slots.forEach((slot, r) => {
+          src[o] = p.list.pages[Math.floor(slot / P)] * P + (slot % P);
+          dst[o] = pages[Math.floor(r / P)] * P + (r % P);
+          o++;
+        });
+        pages.forEach((pg, idx) => {
+          metaPages.push(pg);
+          metaFill.push(Math.min(P, p.slots.length - idx * P));
+        });
+      });
+      if (total > 0) {
+        const t = [Tensor.from(src, [total]), Tensor.from(dst, [total]), Tensor.from(Int32Array.from(metaPages), [metaPages.length]), Tensor.from(Int32Array.from(metaFill), [metaFill.length])];
+        try {
+          ops.gather({
+            kSrc: this.pool.k, vSrc: this.pool.v, srcRow: t[0], kPool: this.pool.k, vPool: this.pool.v, dstSlot: t[1],
+            scoreSrc: this.pool.scores, scorePool: this.pool.scores,
+          });
+          if (this.pool.meta) ops.pageMeta({ kPool: this.pool.k, metaPool: this.pool.meta, pageIds: t[2], fill: t[3] });
+        } finally {
+          for (const x of t) x.dispose();
+        }
+      }
+    } catch (e) {
+      this.pool.release(fresh);
+      throw e;
+    }
+
+    // Commit: plain bookkeeping.
+    const freed: number[] = [];
+    plans.forEach((p, i) => {
+      const h = p.list;
+      const pos = p.slots.map((slot) => h.pos[slot]);
+      freed.push(...h.pages);
+      h.pages = newPages[i];
+      h.pos = new Int32Array(Math.max(16, pos.length));
+      h.pos.set(pos);
+      h.len = pos.length;
+      h.hole = -1;
+      h.frozen = p.frozen;
+    });
+    this.pool.release(freed);
+  }
+
+  /** The scorer's decisions for one (sequence, layer): lists to compact (kept all: none). */
+  private planRecompress(layer: number, st: LayerState, cfg: RecompressConfig): CompactPlan[] {
+    const Hkv = this.numKvHeads;
+    const g = this.numQHeads / Hkv;
+    const D = this.headDim;
+    const row = this.numQHeads * D;
+    // Held slots of each list in ascending position order.
+    const sorted = st.heads.map((h) => {
+      const slots: number[] = [];
+      for (let s = 0; s < h.len; s++) if (s !== h.hole) slots.push(s);
+      return slots.sort((a, b) => h.pos[a] - h.pos[b]);
+    });
+    const n0 = sorted[0].length;
+    // Equal counts: one scorer call over every head; else one per head over target.
+    const calls: number[][] = sorted.every((x) => x.length === n0)
+      ? [Array.from({ length: Hkv }, (_, j) => j)]
+      : sorted.map((x, j) => (x.length > cfg.target ? [j] : [])).filter((x) => x.length);
+    const ring = st.ring!;
+    const w = ring.count;
+    const plans: CompactPlan[] = [];
+    for (const heads of calls) {
+      const n = sorted[heads[0]].length;
+      const hk = heads.length;
+      const hq = hk * g;
+      // ctx.q [hq, w, D]: the ring's rows oldest first, the query heads of `heads`.
+      const qa = new Float32Array(hq * w * D);
+      for (let i = 0; i < w; i++) {
+        const r = ((ring.head - w + i + cfg.window) % cfg.window) * row;
+        heads.forEach((j, jj) => {
+          for (let x = 0; x < g; x++) {
+            const hSrc = j * g + x;
+            const hDst = jj * g + x;
+            qa.set(ring.buf.subarray(r + hSrc * D, r + (hSrc + 1) * D), (hDst * w + i) * D);
+          }
+        });
+      }
+      const temps: Tensor[] = [];
+      let decision: PrefillDecision | undefined;
+      try {
+        const qt = Tensor.from(qa, [hq, w, D], { dtype: this.dtype, device: this.device });
+        temps.push(qt);
+        // ctx.k [hk, n, D]: the held K rows in position order (V goes along: gather copies both).
+        const kt = Tensor.zeros([hk, n, D], { dtype: this.dtype, device: this.device });
+        temps.push(kt);
+        const vt = Tensor.zeros([hk, n, D], { dtype: this.dtype, device: this.device });
+        temps.push(vt);
+        const src = new Int32Array(hk * n);
+        const dst = new Int32Array(hk * n);
+        heads.forEach((j, jj) => {
+          const h = st.heads[j];
+          sorted[j].forEach((slot, i) => {
+            src[jj * n + i] = h.pages[Math.floor(slot / this.pageSize)] * this.pageSize + (slot % this.pageSize);
+            dst[jj * n + i] = jj * n + i;
+          });
+        });
+        const srcT = Tensor.from(src, [src.length]);
+        temps.push(srcT);
+        const dstT = Tensor.from(dst, [dst.length]);
+        temps.push(dstT);
+        ops.gather({ kSrc: this.pool.k, vSrc: this.pool.v, srcRow: srcT, kPool: kt, vPool: vt, dstSlot: dstT });
+        const ctx: PrefillContext = { layer, numLayers: this.numLayers, q: qt, k: kt, seqLen: n, numQHeads: hq, numKvHeads: hk, headDim: D, state: new Map(), scale: this.scale };
+        decision = cfg.scorer.select(ctx);
+        if (!decision || decision.kept === null || decision.kept === undefined) continue;
+        const kept = decision.kept;
+        if (!Array.isArray(kept) || kept.length !== hk) throw new StateError(`recompress: scorer ${cfg.scorer.name} returned ${Array.isArray(kept) ? kept.length : 'no'} heads; expected ${hk}`);
+        heads.forEach((j, jj) => {
+          const idx = kept[jj];
+          for (let i = 0; i < idx.length; i++) {
+            if (idx[i] < 0 || idx[i] >= n) throw new StateError(`recompress: scorer ${cfg.scorer.name} returned index ${idx[i]} outside [0, ${n})`);
+            if (i > 0 && idx[i] <= idx[i - 1]) throw new StateError(`recompress: scorer ${cfg.scorer.name} returned unsorted indices for head ${j}`);
+          }
+          if (idx.length === n) return; // keeps everything: leave the list as it is
+          const h = st.heads[j];
+          const slots = Array.from(idx, (i) => sorted[j][i]);
+          const frozen = slots.filter((s) => s < h.frozen);
+          plans.push({ list: h, slots: [...frozen, ...slots.filter((s) => s >= h.frozen)], frozen: frozen.length });
+        });
+      } finally {
+        decision?.scores?.dispose();
+        for (const t of temps) t.dispose();
+      }
+    }
+    return plans;
   }
 
   /** Best-effort undo of a failed step's writes (errors here would hide the original one). */

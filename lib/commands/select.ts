@@ -11,7 +11,7 @@ import { PagedKVCache } from '../cache/paged-cache';
 import type { CliIO } from '../cli';
 import { ArgumentError, KvsqRangeError } from '../errors';
 import { writeSafetensorsFile } from '../io/safetensors';
-import { DECODE_METHODS, makeMethod, METHODS, MethodOptions } from '../methods';
+import { DECODE_METHODS, makeMethod, METHODS, MethodOptions, SCORER_METHODS } from '../methods';
 import { layerTensors, loadTrace, stepTensors, Trace, traceShots } from '../trace';
 
 export interface SelectResult {
@@ -126,7 +126,10 @@ export function registerSelect(program: Command, io: CliIO): void {
     .option('--page-size <p>', 'cache page size (default 16)', num('--page-size', true))
     .option('--dense-layers <n>', 'Quest dense layers (default 2)', num('--dense-layers', true))
     .option('--share', 'Quest: select per KV head (max over the group)')
-    .addOption(new Option('--decode <m>', 'compose a decode policy on top of the method').choices([...DECODE_METHODS]))
+    .addOption(new Option('--decode <m>', 'compose a decode policy on top of the method (recompress wraps the method\'s own)').choices([...DECODE_METHODS]))
+    .option('--interval <n>', 'recompress: decode steps between re-compressions', num('--interval', true))
+    .option('--target <n>', 'recompress: re-compress lists holding more than n tokens, down to the scorer budget n', num('--target', true))
+    .addOption(new Option('--scorer <m>', 'recompress: scoring method (default snapkv)').choices([...SCORER_METHODS]))
     .option('--prefill-only', 'ignore the trace decode steps')
     .action((file: string, opts: Record<string, unknown>) => {
       if (!fs.existsSync(file)) throw new ArgumentError(`select: no such file '${file}'`);

@@ -12,4 +12,6 @@ export { Quest } from './quest';
 export type { QuestOptions } from './quest';
 export { ShotKV } from './shotkv';
 export type { ShotKVOptions } from './shotkv';
-export type { PrefillPolicy, DecodePolicy, PrefillContext, PrefillDecision, DecodeHeadView, QuestConfig } from './types';
+export type { PrefillPolicy, DecodePolicy, PrefillContext, PrefillDecision, DecodeHeadView, QuestConfig, RecompressConfig } from './types';
+export { Recompress } from './recompress';
+export type { RecompressOptions } from './recompress';

@@ -77,6 +77,22 @@ export interface DecodePolicy {
   readonly quest: QuestConfig | null;
   /** Called after each step with every KV head of the layer: per head, the slot to evict or -1. */
   evict(views: DecodeHeadView[], layer: number): number[];
-  /** Periodic re-compression (interval/target): called after each step; kept positions or null. */
-  recompress?(step: number, view: DecodeHeadView[], layer: number): Int32Array[] | null;
+  /**
+   * Periodic decode-time re-compression (lib/policies/recompress.ts): when
+   * set, the cache keeps the last `window` decode queries of each (sequence,
+   * layer) and, every `interval` steps, re-compresses lists holding more than
+   * `target` tokens with `scorer`. The cache does the work (it owns the pages).
+   */
+  readonly recompress?: RecompressConfig | null;
+}
+
+export interface RecompressConfig {
+  /** Decode steps between re-compressions (of a sequence at a layer). */
+  interval: number;
+  /** Trigger size: a list holding more than this many tokens is re-compressed. */
+  target: number;
+  /** Decode-step queries kept per (sequence, layer) as the scorer's observation window. */
+  window: number;
+  /** Decides what to keep, over the held tokens as if they were a prompt. */
+  scorer: PrefillPolicy;
 }
