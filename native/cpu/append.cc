@@ -159,7 +159,9 @@ Status check_distinct(const int64_t* v, int64_t n, const int64_t* probe, int64_t
 
 }  // namespace detail
 
-Status cpu_append(const AppendArgs& a) {
+// The argument checks of cpu_append (host pointers; nothing is written):
+// also run by the CUDA path's bindings before uploading the index arrays.
+Status validate_append(const AppendArgs& a) {
   if (!is_float_dtype(a.dtype)) return Status::DType;
   if (a.count <= 0 || a.head_dim <= 0 || a.page_size <= 0 || a.num_pages <= 0) return Status::Shape;
   if (!a.k_new || !a.v_new || !a.dst_slot || !a.k_pool || !a.v_pool) return Status::Shape;
@@ -168,6 +170,13 @@ Status cpu_append(const AppendArgs& a) {
   for (int32_t i = 0; i < a.count; ++i)
     if (a.dst_slot[i] < 0 || a.dst_slot[i] >= nslots) return Status::Range;
   if (Status s = detail::check_distinct(a.dst_slot, a.count, nullptr, 0); s != Status::Ok) return s;
+  return Status::Ok;
+}
+
+Status cpu_append(const AppendArgs& a) {
+  if (Status st = validate_append(a); st != Status::Ok) return st;
+  const int64_t P = a.page_size;
+
 
   const int D = a.head_dim;
   const size_t row = size_t(D) * dtype_size(a.dtype);

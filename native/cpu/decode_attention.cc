@@ -916,50 +916,6 @@ void score_item(const Ctx& c, int64_t item, Workspace& w) {
   }
 }
 
-Status validate(const DecodeAttnArgs& a) {
-  if (a.batch <= 0 || a.num_q_heads <= 0 || a.num_kv_heads <= 0 || a.head_dim <= 0 || a.page_size <= 0)
-    return Status::Shape;
-  if (a.num_q_heads % a.num_kv_heads != 0 || a.num_pages < 0) return Status::Shape;
-  if (!is_float_dtype(a.q_dtype) || !is_float_dtype(a.kv_dtype)) return Status::DType;
-  // The pools and page ids may be null only when they would be empty (an empty
-  // std::vector's data()).
-  if (!a.q || !a.o || !a.page_indptr || !a.kv_len) return Status::Shape;
-  if ((!a.k_pool || !a.v_pool) && a.num_pages > 0) return Status::Shape;
-  if (a.score_pool && a.reduce != Reduce::Mean && a.reduce != Reduce::Sum && a.reduce != Reduce::Max)
-    return Status::Shape;
-  const int64_t nl = int64_t(a.batch) * a.num_kv_heads;
-  const int g = a.num_q_heads / a.num_kv_heads;
-  const int64_t P = a.page_size;
-  if (a.page_indptr[0] < 0) return Status::Shape;
-  for (int64_t l = 0; l < nl; ++l)
-    if (a.page_indptr[l + 1] < a.page_indptr[l]) return Status::Shape;
-  if (!a.page_ids && a.page_indptr[nl] > a.page_indptr[0]) return Status::Shape;
-  for (int64_t i = a.page_indptr[0]; i < a.page_indptr[nl]; ++i)
-    if (a.page_ids[i] < 0 || a.page_ids[i] >= a.num_pages) return Status::Range;
-  for (int64_t l = 0; l < nl; ++l) {
-    const int64_t cap = int64_t(a.page_indptr[l + 1] - a.page_indptr[l]) * P;
-    if (a.kv_len[l] < 0 || a.kv_len[l] > cap) return Status::Range;  // a length out of its list: an index error, as in quest_bounds
-  }
-  if (a.sel_indptr) {
-    const int64_t nq = int64_t(a.batch) * a.num_q_heads;
-    if (a.sel_indptr[0] < 0) return Status::Shape;
-    for (int64_t r = 0; r < nq; ++r)
-      if (a.sel_indptr[r + 1] < a.sel_indptr[r]) return Status::Shape;
-    if (!a.sel_pages && a.sel_indptr[nq] > a.sel_indptr[0]) return Status::Shape;
-    for (int64_t r = 0; r < nq; ++r) {
-      const int64_t b = r / a.num_q_heads, h = r % a.num_q_heads;
-      const int64_t len = a.kv_len[b * a.num_kv_heads + h / g];
-      const int64_t np = (len + P - 1) / P;
-      int64_t prev = -1;
-      for (int64_t i = a.sel_indptr[r]; i < a.sel_indptr[r + 1]; ++i) {
-        const int64_t p = a.sel_pages[i];
-        if (p < 0 || p >= np || p <= prev) return Status::Range;
-        prev = p;
-      }
-    }
-  }
-  return Status::Ok;
-}
 
 // Plans lists, union pages, splits and scratch. Throws std::bad_alloc on OOM.
 void plan(Ctx& c) {
@@ -1050,8 +1006,55 @@ struct Scratch {
 
 }  // namespace
 
+// The argument checks of cpu_decode_attention (host pointers; nothing is
+// written): also run by the CUDA path's bindings before uploading the index arrays.
+Status validate_decode_attention(const DecodeAttnArgs& a) {
+  if (a.batch <= 0 || a.num_q_heads <= 0 || a.num_kv_heads <= 0 || a.head_dim <= 0 || a.page_size <= 0)
+    return Status::Shape;
+  if (a.num_q_heads % a.num_kv_heads != 0 || a.num_pages < 0) return Status::Shape;
+  if (!is_float_dtype(a.q_dtype) || !is_float_dtype(a.kv_dtype)) return Status::DType;
+  // The pools and page ids may be null only when they would be empty (an empty
+  // std::vector's data()).
+  if (!a.q || !a.o || !a.page_indptr || !a.kv_len) return Status::Shape;
+  if ((!a.k_pool || !a.v_pool) && a.num_pages > 0) return Status::Shape;
+  if (a.score_pool && a.reduce != Reduce::Mean && a.reduce != Reduce::Sum && a.reduce != Reduce::Max)
+    return Status::Shape;
+  const int64_t nl = int64_t(a.batch) * a.num_kv_heads;
+  const int g = a.num_q_heads / a.num_kv_heads;
+  const int64_t P = a.page_size;
+  if (a.page_indptr[0] < 0) return Status::Shape;
+  for (int64_t l = 0; l < nl; ++l)
+    if (a.page_indptr[l + 1] < a.page_indptr[l]) return Status::Shape;
+  if (!a.page_ids && a.page_indptr[nl] > a.page_indptr[0]) return Status::Shape;
+  for (int64_t i = a.page_indptr[0]; i < a.page_indptr[nl]; ++i)
+    if (a.page_ids[i] < 0 || a.page_ids[i] >= a.num_pages) return Status::Range;
+  for (int64_t l = 0; l < nl; ++l) {
+    const int64_t cap = int64_t(a.page_indptr[l + 1] - a.page_indptr[l]) * P;
+    if (a.kv_len[l] < 0 || a.kv_len[l] > cap) return Status::Range;  // a length out of its list: an index error, as in quest_bounds
+  }
+  if (a.sel_indptr) {
+    const int64_t nq = int64_t(a.batch) * a.num_q_heads;
+    if (a.sel_indptr[0] < 0) return Status::Shape;
+    for (int64_t r = 0; r < nq; ++r)
+      if (a.sel_indptr[r + 1] < a.sel_indptr[r]) return Status::Shape;
+    if (!a.sel_pages && a.sel_indptr[nq] > a.sel_indptr[0]) return Status::Shape;
+    for (int64_t r = 0; r < nq; ++r) {
+      const int64_t b = r / a.num_q_heads, h = r % a.num_q_heads;
+      const int64_t len = a.kv_len[b * a.num_kv_heads + h / g];
+      const int64_t np = (len + P - 1) / P;
+      int64_t prev = -1;
+      for (int64_t i = a.sel_indptr[r]; i < a.sel_indptr[r + 1]; ++i) {
+        const int64_t p = a.sel_pages[i];
+        if (p < 0 || p >= np || p <= prev) return Status::Range;
+        prev = p;
+      }
+    }
+  }
+  return Status::Ok;
+}
+
 Status cpu_decode_attention(const DecodeAttnArgs& a) {
-  const Status st = validate(a);
+  const Status st = validate_decode_attention(a);
   if (st != Status::Ok) return st;
   static thread_local Scratch scratch;
   struct Trim {

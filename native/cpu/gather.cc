@@ -42,7 +42,9 @@ namespace {
 constexpr size_t kParallelBytes = size_t(1) << 18;
 }
 
-Status cpu_gather(const GatherArgs& a) {
+// The argument checks of cpu_gather (host pointers; nothing is written):
+// also run by the CUDA path's bindings before uploading the index arrays.
+Status validate_gather(const GatherArgs& a) {
   if (!is_float_dtype(a.dtype)) return Status::DType;
   if (a.count <= 0 || a.head_dim <= 0 || a.page_size <= 0 || a.num_pages <= 0 || a.src_rows <= 0)
     return Status::Shape;
@@ -60,6 +62,11 @@ Status cpu_gather(const GatherArgs& a) {
                                         from_pool ? a.count : 0);
       s != Status::Ok)
     return s;
+  return Status::Ok;
+}
+
+Status cpu_gather(const GatherArgs& a) {
+  if (Status st = validate_gather(a); st != Status::Ok) return st;
 
   const size_t row = size_t(a.head_dim) * dtype_size(a.dtype);
   const char* ks = static_cast<const char*>(a.k_src);
@@ -81,7 +88,9 @@ Status cpu_gather(const GatherArgs& a) {
   return Status::Ok;
 }
 
-Status cpu_page_meta(const PageMetaArgs& a) {
+// The argument checks of cpu_page_meta (host pointers; nothing is written):
+// also run by the CUDA path's bindings before uploading the index arrays.
+Status validate_page_meta(const PageMetaArgs& a) {
   if (!is_float_dtype(a.dtype)) return Status::DType;
   if (a.count <= 0 || a.head_dim <= 0 || a.page_size <= 0 || a.num_pages <= 0) return Status::Shape;
   if (!a.k_pool || !a.meta_pool || !a.page_ids || !a.fill) return Status::Shape;
@@ -107,6 +116,12 @@ Status cpu_page_meta(const PageMetaArgs& a) {
       if (Status s = detail::check_distinct(ids.data(), a.count, nullptr, 0); s != Status::Ok) return s;
     }
   }
+  return Status::Ok;
+}
+
+Status cpu_page_meta(const PageMetaArgs& a) {
+  if (Status st = validate_page_meta(a); st != Status::Ok) return st;
+
 
   const int D = a.head_dim;
   const size_t row = size_t(D) * dtype_size(a.dtype);

@@ -18,4 +18,14 @@ Status cpu_page_meta(const PageMetaArgs& a);
 Status cpu_read_scores(const ReadScoresArgs& a);
 Status cpu_count_nonfinite(const NonFiniteArgs& a);
 
+// The argument checks the kernels above run first (host pointers; nothing is
+// written; same Status). The CUDA path runs them on host copies of the index
+// arrays before uploading them, so both devices reject the same inputs alike.
+Status validate_decode_attention(const DecodeAttnArgs& a);
+Status validate_quest_bounds(const QuestBoundsArgs& a);
+Status validate_append(const AppendArgs& a);
+Status validate_gather(const GatherArgs& a);
+Status validate_page_meta(const PageMetaArgs& a);
+Status validate_read_scores(const ReadScoresArgs& a);
+
 }  // namespace kvsq

@@ -221,7 +221,9 @@ inline int64_t pages_used(int64_t kv_len, int32_t P) { return (kv_len + P - 1) /
 
 }  // namespace
 
-Status cpu_quest_bounds(const QuestBoundsArgs& a) {
+// The argument checks of cpu_quest_bounds (host pointers; nothing is written):
+// also run by the CUDA path's bindings before uploading the index arrays.
+Status validate_quest_bounds(const QuestBoundsArgs& a) {
   // ---- validation (nothing is written before it passes)
   if (!is_float_dtype(a.q_dtype) || !is_float_dtype(a.kv_dtype)) return Status::DType;
   if (a.batch <= 0 || a.num_q_heads <= 0 || a.num_kv_heads <= 0 || a.head_dim <= 0 || a.page_size <= 0 ||
@@ -242,6 +244,13 @@ Status cpu_quest_bounds(const QuestBoundsArgs& a) {
     max_m = std::max(max_m, pages_used(kv, a.page_size) - 1);
   }
   if (a.out_stride < max_m) return Status::Shape;
+  return Status::Ok;
+}
+
+Status cpu_quest_bounds(const QuestBoundsArgs& a) {
+  if (Status st = validate_quest_bounds(a); st != Status::Ok) return st;
+  const int64_t L = int64_t(a.batch) * a.num_kv_heads;
+
 
   const int g = a.num_q_heads / a.num_kv_heads;
   const int D = a.head_dim, Dp = (D + 7) / 8 * 8;

@@ -9,12 +9,13 @@
 
 namespace kvsq {
 
-Status cpu_read_scores(const ReadScoresArgs& a) {
+// The argument checks of cpu_read_scores (host pointers; nothing is written):
+// also run by the CUDA path's bindings before uploading the index arrays.
+Status validate_read_scores(const ReadScoresArgs& a) {
   if (a.lists < 0 || a.page_size <= 0 || a.num_pages < 0) return Status::Shape;
   if (a.lists == 0) return Status::Ok;
   if (!a.score_pool || !a.page_indptr || !a.page_ids || !a.kv_len || (a.write_back ? !a.in : !a.out)) return Status::Shape;
-  // Validate everything before writing: lengths within the list's pages, page ids in the pool.
-  std::vector<int64_t> offset(size_t(a.lists) + 1, 0);
+  // Lengths within the list's pages, page ids in the pool.
   for (int32_t l = 0; l < a.lists; ++l) {
     const int64_t pages = int64_t(a.page_indptr[l + 1]) - a.page_indptr[l];
     const int64_t len = a.kv_len[l];
@@ -24,8 +25,15 @@ Status cpu_read_scores(const ReadScoresArgs& a) {
       const int32_t p = a.page_ids[a.page_indptr[l] + i];
       if (p < 0 || p >= a.num_pages) return Status::Range;
     }
-    offset[size_t(l) + 1] = offset[size_t(l)] + len;
   }
+  return Status::Ok;
+}
+
+Status cpu_read_scores(const ReadScoresArgs& a) {
+  if (Status st = validate_read_scores(a); st != Status::Ok) return st;
+  if (a.lists == 0) return Status::Ok;
+  std::vector<int64_t> offset(size_t(a.lists) + 1, 0);
+  for (int32_t l = 0; l < a.lists; ++l) offset[size_t(l) + 1] = offset[size_t(l)] + a.kv_len[l];
   parallel_for(a.lists, [&](int64_t b, int64_t e, int) {
     for (int64_t l = b; l < e; ++l) {
       const int64_t off = offset[size_t(l)];

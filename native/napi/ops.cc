@@ -461,7 +461,7 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
     job->run = [j, args, o_i, lse_i, want_lse, s_indptr, s_ids, s_len, s_sel_indptr, s_sel_pages, sel]() mutable {
       args.o = j->out_ptr(o_i);
       args.lse = want_lse ? static_cast<float*>(j->out_ptr(lse_i)) : nullptr;
-      if (Status s = check_decode_attention_indices(args); s != Status::Ok) return s;  // host index pointers
+      if (Status s = validate_decode_attention(args); s != Status::Ok) return s;  // host index pointers
       return on_device(j, [&] {
         const Staging& sg = *j->staging;
         args.page_indptr = sg.dev<int32_t>(s_indptr);
@@ -782,7 +782,7 @@ std::unique_ptr<Job> parse_quest_bounds(const Napi::CallbackInfo& info) {
     job->run = [j, args, out_i, s_indptr, s_ids, s_len]() mutable {
       if (args.batch == 0) return Status::Ok;
       args.out = static_cast<float*>(j->out_ptr(out_i));
-      if (Status s = check_quest_bounds_indices(args); s != Status::Ok) return s;  // host index pointers
+      if (Status s = validate_quest_bounds(args); s != Status::Ok) return s;  // host index pointers
       return on_device(j, [&] {
         const Staging& sg = *j->staging;
         args.page_indptr = sg.dev<int32_t>(s_indptr);
@@ -887,7 +887,7 @@ std::unique_ptr<Job> parse_append(const Napi::CallbackInfo& info) {
       if (args.count == 0) return Status::Ok;
       args.dst_slot = reinterpret_cast<const int64_t*>(j->scratch[0].data());
       args.reset_meta = has_reset ? j->scratch[1].data() : nullptr;
-      if (Status s = check_append_indices(args); s != Status::Ok) return s;  // host slots: in range, distinct
+      if (Status s = validate_append(args); s != Status::Ok) return s;  // host slots: in range, distinct
       // cuda_append updates a page's metadata from at most one row per launch
       // (its rows run in parallel); the CPU applies a page's rows in row
       // order. So with metaPool the rows go in consecutive runs whose pages
@@ -987,7 +987,7 @@ std::unique_ptr<Job> parse_gather(const Napi::CallbackInfo& info) {
       args.src_row = reinterpret_cast<const int64_t*>(j->scratch[0].data());
       args.dst_slot = reinterpret_cast<const int64_t*>(j->scratch[1].data());
       // Host rows/slots: in range, slots distinct and (pool to pool) not read.
-      if (Status s = check_gather_indices(args); s != Status::Ok) return s;
+      if (Status s = validate_gather(args); s != Status::Ok) return s;
       return on_device(j, [&] {
         args.src_row = j->staging->dev<int64_t>(s_row);
         args.dst_slot = j->staging->dev<int64_t>(s_slot);
@@ -1042,7 +1042,7 @@ std::unique_ptr<Job> parse_page_meta(const Napi::CallbackInfo& info) {
     job->run = [j, args, s_ids, s_fill]() mutable {
       if (args.count == 0) return Status::Ok;
       // Host ids/fills: in range, pages distinct (one writer per page's meta).
-      if (Status s = check_page_meta_indices(args); s != Status::Ok) return s;
+      if (Status s = validate_page_meta(args); s != Status::Ok) return s;
       return on_device(j, [&] {
         args.page_ids = j->staging->dev<int32_t>(s_ids);
         args.fill = j->staging->dev<int32_t>(s_fill);
@@ -1109,7 +1109,7 @@ std::unique_ptr<Job> parse_scores(const Napi::CallbackInfo& info, bool write) {
     job->run = [j, args, out_i, write, total, s_indptr, s_ids, s_len]() mutable {
       if (total == 0) return Status::Ok;
       if (!write) args.out = static_cast<float*>(j->out_ptr(out_i));
-      if (Status s = check_read_scores_indices(args); s != Status::Ok) return s;  // host index pointers
+      if (Status s = validate_read_scores(args); s != Status::Ok) return s;  // host index pointers
       return on_device(j, [&] {
         const Staging& sg = *j->staging;
         args.page_indptr = sg.dev<int32_t>(s_indptr);

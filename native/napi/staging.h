@@ -8,7 +8,7 @@
 //   1. reads each index tensor on the host: a CPU tensor in place, a device
 //      tensor through a downloaded copy kept in the Staging (host_i32);
 //   2. validates the host values exactly as the CPU twin would before it
-//      writes anything (check_*_indices below: same checks, same Status), so
+//      writes anything (the validate_* checks of native/cpu/kernels.h: the same code), so
 //      both devices reject the same inputs with the same error;
 //   3. uploads the validated (possibly widened) host arrays into one fresh
 //      device buffer (add + upload) and launches the CUDA twin on those.
@@ -74,16 +74,6 @@ class Staging {
   void* buf_ = nullptr;
 };
 
-// Host-side index validation for the CUDA twins: each returns the Status the
-// CPU kernel (native/cpu) returns for the same arguments before it writes
-// anything, reading only the index arrays (which must be host pointers here)
-// and sizes. Data pointers are only compared with null, as the CPU kernels do.
-Status check_decode_attention_indices(const DecodeAttnArgs& a);
-Status check_quest_bounds_indices(const QuestBoundsArgs& a);
-Status check_append_indices(const AppendArgs& a);
-Status check_gather_indices(const GatherArgs& a);
-Status check_page_meta_indices(const PageMetaArgs& a);
-Status check_read_scores_indices(const ReadScoresArgs& a);
 
 }  // namespace napi
 }  // namespace kvsq
