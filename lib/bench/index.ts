@@ -4,7 +4,7 @@
  * Rooflines first (roofline.ts), then per kernel: median wall time of at
  * least 10 runs after warm-up on fresh random inputs, GB/s of the bytes the
  * kernel must move and % of the measured copy bandwidth, GFLOP/s and % of the
- * FMA peak where a native helper measured one (else n/a), the plain
+ * FMA peak measured in-process by the addon, the plain
  * TypeScript reference on the same shape as the baseline (on a scaled-down
  * shape, scaled linearly by the work ratio, when the full one would take
  * more than ~20 s: the row says so), and for decode attention
@@ -486,7 +486,7 @@ export function formatReport(r: BenchReport): string {
   );
   const rf = r.rooflines;
   if (rf) {
-    L.push(`copy roofline: ${fmt(rf.copyGbps, 1)} GB/s (${rf.copyMethod})${rf.nativeMemcpyGbps ? `; native helper memcpy ${fmt(rf.nativeMemcpyGbps, 1)} GB/s` : ''}`);
+    L.push(`copy roofline: ${fmt(rf.copyGbps, 1)} GB/s (${rf.copyMethod})${rf.nativeMemcpyGbps ? `; addon memcpy ${fmt(rf.nativeMemcpyGbps, 1)} GB/s` : ''}`);
     L.push(`FMA peak: ${rf.fmaPeakGflops ? `${fmt(rf.fmaPeakGflops, 1)} GFLOP/s` : 'n/a'} (${rf.fmaPeakSource})`);
   }
   if (r.rows.length) {
@@ -582,7 +582,7 @@ export function registerBench(program: Command, io: CliIO): void {
     .option('--method <names>', `comma-separated method rows: all, prefill, decode, a method name (h2o, quest, ...) or row ids (${METHOD_IDS.join(', ')})`)
     .option('--quick', 'small shapes: a few seconds')
     .option('--no-ort', 'skip the onnxruntime-node baseline')
-    .option('--no-native-peak', 'do not start the native FMA-peak helper')
+    .option('--no-native-peak', 'skip the FMA-peak measurement')
     .action(async (opts: { backend: string; json?: boolean; kernel?: string; method?: string; quick?: boolean; ort: boolean; nativePeak: boolean }) => {
       const list = (x?: string) => (x ? x.split(',').map((s) => s.trim()).filter(Boolean) : undefined);
       const r = await runBench({

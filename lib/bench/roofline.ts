@@ -16,10 +16,8 @@
  * otherwise the peak is reported as unavailable. Nothing is derived from the
  * CPU's clock.
  */
-import { spawn } from 'child_process';
-import * as fs from 'fs';
-import * as path from 'path';
 import { Worker } from 'worker_threads';
+import { backend } from '../backend';
 
 export interface CopyRoofline {
   gbps: number;
@@ -87,49 +85,20 @@ export interface NativePeak {
   source: string;
 }
 
-/** Where the native micro-benchmark may be (package root relative), first found wins. */
-function helperCandidates(root: string): string[] {
-  const env = process.env.KVSQ_NATIVE_BENCH;
-  const c = ['build-native', 'build', 'build/Release', 'build-cuda'].map((d) => path.join(root, d, 'bench_window_scores'));
-  return env ? [env, ...c] : c;
-}
-
-/** Starts the native helper just long enough to read its FMA peak line; n/a when it is absent. */
-export function nativePeak(root: string, timeoutMs = 30000): Promise<NativePeak> {
-  const exe = helperCandidates(root).find((p) => {
-    try {
-      fs.accessSync(p, fs.constants.X_OK);
-      return fs.statSync(p).isFile();
-    } catch {
-      return false;
-    }
-  });
-  if (!exe) return Promise.resolve({ fmaGflops: null, memcpyGbps: null, source: 'n/a (native helper bench_window_scores not built)' });
-  return new Promise((resolve) => {
-    const child = spawn(exe, ['1'], { stdio: ['ignore', 'pipe', 'ignore'] });
-    let out = '';
-    let settled = false;
-    const finish = (r: NativePeak) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      if (child.exitCode === null) child.kill('SIGTERM');
-      resolve(r);
-    };
-    const timer = setTimeout(() => finish({ fmaGflops: null, memcpyGbps: null, source: `n/a (${exe} gave no peak line in time)` }), timeoutMs);
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /measured FMA peak[^:]*:\s*([\d.]+)\s*GFLOP\/s(?:;\s*copy bandwidth:\s*([\d.]+)\s*GB\/s)?/.exec(out);
-      if (m) {
-        const peak = Number(m[1]);
-        finish({
-          fmaGflops: peak > 0 ? peak : null,
-          memcpyGbps: m[2] ? Number(m[2]) : null,
-          source: peak > 0 ? `${path.relative(root, exe)} (AVX2 FMA loop, all pool threads)` : `n/a (${path.relative(root, exe)}: no SIMD)`,
-        });
-      }
+/**
+ * The FMA peak (and the addon's own memcpy figure), measured in-process by the
+ * addon on the kernels' thread pool (native/cpu/roofline.cc): 12 independent
+ * 8-lane FMA chains per thread, best of three.
+ */
+export function nativePeak(_root: string): Promise<NativePeak> {
+  try {
+    const r = backend.measureRoofline({ millis: 300 });
+    return Promise.resolve({
+      fmaGflops: r.fmaGflops > 0 ? r.fmaGflops : null,
+      memcpyGbps: r.copyGbps > 0 ? r.copyGbps : null,
+      source: `measured in-process (${r.simd ? 'AVX2 FMA' : 'portable'} loop on ${r.threads} pool threads)`,
     });
-    child.on('error', () => finish({ fmaGflops: null, memcpyGbps: null, source: `n/a (${exe} failed to start)` }));
-    child.on('exit', () => finish({ fmaGflops: null, memcpyGbps: null, source: `n/a (${exe} exited without a peak line)` }));
-  });
+  } catch (e) {
+    return Promise.resolve({ fmaGflops: null, memcpyGbps: null, source: `n/a (${e instanceof Error ? e.message : String(e)})` });
+  }
 }
