@@ -8,27 +8,9 @@
 import { PagedKVCache, Sequence, Tensor, KvsqError, SnapKV, H2O, StreamingLLM } from '../lib';
 import type { DType } from '../lib';
 import * as R from './ref/prefill-ref';
+import { rand, randInt, expectCode, type FDType } from './helpers';
 
-type FDType = 'f32' | 'f16' | 'bf16';
 
-function rand(n: number, lo = -1, hi = 1): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) a[i] = lo + (hi - lo) * Math.random();
-  return a;
-}
-function randInt(lo: number, hi: number): number {
-  return lo + Math.floor(Math.random() * (hi - lo + 1));
-}
-function expectCode(fn: () => unknown, code: string): void {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(err).toBeInstanceOf(KvsqError);
-  expect((err as KvsqError).code).toBe(code);
-}
 
 /** Everything observable about a cache and its sequences. */
 function snapshot(cache: PagedKVCache, seqs: Sequence[]): unknown {

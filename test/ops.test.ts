@@ -35,20 +35,12 @@
 import { Tensor, ops, backend, KvsqError } from '../lib';
 import type { DType } from '../lib';
 import * as ref from '../lib/reference/kernels';
+import { rand, randInt, type FDType } from './helpers';
 
 const U = 2 ** -24;
-type FDType = 'f32' | 'f16' | 'bf16';
 
 // ------------------------------------------------------------------ helpers
 
-function rand(n: number, lo = -1, hi = 1): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) a[i] = lo + (hi - lo) * Math.random();
-  return a;
-}
-function randInt(lo: number, hi: number): number {
-  return lo + Math.floor(Math.random() * (hi - lo + 1));
-}
 function shuffle<T>(a: T[]): T[] {
   for (let i = a.length - 1; i > 0; i--) {
     const j = Math.floor(Math.random() * (i + 1));

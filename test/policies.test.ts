@@ -18,17 +18,9 @@
 import { PagedKVCache, Tensor, StreamingLLM, SnapKV, PyramidKV, ChunkKV, ShotKV, H2O } from '../lib';
 import type { PrefillPolicy } from '../lib';
 import * as R from './ref/prefill-ref';
+import { rand, randInt, type FDType } from './helpers';
 
-type FDType = 'f32' | 'f16' | 'bf16';
 
-function rand(n: number, lo = -1, hi = 1): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) a[i] = lo + (hi - lo) * Math.random();
-  return a;
-}
-function randInt(lo: number, hi: number): number {
-  return lo + Math.floor(Math.random() * (hi - lo + 1));
-}
 
 interface Layer {
   /** values the cache holds (rounded) */
