@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, on a machine with nvcc (no GPU needed), everything scripts/gpu-check.sh
 # runs on a GPU machine without network access, into .gpu-carry/ (ignored by git):
-#   build/          native suite and addon, CUDA sm_90 (KVSQ_CUDA_ARCHS to change)
+#   kvsq_native_tests, kvsqueeze.node   native suite and addon, CUDA sm_90 (KVSQ_CUDA_ARCHS to change)
 #   dist/           the compiled TypeScript (the smoke test loads it)
 #   node.xz         this machine's node binary, for GPU machines without node
 # Carry .gpu-carry with the working tree, then run: bash scripts/gpu-check.sh
@@ -10,15 +10,17 @@ cd "$(dirname "$0")/.."
 archs=${KVSQ_CUDA_ARCHS:-90}
 out=.gpu-carry
 mkdir -p "$out"
-cmake -S . -B "$out/build" -G Ninja -DKVSQ_CUDA=ON -DKVSQ_CUDA_ARCHS="$archs" -DKVSQ_TESTS=ON >/dev/null
-cmake --build "$out/build" --target kvsq_native_tests
-npx cmake-js build -O "$out/addon" --CDKVSQ_CUDA=ON --CDKVSQ_CUDA_ARCHS="$archs" >/dev/null
-cp "$out/addon/Release/kvsqueeze.node" "$out/kvsqueeze.node"
-rm -rf "$out/addon"
+# Build trees stay out of the carried folder (it must stay small): only the
+# two binaries travel.
+cmake -S . -B build-gpu -G Ninja -DKVSQ_CUDA=ON -DKVSQ_CUDA_ARCHS="$archs" -DKVSQ_TESTS=ON >/dev/null
+cmake --build build-gpu --target kvsq_native_tests
+cp build-gpu/kvsq_native_tests "$out/kvsq_native_tests"
+npx cmake-js build -O build-gpu-addon --CDKVSQ_CUDA=ON --CDKVSQ_CUDA_ARCHS="$archs" >/dev/null
+cp build-gpu-addon/Release/kvsqueeze.node "$out/kvsqueeze.node"
+strip --strip-unneeded "$out/kvsqueeze.node" "$out/kvsq_native_tests" 2>/dev/null || true
+rm -rf "$out/build"
 npx tsc -p tsconfig.build.json --outDir "$out/dist"
 cp package.json "$out/package.json"
 [ -f "$out/node.xz" ] || xz -T2 -6 -c "$(command -v node)" > "$out/node.xz"
-strip --strip-debug "$out/build/kvsq_native_tests" 2>/dev/null || true
-find "$out/build" -name '*.o' -delete
 du -sh "$out"
 echo "carry: .gpu-carry    run: bash scripts/gpu-check.sh"

@@ -597,7 +597,7 @@ KVSQ_TEST(cuda_decode_bench) {
   Dev c0(cb), c1(cb);
   const double copy_ms = median_ms([&] { cudaMemcpyAsync(c1.p, c0.p, cb, cudaMemcpyDeviceToDevice); }, flush.p, flush_bytes, 20);
   const double copy_gbs = 2.0 * cb / copy_ms / 1e6;
-  std::printf("  copy D2D %zu MB: %.3f ms, %.0f GB/s (read+write)\n", cb >> 20, copy_ms, copy_gbs);
+  std::printf("BENCH copy D2D %zu MB: %.3f ms, %.0f GB/s (read+write)\n", cb >> 20, copy_ms, copy_gbs);
 
   const int Hq = 32, Hkv = 8, D = 128, P = 16, ctx = 32768;
   for (int B : {1, 4}) {
@@ -644,7 +644,7 @@ KVSQ_TEST(cuda_decode_bench) {
     CHECK_MSG(st == Status::Ok, status_name(st));
     sync_ok();
     const double gbs = bytes / plain / 1e6;
-    std::printf("  bf16 B=%d Hq=%d Hkv=%d D=%d ctx=%d (B*Hkv=%d): plain %.3f ms %.0f GB/s = %.0f%% of copy; "
+    std::printf("BENCH decode bf16 B=%d Hq=%d Hkv=%d D=%d ctx=%d (B*Hkv=%d): plain %.3f ms %.0f GB/s = %.0f%% of copy; "
                 "H2O fused %.3f ms (%.2fx plain); Quest 1/8 pages %.3f ms\n",
                 B, Hq, Hkv, D, ctx, nl, plain, gbs, 100.0 * gbs / copy_gbs, h2o, h2o / plain, quest);
   }
