@@ -243,6 +243,8 @@ runCases('questBounds: bad inputs', [
   ['page id past the pool', 'questBounds', Q({ pageIds: i([4, 0, 5, 6]) }), 'KVSQ_RANGE'],
   ['negative kvLen', 'questBounds', Q({ kvLen: i([-3, 8]) }), 'KVSQ_RANGE'],
   ['kvLen larger than its pages hold', 'questBounds', Q({ kvLen: i([5, 9]) }), 'KVSQ_RANGE'],
+  // The output width comes from kvLen: a huge one must be refused before anything is sized.
+  ['kvLen 2^31 - 1 (no 8 GB output first)', 'questBounds', Q({ kvLen: i([5, 2 ** 31 - 1]) }), 'KVSQ_RANGE'],
   ['disposed metaPool', 'questBounds', Q({ metaPool: disposed(f([6, 2, 8], 'f16')) }), 'KVSQ_DISPOSED'],
 ]);
 
@@ -396,5 +398,18 @@ describe('the valid base arguments of these suites succeed', () => {
     await ops.decodeAttentionAsync(da(p)[0] as never);
     expect(ops.windowScores(f([4, 8, 16]), f([2, 10, 16])).shape).toEqual([2, 10]);
     expect(ops.topk(f([2, 10]), 3).indices.shape).toEqual([2, 3]);
+  });
+});
+
+describe('readScores / writeScores: lengths are checked before the output is sized', () => {
+  it('a kvLen beyond its pages (2^31 - 1) is KVSQ_RANGE, with nothing allocated for it', () => {
+    const scorePool = Tensor.from(new Float32Array(8), [2, 4]);
+    const pageIndptr = Tensor.from(new Int32Array([0, 1, 2]), [3]);
+    const pageIds = Tensor.from(new Int32Array([0, 1]), [2]);
+    const kvLen = Tensor.from(new Int32Array([4, 2 ** 31 - 1]), [2]);
+    expect(() => ops.readScores({ scorePool, pageIndptr, pageIds, kvLen })).toThrow(expect.objectContaining({ code: 'KVSQ_RANGE' }));
+    const values = Tensor.from(new Float32Array(4), [4]);
+    expect(() => ops.writeScores({ scorePool, pageIndptr, pageIds, kvLen, values })).toThrow(expect.objectContaining({ code: 'KVSQ_RANGE' }));
+    for (const t of [scorePool, pageIndptr, pageIds, kvLen, values]) t.dispose();
   });
 });

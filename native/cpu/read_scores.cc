@@ -14,7 +14,9 @@ namespace kvsq {
 Status validate_read_scores(const ReadScoresArgs& a) {
   if (a.lists < 0 || a.page_size <= 0 || a.num_pages < 0) return Status::Shape;
   if (a.lists == 0) return Status::Ok;
-  if (!a.score_pool || !a.page_indptr || !a.page_ids || !a.kv_len || (a.write_back ? !a.in : !a.out)) return Status::Shape;
+  if (!a.score_pool || !a.page_indptr || !a.kv_len || (a.write_back ? !a.in : !a.out)) return Status::Shape;
+  // page_ids may be null only when no page is listed (an empty vector's data()).
+  if (!a.page_ids && a.page_indptr[a.lists] > a.page_indptr[0]) return Status::Shape;
   // Lengths within the list's pages, page ids in the pool.
   for (int32_t l = 0; l < a.lists; ++l) {
     const int64_t pages = int64_t(a.page_indptr[l + 1]) - a.page_indptr[l];

@@ -184,6 +184,16 @@ void check_indptr(const Opts& a, Tensor* t, const int32_t* p, const char* key, i
                                          std::to_string(target_len) + " entries");
 }
 
+// Each list's length within what its pages hold (KVSQ_RANGE otherwise).
+void check_lengths(const Opts& a, const int32_t* indptr, const int32_t* len, int64_t lists, int64_t page_size) {
+  for (int64_t l = 0; l < lists; ++l) {
+    const int64_t cap = (int64_t(indptr[l + 1]) - indptr[l]) * page_size;
+    if (len[l] < 0 || len[l] > cap)
+      throw_error(a.env, "KVSQ_RANGE", a.op + ": kvLen[" + std::to_string(l) + "] = " + std::to_string(len[l]) +
+                                           " is outside [0, " + std::to_string(cap) + "] (the slots of its pages)");
+  }
+}
+
 // ------------------------------------------------------------------ jobs
 
 // One op invocation, parsed and checked on the JS thread, runnable on any thread.
@@ -743,12 +753,11 @@ std::unique_ptr<Job> parse_quest_bounds(const Napi::CallbackInfo& info) {
   need_numel(a, len, "kvLen", B * Hkv);
   check_indptr(a, indptr, h_indptr, "pageIndptr", B * Hkv, S(ids).numel());
   const bool share = a.boolean("share", false);
+  // The output width comes from the lengths: check them against their lists'
+  // pages before sizing anything (a huge length would otherwise allocate first).
+  check_lengths(a, h_indptr, h_len, B * Hkv, P);
   int64_t maxpages = 0;
-  for (int64_t l = 0; l < B * Hkv; ++l) {
-    int64_t n = h_len[l];
-    if (n < 0) throw_error(a.env, "KVSQ_RANGE", a.op + ": kvLen[" + std::to_string(l) + "] is negative");
-    maxpages = std::max<int64_t>(maxpages, (n + P - 1) / P);
-  }
+  for (int64_t l = 0; l < B * Hkv; ++l) maxpages = std::max<int64_t>(maxpages, (int64_t(h_len[l]) + P - 1) / P);
   const int64_t width = std::max<int64_t>(1, maxpages - 1);
   for (Tensor* t : {q, meta, indptr, ids, len}) job->use(t);
   size_t out_i = job->output(a.env, DType::F32, {B, share ? Hkv : Hq, width}, dev);
@@ -1074,11 +1083,10 @@ std::unique_ptr<Job> parse_scores(const Napi::CallbackInfo& info, bool write) {
   const int32_t* h_len = host_i32(a, *job, len);
   const int64_t lists = S(len).numel();
   check_indptr(a, indptr, h_indptr, "pageIndptr", lists, S(ids).numel());
+  // The output size is the sum of the lengths: check them first (see questBounds).
+  check_lengths(a, h_indptr, h_len, lists, S(score).shape[1]);
   int64_t total = 0;
-  for (int64_t l = 0; l < lists; ++l) {
-    if (h_len[l] < 0) throw_error(a.env, "KVSQ_RANGE", a.op + ": kvLen[" + std::to_string(l) + "] is negative");
-    total += h_len[l];
-  }
+  for (int64_t l = 0; l < lists; ++l) total += h_len[l];
   if (values) {
     need_dtype(a, values, "values", {DType::F32});
     need_numel(a, values, "values", total);
