@@ -726,6 +726,7 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   if ((!a.k_pool || !a.v_pool || !a.page_ids) && a.num_pages > 0) return Status::Shape;
   if (a.score_pool && a.reduce != Reduce::Mean && a.reduce != Reduce::Sum && a.reduce != Reduce::Max)
     return Status::Shape;
+  if ((a.score_before || a.score_after) && !a.score_pool) return Status::Shape;
   const int g = a.num_q_heads / a.num_kv_heads;
   if (g > kMaxG) return Status::Shape;
   const int es = int(dtype_size(a.kv_dtype));
@@ -803,9 +804,27 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
       default: s = pick_lpr<float>(p, grid, smem, st, dev); break;
     }
   }
+  // The before/after records are flat copies of the lists' pool rows, the
+  // read_scores kernel's job, stream-ordered around the score pass.
+  ReadScoresArgs rs;
+  rs.lists = int32_t(nl64);
+  rs.page_size = a.page_size;
+  rs.num_pages = a.num_pages;
+  rs.score_pool = a.score_pool;
+  rs.page_indptr = a.page_indptr;
+  rs.page_ids = a.page_ids;
+  rs.kv_len = a.kv_len;
+  if (s == Status::Ok && a.score_before) {
+    rs.out = a.score_before;
+    s = cuda_read_scores(rs, st);
+  }
   if (s == Status::Ok && a.score_pool) {
     score_kernel<<<int(items_max), kScoreThreads, 0, st>>>(p);
     s = cuda_launch_status();
+  }
+  if (s == Status::Ok && a.score_after) {
+    rs.out = a.score_after;
+    s = cuda_read_scores(rs, st);
   }
   // Stream-ordered free: runs after the kernels above, whatever their status.
   const cudaError_t fe = cudaFreeAsync(ws, st);

@@ -12,7 +12,7 @@ export interface NativeTensorHandle {
   readonly nbytes: number;
   readonly disposed: boolean;
   toArray(): Float32Array | Uint16Array | Int32Array;
-  toFloat32(): Float32Array;
+  toFloat32(into?: Float32Array): Float32Array;
   to(device: string): NativeTensorHandle;
   dispose(): void;
 }

@@ -86,6 +86,15 @@ export interface DecodeAttentionArgs {
   reduce?: Reduce;
   /** Also return the log-sum-exp per (b, h). */
   lse?: boolean;
+  /**
+   * With scorePool: f32 tensors (at least sum(kvLen) values, on the pool's
+   * device) that receive the pool values of every valid slot of every list
+   * before and after this step's add (flat, readScores' layout): a caller's
+   * undo record and eviction view without two more passes. Caller-owned, so
+   * a decode loop can reuse them.
+   */
+  scoresBefore?: Tensor;
+  scoresAfter?: Tensor;
 }
 
 function decodeArgs(a: DecodeAttentionArgs) {
@@ -95,6 +104,8 @@ function decodeArgs(a: DecodeAttentionArgs) {
   const vPool = tensor(o.vPool, 'decodeAttention: vPool', FLOAT, 3);
   const numKvHeads = int(o.numKvHeads, 'decodeAttention: numKvHeads', 1);
   if (q.shape[1] % numKvHeads !== 0) throw new ShapeError(`decodeAttention: ${q.shape[1]} query heads are not a multiple of numKvHeads ${numKvHeads}`);
+  if ((o.scoresBefore !== undefined || o.scoresAfter !== undefined) && o.scorePool === undefined)
+    throw new ArgumentError('decodeAttention: scoresBefore / scoresAfter need scorePool');
   return {
     q: q.handle,
     kPool: kPool.handle,
@@ -109,6 +120,8 @@ function decodeArgs(a: DecodeAttentionArgs) {
     scorePool: h(optTensor(o.scorePool, 'decodeAttention: scorePool', F32, 2)),
     reduce: oneOf(o.reduce, 'decodeAttention: reduce', REDUCE),
     lse: o.lse === undefined ? undefined : Boolean(o.lse),
+    scoresBefore: h(optTensor(o.scoresBefore, 'decodeAttention: scoresBefore', F32, 1)),
+    scoresAfter: h(optTensor(o.scoresAfter, 'decodeAttention: scoresAfter', F32, 1)),
   };
 }
 export interface DecodeAttentionResult {
@@ -316,7 +329,7 @@ function readScoresArgs(a: ReadScoresArgs) {
 }
 
 export interface WriteScoresArgs extends ReadScoresArgs {
-  /** f32 [sum kvLen]: the lists' scores, concatenated (as readScores returns them). */
+  /** f32, at least sum kvLen values: the lists' scores, concatenated (as readScores returns them); the first sum kvLen are used. */
   values: Tensor;
 }
 function writeScoresArgs(a: WriteScoresArgs) {

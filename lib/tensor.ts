@@ -128,9 +128,12 @@ export class Tensor {
   toArray(): Float32Array | Uint16Array | Int32Array {
     return this.handle.toArray();
   }
-  /** The data converted to f32. */
-  toFloat32(): Float32Array {
-    return this.handle.toFloat32();
+  /**
+   * The data converted to f32: a new array, or written into the first numel
+   * values of `into` (which is returned) so a loop can reuse one buffer.
+   */
+  toFloat32(into?: Float32Array): Float32Array {
+    return this.handle.toFloat32(into);
   }
   /** A copy on another device. */
   to(device: string): Tensor {

@@ -413,3 +413,34 @@ describe('readScores / writeScores: lengths are checked before the output is siz
     for (const t of [scorePool, pageIndptr, pageIds, kvLen, values]) t.dispose();
   });
 });
+
+describe('decodeAttention scoresBefore / scoresAfter and toFloat32(into): bad destinations', () => {
+  const pools = () => ({
+    q: Tensor.from(new Float32Array(8), [1, 2, 4]),
+    kPool: Tensor.from(new Float32Array(32), [2, 4, 4]),
+    vPool: Tensor.from(new Float32Array(32), [2, 4, 4]),
+    pageIndptr: Tensor.from(new Int32Array([0, 1, 2]), [3]),
+    pageIds: Tensor.from(new Int32Array([0, 1]), [2]),
+    kvLen: Tensor.from(new Int32Array([4, 3]), [2]),
+    numKvHeads: 2,
+    scorePool: Tensor.from(new Float32Array(8).fill(1), [2, 4]),
+  });
+  it('without scorePool: KVSQ_ARG; too short: KVSQ_SHAPE; not f32: KVSQ_DTYPE; the pool unchanged', () => {
+    const a = pools();
+    const short = Tensor.from(new Float32Array(6), [6]);
+    const half = Tensor.zeros([7], { dtype: 'f16' });
+    const ok = Tensor.zeros([7]);
+    expect(() => ops.decodeAttention({ ...a, scorePool: undefined, scoresAfter: ok })).toThrow(expect.objectContaining({ code: 'KVSQ_ARG' }));
+    expect(() => ops.decodeAttention({ ...a, scoresBefore: short })).toThrow(expect.objectContaining({ code: 'KVSQ_SHAPE' }));
+    expect(() => ops.decodeAttention({ ...a, scoresAfter: half })).toThrow(expect.objectContaining({ code: 'KVSQ_DTYPE' }));
+    expect(Array.from(a.scorePool.toFloat32())).toEqual(new Array(8).fill(1));
+    expect(Array.from(ok.toFloat32())).toEqual(new Array(7).fill(0));
+  });
+  it('toFloat32(into): not a Float32Array is KVSQ_ARG, too short is KVSQ_SHAPE', () => {
+    const t = Tensor.from(new Float32Array([1, 2, 3]), [3]);
+    expect(() => t.toFloat32(new Float64Array(3) as unknown as Float32Array)).toThrow(expect.objectContaining({ code: 'KVSQ_ARG' }));
+    expect(() => t.toFloat32(new Float32Array(2))).toThrow(expect.objectContaining({ code: 'KVSQ_SHAPE' }));
+    const into = new Float32Array(4).fill(9);
+    expect(Array.from(t.toFloat32(into))).toEqual([1, 2, 3, 9]);
+  });
+});

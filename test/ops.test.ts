@@ -316,6 +316,30 @@ describe('decodeAttention vs reference', () => {
     checkDecode(c, x, want, got, sp);
   });
 
+  it.each(decodeCases.filter((c) => c.score).map((c) => [c.name, c] as const))(
+    'scoresBefore / scoresAfter are the pool read before and after the step (%s)',
+    (_n, c) => {
+      const x = decodeCase(c);
+      const sp = Tensor.from(x.score0!, [x.pg.numPages, c.P]);
+      const args = decodeArgs(c, x, sp);
+      const total = c.lens.reduce((a, b) => a + b, 0);
+      const read = () => ops.readScores({ scorePool: sp, pageIndptr: args.pageIndptr, pageIds: args.pageIds, kvLen: args.kvLen }).toFloat32();
+      const was = read();
+      // Larger than needed (a reused buffer): the tail stays as it was.
+      const before = Tensor.from(new Float32Array(total + 3).fill(-5), [total + 3]);
+      const after = Tensor.from(new Float32Array(total + 3).fill(-5), [total + 3]);
+      ops.decodeAttention({ ...args, scoresBefore: before, scoresAfter: after });
+      const into = new Float32Array(total + 3);
+      expect(before.toFloat32(into)).toBe(into);
+      expect(Array.from(into.subarray(0, total))).toEqual(Array.from(was));
+      expect(Array.from(into.subarray(total))).toEqual([-5, -5, -5]);
+      expect(Array.from(after.toFloat32().subarray(0, total))).toEqual(Array.from(read()));
+      // Writing the before-record back undoes the step exactly.
+      ops.writeScores({ scorePool: sp, pageIndptr: args.pageIndptr, pageIds: args.pageIds, kvLen: args.kvLen, values: before });
+      expect(Array.from(read())).toEqual(Array.from(was));
+    },
+  );
+
   it('the Async form gives the same results', async () => {
     const c = decodeCases[4];
     const x = decodeCase(c);

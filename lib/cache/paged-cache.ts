@@ -66,6 +66,12 @@ export interface SequenceStats {
   bytesSaved: number;
 }
 
+/** A decode step's record of the scores attention changed: written back if the step fails. */
+interface ScoreUndo {
+  tables: { indptr: Tensor; ids: Tensor; len: Tensor };
+  values: Tensor;
+}
+
 class HeadList {
   pages: number[] = [];
   len = 0; // slots in use, the hole included
@@ -234,6 +240,7 @@ export class PagedKVCache {
   lastSelection: Int32Array[] | null = null;
   private nextId = 0;
   private disposed = false;
+  private scoreRec: { before: Tensor; after: Tensor; host: Float32Array } | null = null;
 
   constructor(o: PagedKVCacheOptions) {
     if (o === null || typeof o !== 'object') throw new ArgumentError('PagedKVCache: expected an options object');
@@ -562,8 +569,9 @@ export class PagedKVCache {
     const temps: Tensor[] = [];
     const track = <T extends Tensor>(t: T) => (temps.push(t), t);
     // What a failure after the kernels started must undo: the scores attention
-    // added (restored from a copy), and the page metadata append widened.
-    let scoreUndo: { tables: { indptr: Tensor; ids: Tensor; len: Tensor }; values: Tensor } | undefined;
+    // added (restored from the kernel's before-record), and the page metadata
+    // append widened.
+    const scoreUndo: ScoreUndo[] = [];
     const touched = new Set<number>();
     const ringUndo: (() => void)[] = [];
     try {
@@ -594,45 +602,26 @@ export class PagedKVCache {
       }
 
       // Attention; the policy of each sequence decides accumulation and Quest.
-      if (seqs.some((s) => s.decodePolicy(layer)?.accumulate)) {
-        const t = this.pageTables(seqs, layer);
-        [t.indptr, t.ids, t.len].forEach(track);
-        scoreUndo = { tables: t, values: track(ops.readScores({ scorePool: this.pool.scores!, pageIndptr: t.indptr, pageIds: t.ids, kvLen: t.len })) };
-      }
-      const o = this.attendStep(layer, seqs, q, track);
+      // With accumulation the kernel also returns each list's scores after
+      // the add (the eviction view) and before it (the undo record).
+      const scoreViews = new Map<HeadList, Float32Array>();
+      const o = this.attendStep(layer, seqs, q, track, scoreUndo, scoreViews);
 
       // Eviction, per sequence.
-      let needScores = false;
-      for (const s of seqs) if (s.decodePolicy(layer)?.accumulate) needScores = true;
-      let scoreArr: Float32Array | undefined;
-      let scoreOff: number[] = [];
-      if (needScores) {
-        const t = this.pageTables(seqs, layer);
-        [t.indptr, t.ids, t.len].forEach(track);
-        const flat = track(ops.readScores({ scorePool: this.pool.scores!, pageIndptr: t.indptr, pageIds: t.ids, kvLen: t.len }));
-        scoreArr = flat.toFloat32();
-        scoreOff = [0];
-        for (const h of t.lists) scoreOff.push(scoreOff[scoreOff.length - 1] + h.len);
-      }
-      let li = 0;
       for (const s of seqs) {
         const st = s.layers[layer]!;
         st.nextPos++;
         st.steps++;
         const pol = s.decodePolicy(layer);
-        if (!pol) {
-          li += Hkv;
-          continue;
-        }
-        const views: DecodeHeadView[] = st.heads.map((h, j) => ({
+        if (!pol) continue;
+        const views: DecodeHeadView[] = st.heads.map((h) => ({
           length: h.len,
           positions: h.pos.subarray(0, h.len),
-          scores: scoreArr && pol.accumulate ? scoreArr.subarray(scoreOff[li + j], scoreOff[li + j + 1]) : undefined,
+          scores: pol.accumulate ? scoreViews.get(h) : undefined,
           frozenSlots: h.frozen,
           newest: st.nextPos - 1,
           promptLength: s.promptLength,
         }));
-        li += Hkv;
         const ev = pol.evict(views, layer);
         ev.forEach((slot, j) => {
           if (slot < 0) return;
@@ -865,9 +854,9 @@ export class PagedKVCache {
   }
 
   /** Best-effort undo of a failed step's writes (errors here would hide the original one). */
-  private undoStep(scoreUndo: { tables: { indptr: Tensor; ids: Tensor; len: Tensor }; values: Tensor } | undefined, touched: Set<number>, heads: HeadList[]): void {
+  private undoStep(scoreUndo: readonly ScoreUndo[], touched: Set<number>, heads: HeadList[]): void {
     try {
-      if (scoreUndo) ops.writeScores({ scorePool: this.pool.scores!, pageIndptr: scoreUndo.tables.indptr, pageIds: scoreUndo.tables.ids, kvLen: scoreUndo.tables.len, values: scoreUndo.values });
+      for (const u of scoreUndo) ops.writeScores({ scorePool: this.pool.scores!, pageIndptr: u.tables.indptr, pageIds: u.tables.ids, kvLen: u.tables.len, values: u.values });
       if (touched.size && this.pool.meta) {
         const pages: number[] = [];
         const fill: number[] = [];
@@ -896,7 +885,7 @@ export class PagedKVCache {
   }
 
   /** Attention for a decode step: dense, with accumulation, or over Quest-selected pages. */
-  private attendStep(layer: number, seqs: readonly Sequence[], q: Tensor, track: (t: Tensor) => Tensor): Tensor {
+  private attendStep(layer: number, seqs: readonly Sequence[], q: Tensor, track: (t: Tensor) => Tensor, undo: ScoreUndo[], views: Map<HeadList, Float32Array>): Tensor {
     // Sequences of a batch may have different policies: group by (accumulate, quest) and run each group.
     const groups = new Map<string, number[]>();
     seqs.forEach((s, b) => {
@@ -906,7 +895,7 @@ export class PagedKVCache {
       if (!groups.has(key)) groups.set(key, []);
       groups.get(key)!.push(b);
     });
-    if (groups.size === 1) return this.attendGroup(layer, seqs, q, track);
+    if (groups.size === 1) return this.attendGroup(layer, seqs, q, track, undo, views);
     // Mixed batch: one launch per group, outputs scattered back in batch order.
     const B = seqs.length;
     const Hq = this.numQHeads;
@@ -917,13 +906,13 @@ export class PagedKVCache {
       const sub = new Float32Array(idx.length * Hq * D);
       idx.forEach((b, i) => sub.set(qf.subarray(b * Hq * D, (b + 1) * Hq * D), i * Hq * D));
       const qs = track(Tensor.from(sub, [idx.length, Hq, D], { dtype: q.dtype, device: this.device }));
-      const o = track(this.attendGroup(layer, idx.map((b) => seqs[b]), qs, track)).toFloat32();
+      const o = track(this.attendGroup(layer, idx.map((b) => seqs[b]), qs, track, undo, views)).toFloat32();
       idx.forEach((b, i) => out.set(o.subarray(i * Hq * D, (i + 1) * Hq * D), b * Hq * D));
     }
     return Tensor.from(out, [B, Hq, D], { dtype: q.dtype, device: this.device });
   }
 
-  private attendGroup(layer: number, seqs: readonly Sequence[], q: Tensor, track: (t: Tensor) => Tensor): Tensor {
+  private attendGroup(layer: number, seqs: readonly Sequence[], q: Tensor, track: (t: Tensor) => Tensor, undo: ScoreUndo[], views: Map<HeadList, Float32Array>): Tensor {
     const pol = seqs[0].decodePolicy(layer);
     const t = this.pageTables(seqs, layer);
     [t.indptr, t.ids, t.len].forEach(track);
@@ -935,10 +924,52 @@ export class PagedKVCache {
       const sel = this.questSelect(q, t, quest, track);
       if (sel) [selIndptr, selPages] = sel;
     }
-    return ops.decodeAttention({
+    let rec: { before: Tensor; after: Tensor; host: Float32Array } | undefined;
+    if (reduce) {
+      let total = 0;
+      for (const h of t.lists) total += h.len;
+      // The first group of a step uses the cache's reusable record; a mixed
+      // batch's further groups get their own (the first one's undo record
+      // must survive until the step ends).
+      rec = undo.length === 0 ? this.scoreRecord(total) : { before: track(Tensor.zeros([total], { device: this.device })), after: track(Tensor.zeros([total], { device: this.device })), host: new Float32Array(total) };
+    }
+    const r = ops.decodeAttention({
       q, kPool: this.pool.k, vPool: this.pool.v, pageIndptr: t.indptr, pageIds: t.ids, kvLen: t.len,
       numKvHeads: this.numKvHeads, scale: this.scale, scorePool: reduce ? this.pool.scores : undefined, reduce, selIndptr, selPages,
-    }).o;
+      scoresBefore: rec?.before, scoresAfter: rec?.after,
+    });
+    if (rec) {
+      undo.push({ tables: t, values: rec.before });
+      const after = rec.after.toFloat32(rec.host);
+      let off = 0;
+      for (const h of t.lists) {
+        views.set(h, after.subarray(off, off + h.len));
+        off += h.len;
+      }
+    }
+    return r.o;
+  }
+
+  /**
+   * The reusable before/after score record of a decode step (at least `total`
+   * values each, grown by doubling), so that a step allocates nothing for it.
+   */
+  private scoreRecord(total: number): { before: Tensor; after: Tensor; host: Float32Array } {
+    const cur = this.scoreRec;
+    if (cur && cur.host.length >= total) return cur;
+    const n = Math.max(total, 2 * (cur?.host.length ?? 0), 1024);
+    const before = Tensor.zeros([n], { device: this.device });
+    let after: Tensor;
+    try {
+      after = Tensor.zeros([n], { device: this.device });
+    } catch (e) {
+      before.dispose();
+      throw e;
+    }
+    cur?.before.dispose();
+    cur?.after.dispose();
+    this.scoreRec = { before, after, host: new Float32Array(n) };
+    return this.scoreRec;
   }
 
   /**
@@ -1048,6 +1079,9 @@ export class PagedKVCache {
     for (const s of this.sequences.values()) s.removed = true;
     this.sequences.clear();
     this.pool.dispose();
+    this.scoreRec?.before.dispose();
+    this.scoreRec?.after.dispose();
+    this.scoreRec = null;
     this.disposed = true;
   }
 }

@@ -85,22 +85,32 @@ export class H2O implements PrefillPolicy, DecodePolicy {
 
   private evictOne(view: DecodeHeadView): number {
     const [heavy, recent] = this.sizes(view.promptLength);
-    if (view.length <= heavy + recent || !view.scores) return -1;
-    // Lowest score among tokens older than the last `recent` positions; ties: lower position.
+    const scores = view.scores;
+    if (view.length <= heavy + recent || !scores) return -1;
+    // Lowest score among tokens older than the last `recent` positions; ties:
+    // lower position. One pass with a strict compare finds the lowest score
+    // and its first slot; ties are resolved by position only when a later
+    // slot has the same score (rare with real-valued scores). This loop runs
+    // every step over every kept token of every list: it is kept branch-light.
     const limit = view.newest - recent;
+    const pos = view.positions;
+    const n = view.length;
     let best = -1;
     let bestScore = Infinity;
-    let bestPos = Infinity;
-    for (let s = 0; s < view.length; s++) {
-      const p = view.positions[s];
-      if (p > limit) continue;
-      const sc = view.scores[s];
-      if (sc < bestScore || (sc === bestScore && p < bestPos)) {
+    for (let s = 0; s < n; s++) {
+      const sc = scores[s];
+      if (sc < bestScore && pos[s] <= limit) {
         best = s;
         bestScore = sc;
-        bestPos = p;
       }
     }
+    if (best < 0) return -1;
+    let bestPos = pos[best];
+    for (let s = best + 1; s < n; s++)
+      if (scores[s] === bestScore && pos[s] < bestPos && pos[s] <= limit) {
+        best = s;
+        bestPos = pos[s];
+      }
     return best;
   }
 }

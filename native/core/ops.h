@@ -66,6 +66,13 @@ struct DecodeAttnArgs {
   // Optional accumulation (see above). Null = none.
   float* score_pool = nullptr;           // [num_pages, P]
   Reduce reduce = Reduce::Mean;
+  // Optional, with score_pool only: the pool values of every valid slot of
+  // every list (slot order, list l at offset sum_{l'<l} kv_len[l'], as
+  // ReadScoresArgs), before and after this step's add. A decode step takes
+  // its eviction view from score_after and its undo record from
+  // score_before, without separate read passes. Null = not written.
+  float* score_before = nullptr;         // [sum kv_len]
+  float* score_after = nullptr;          // [sum kv_len]
   // Optional log-sum-exp of the scaled logits per (b, h), natural log. Null = none.
   float* lse = nullptr;                  // [B, Hq]
 };

@@ -10,6 +10,8 @@
 //   score_pool[slot s] += reduce_{h in group j} p_h[s]   (p_h[s] = 0 for s not in S_h;
 //                                                         mean divides by g; only slots of
 //                                                         the union of the S_h are touched)
+//   score_before / score_after (optional, flat, list l at sum_{l'<l} kv_len[l']):
+//     the pool value of every valid slot of l before / after the add
 // Slot s of list l is row s % P of physical page page_ids[page_indptr[l] + s / P].
 //
 // Arithmetic is fp32 throughout: q is converted once and pre-multiplied by
@@ -656,6 +658,7 @@ struct ListInfo {
   int64_t nu = 0;      // union pages
   int64_t loff = 0;    // logits scratch offset (score mode): g rows of ulen
   int64_t item0 = 0;   // first item
+  int64_t foff = 0;    // offset of the list in score_before / score_after (sum of earlier kv_len)
   int32_t nitems = 0;
   int32_t len = 0;     // kv_len
 };
@@ -916,6 +919,30 @@ void score_item(const Ctx& c, int64_t item, Workspace& w) {
   }
 }
 
+// Copies the score-pool values of every valid slot of list l (slot order) to
+// out + foff: the step's before/after record of the scores (score mode).
+void copy_list_scores(const Ctx& c, int64_t l, float* out) {
+  const ListInfo& L = c.lists[l];
+  const int32_t* ids = c.a->page_ids + L.pbase;
+  float* dst = out + L.foff;
+  for (int64_t s0 = 0; s0 < L.len; s0 += c.P) {
+    const float* src = c.a->score_pool + int64_t(ids[s0 / c.P]) * c.P;
+    const int64_t n = std::min<int64_t>(c.P, L.len - s0);
+    std::copy(src, src + n, dst + s0);
+  }
+}
+
+// Score mode, once every split of list l is done (so its lse is known): adds
+// the step's probabilities of all the list's items, with the optional
+// before/after copies around. One thread per list: the lists' slots are
+// disjoint, so no atomics.
+void score_list(const Ctx& c, int64_t l, Workspace& w) {
+  const ListInfo& L = c.lists[l];
+  if (c.a->score_before) copy_list_scores(c, l, c.a->score_before);
+  for (int32_t i = 0; i < L.nitems; ++i) score_item(c, L.item0 + i, w);
+  if (c.a->score_after) copy_list_scores(c, l, c.a->score_after);
+}
+
 
 // Plans lists, union pages, splits and scratch. Throws std::bad_alloc on OOM.
 void plan(Ctx& c) {
@@ -974,8 +1001,11 @@ void plan(Ctx& c) {
   int64_t target = std::max<int64_t>(kMinSplit, (total + threads * kItemsPerThread - 1) / (threads * kItemsPerThread));
   target = (target + kT - 1) / kT * kT;
   int64_t loff = 0;
+  int64_t foff = 0;
   for (int64_t l = 0; l < nl; ++l) {
     ListInfo& L = c.lists[l];
+    L.foff = foff;
+    foff += L.len;
     L.item0 = int64_t(c.items.size());
     if (L.ulen > 0) {
       const int64_t ns = (L.ulen + target - 1) / target;
@@ -1019,6 +1049,7 @@ Status validate_decode_attention(const DecodeAttnArgs& a) {
   if ((!a.k_pool || !a.v_pool) && a.num_pages > 0) return Status::Shape;
   if (a.score_pool && a.reduce != Reduce::Mean && a.reduce != Reduce::Sum && a.reduce != Reduce::Max)
     return Status::Shape;
+  if ((a.score_before || a.score_after) && !a.score_pool) return Status::Shape;
   const int64_t nl = int64_t(a.batch) * a.num_kv_heads;
   const int g = a.num_q_heads / a.num_kv_heads;
   const int64_t P = a.page_size;
@@ -1075,11 +1106,11 @@ Status cpu_decode_attention(const DecodeAttnArgs& a) {
   c.pf_dist = std::max<int64_t>(4, kPfBytes / c.row_bytes);
   c.pf_tlb = std::max<int64_t>(c.pf_dist, kTouchBytes / c.row_bytes);
   c.k = pick_kern(a.kv_dtype, c.g);
-  std::unique_ptr<std::atomic<int32_t>[]> left;  // per list: splits not yet done (no-score mode)
+  std::unique_ptr<std::atomic<int32_t>[]> left;  // per list: splits not yet done
   std::vector<Workspace> wss;  // per pool thread, allocated here so OOM surfaces before any write
   try {
     plan(c);
-    if (!a.score_pool) left.reset(new std::atomic<int32_t>[c.lists.size()]);
+    left.reset(new std::atomic<int32_t>[c.lists.size()]);
     wss.resize(pool_threads());
     for (auto& w : wss) w.init(c.g, c.D);
   } catch (const std::bad_alloc&) {
@@ -1094,6 +1125,9 @@ Status cpu_decode_attention(const DecodeAttnArgs& a) {
     std::fill(zero, zero + c.D, 0.f);
     for (int64_t l = 0; l < nl; ++l) {
       if (c.lists[l].nitems) continue;
+      // No item will score this list: its before/after records are the pool as it is.
+      if (a.score_before) copy_list_scores(c, l, a.score_before);
+      if (a.score_after) copy_list_scores(c, l, a.score_after);
       const int64_t b = l / c.Hkv, j = l % c.Hkv;
       for (int h = 0; h < c.g; ++h) {
         const int64_t qrow = b * c.Hq + j * c.g + h;
@@ -1113,46 +1147,24 @@ Status cpu_decode_attention(const DecodeAttnArgs& a) {
 
   const int threads = int(std::min<int64_t>(pool_threads(), ni));
   std::atomic<int64_t> next{0};
-  // Without score accumulation the thread that finishes the last split of a
-  // list merges it (acq_rel on the counter publishes the other splits'
-  // partials), so the call needs one pool dispatch.
-  if (left)
-    for (int64_t l = 0; l < nl; ++l) left[l].store(c.lists[l].nitems, std::memory_order_relaxed);
+  // The thread that finishes the last split of a list merges it (acq_rel on
+  // the counter publishes the other splits' partials) and, in score mode,
+  // adds the list's probabilities (they need the list's final lse): the call
+  // is one pool dispatch either way. (A second dispatch for the score pass
+  // cost ~20-60 us per call on the 2-core target, a fifth of a 2K-token step.)
+  for (int64_t l = 0; l < nl; ++l) left[l].store(c.lists[l].nitems, std::memory_order_relaxed);
   parallel_for(threads, [&](int64_t, int64_t, int tid) {
     Workspace& w = wss[tid];
     for (int64_t i; (i = next.fetch_add(1)) < ni;) {
       const int64_t idx = order[i];
       run_item(c, idx, w);
       const int64_t l = c.items[idx].list;
-      if (c.lists[l].nitems == 1) {  // sole split: finish here
+      if (c.lists[l].nitems == 1 || left[l].fetch_sub(1, std::memory_order_acq_rel) == 1) {
         finish_list(c, l, w);
-        if (a.score_pool) score_item(c, idx, w);
-      } else if (left && left[l].fetch_sub(1, std::memory_order_acq_rel) == 1) {
-        finish_list(c, l, w);
+        if (a.score_pool) score_list(c, l, w);
       }
     }
   });
-
-  // Score mode, multi-split lists: merge (per list) and score (per item) units.
-  std::vector<int64_t> units;  // >= 0: list to merge; < 0: -(item + 1) to score
-  for (int64_t l = 0; l < nl && a.score_pool; ++l) {
-    const ListInfo& L = c.lists[l];
-    if (L.nitems < 2) continue;
-    units.push_back(l);
-    for (int i = 0; i < L.nitems; ++i) units.push_back(-(L.item0 + i + 1));
-  }
-  const int64_t nu = int64_t(units.size());
-  if (nu) {
-    std::atomic<int64_t> nxt{0};
-    parallel_for(std::min<int64_t>(pool_threads(), nu), [&](int64_t, int64_t, int tid) {
-      Workspace& w = wss[tid];
-      for (int64_t i; (i = nxt.fetch_add(1)) < nu;) {
-        const int64_t u = units[i];
-        if (u >= 0) finish_list(c, u, w);
-        else score_item(c, -u - 1, w);
-      }
-    });
-  }
   return Status::Ok;
 }
 

@@ -397,7 +397,9 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
   Tensor* sel_indptr = a.tensor("selIndptr", false);
   Tensor* sel_pages = a.tensor("selPages", false);
   Tensor* score = a.tensor("scorePool", false);
-  int dev = same_device(a, {{"q", q}, {"kPool", kp}, {"vPool", vp}, {"scorePool", score}},
+  Tensor* before = a.tensor("scoresBefore", false);
+  Tensor* after = a.tensor("scoresAfter", false);
+  int dev = same_device(a, {{"q", q}, {"kPool", kp}, {"vPool", vp}, {"scorePool", score}, {"scoresBefore", before}, {"scoresAfter", after}},
                         {{"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}, {"selIndptr", sel_indptr}, {"selPages", sel_pages}});
   need_kernels_for(a, dev);
   auto job = new_job(a, dev);
@@ -430,8 +432,22 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
   const bool want_lse = a.boolean("lse", false);
   const double scale = a.number("scale", 1.0 / std::sqrt(double(D)));
   if (!std::isfinite(scale)) throw_error(a.env, "KVSQ_RANGE", a.op + ": scale must be finite");
+  // scoresBefore / scoresAfter: caller-owned f32 destinations for the score
+  // pool rows of every list before and after the add, flat (readScores'
+  // layout): the cache's undo record and eviction view. Caller-owned so a
+  // decode step allocates nothing (fresh outputs cost more than the copies).
+  for (auto [k, t] : {std::pair{"scoresBefore", before}, {"scoresAfter", after}}) {
+    if (!t) continue;
+    if (!score) throw_error(a.env, "KVSQ_ARG", a.op + ": " + k + " needs scorePool");
+    need_dtype(a, t, k, {DType::F32});
+    int64_t total = 0;
+    check_lengths(a, h_indptr, h_len, B * Hkv, P);
+    for (int64_t l = 0; l < B * Hkv; ++l) total += h_len[l];
+    if (S(t).numel() < total)
+      throw_error(a.env, "KVSQ_SHAPE", a.op + ": " + k + " holds " + std::to_string(S(t).numel()) + " values; the lists hold " + std::to_string(total));
+  }
 
-  for (Tensor* t : {q, kp, vp, indptr, ids, len, sel_indptr, sel_pages, score}) job->use(t);
+  for (Tensor* t : {q, kp, vp, indptr, ids, len, sel_indptr, sel_pages, score, before, after}) job->use(t);
   size_t o_i = job->output(a.env, S(q).dtype, {B, Hq, D}, dev);
   size_t lse_i = want_lse ? job->output(a.env, DType::F32, {B, Hq}, dev) : 0;
   DecodeAttnArgs args;
@@ -454,10 +470,16 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
   args.sel_pages = h_sel_pages;
   args.score_pool = score ? static_cast<float*>(S(score).data) : nullptr;
   args.reduce = parse_reduce(a);
+  args.score_before = before ? static_cast<float*>(S(before).data) : nullptr;
+  args.score_after = after ? static_cast<float*>(S(after).data) : nullptr;
   Job* j = job.get();
-  job->run = [j, args, o_i, lse_i, want_lse]() mutable {
-    args.o = j->out_ptr(o_i);
-    args.lse = want_lse ? static_cast<float*>(j->out_ptr(lse_i)) : nullptr;
+  // Output pointers are known only once the job allocated them.
+  auto bind_outputs = [j, o_i, lse_i, want_lse](DecodeAttnArgs& x) {
+    x.o = j->out_ptr(o_i);
+    x.lse = want_lse ? static_cast<float*>(j->out_ptr(lse_i)) : nullptr;
+  };
+  job->run = [args, bind_outputs]() mutable {
+    bind_outputs(args);
     return cpu_decode_attention(args);
   };
 #ifdef KVSQ_WITH_CUDA
@@ -468,9 +490,8 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
     const size_t s_sel_indptr = sel_indptr ? st.add(h_sel_indptr, i32_bytes(sel_indptr)) : 0;
     const size_t s_sel_pages = sel_pages ? st.add(h_sel_pages, i32_bytes(sel_pages)) : 0;
     const bool sel = sel_indptr != nullptr;
-    job->run = [j, args, o_i, lse_i, want_lse, s_indptr, s_ids, s_len, s_sel_indptr, s_sel_pages, sel]() mutable {
-      args.o = j->out_ptr(o_i);
-      args.lse = want_lse ? static_cast<float*>(j->out_ptr(lse_i)) : nullptr;
+    job->run = [j, args, bind_outputs, s_indptr, s_ids, s_len, s_sel_indptr, s_sel_pages, sel]() mutable {
+      bind_outputs(args);
       if (Status s = validate_decode_attention(args); s != Status::Ok) return s;  // host index pointers
       return on_device(j, [&] {
         const Staging& sg = *j->staging;
@@ -484,10 +505,10 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
     };
   }
 #endif
-  job->result = [want_lse](Napi::Env env, std::vector<Napi::Object>& outs) -> Napi::Value {
+  job->result = [want_lse, lse_i](Napi::Env env, std::vector<Napi::Object>& outs) -> Napi::Value {
     Napi::Object r = Napi::Object::New(env);
     r.Set("o", outs[0]);
-    if (want_lse) r.Set("lse", outs[1]);
+    if (want_lse) r.Set("lse", outs[lse_i]);
     return r;
   };
   return job;
@@ -1087,9 +1108,10 @@ std::unique_ptr<Job> parse_scores(const Napi::CallbackInfo& info, bool write) {
   check_lengths(a, h_indptr, h_len, lists, S(score).shape[1]);
   int64_t total = 0;
   for (int64_t l = 0; l < lists; ++l) total += h_len[l];
-  if (values) {
+  if (values) {  // at least the lists' values (a reused, larger buffer is fine): the first `total` are read
     need_dtype(a, values, "values", {DType::F32});
-    need_numel(a, values, "values", total);
+    if (S(values).numel() < total)
+      throw_error(a.env, "KVSQ_SHAPE", a.op + ": values holds " + std::to_string(S(values).numel()) + " values; the lists hold " + std::to_string(total));
   }
   for (Tensor* t : {score, indptr, ids, len, values}) job->use(t);
   size_t out_i = write ? 0 : job->output(a.env, DType::F32, {total}, dev);

@@ -267,6 +267,17 @@ Napi::Value Tensor::ToFloat32(const Napi::CallbackInfo& info) {
   std::vector<uint8_t> staging;
   const void* src = host_bytes(env, s_, staging);
   const size_t n = size_t(s_.numel());
+  // toFloat32(dst): into a caller's Float32Array (a loop that reads the same
+  // tensor every step allocates nothing); its first n values are written.
+  if (info.Length() && !info[0].IsUndefined()) {
+    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw_error(env, "KVSQ_ARG", "toFloat32: the destination must be a Float32Array");
+    Napi::Float32Array dst = info[0].As<Napi::Float32Array>();
+    if (dst.ElementLength() < n)
+      throw_error(env, "KVSQ_SHAPE", "toFloat32: the destination holds " + std::to_string(dst.ElementLength()) + " values; the tensor has " + std::to_string(n));
+    if (n) convert_to_f32(s_.dtype, src, dst.Data(), n);
+    return dst;
+  }
   Napi::Float32Array out = Napi::Float32Array::New(env, n);
   if (n) convert_to_f32(s_.dtype, src, out.Data(), n);
   return out;

@@ -216,6 +216,10 @@ struct Problem {
     if (c.subset) d.sel_indptr = dsi.as<int32_t>(), d.sel_pages = dsp.as<int32_t>();
     d.score_pool = c.score ? dsc.as<float>() : nullptr;
     d.lse = c.lse ? dlse.as<float>() : nullptr;
+    int64_t total = 0;
+    for (int l = 0; l < c.B * c.Hkv; ++l) total += c.lens[l];
+    Dev dbefore(size_t(total + 1) * sizeof(float)), dafter(size_t(total + 1) * sizeof(float));
+    if (c.score) d.score_before = dbefore.as<float>(), d.score_after = dafter.as<float>();
     st = cuda_decode_attention(d, nullptr);
     CHECK_MSG(st == Status::Ok, "cuda status " << status_name(st) << " " << last_cuda_error());
     sync_ok();
@@ -267,6 +271,15 @@ struct Problem {
         const double tol = 2 * std::fabs(added) * grel[owner[i]] + 4 * kU * std::fabs(y) + 1e-30;
         CHECK_MSG(std::fabs(double(x) - y) <= tol, "score slot " << i << " gpu " << x << " cpu " << y << " added " << added);
       }
+      // The before/after records: exactly the pool around the step, list by list.
+      const std::vector<float> before = dbefore.get<float>(size_t(total)), after = dafter.get<float>(size_t(total));
+      int64_t f = 0;
+      for (int l = 0; l < c.B * c.Hkv; ++l)
+        for (int s = 0; s < c.lens[l]; ++s, ++f) {
+          const size_t ps = size_t(ids[indptr[l] + s / c.P]) * c.P + s % c.P;
+          CHECK_MSG(f32_bits(before[f]) == f32_bits(score0[ps]), "score_before[" << f << "] is not the pool before the step");
+          CHECK_MSG(f32_bits(after[f]) == f32_bits(score_gpu[ps]), "score_after[" << f << "] is not the pool after the step");
+        }
     }
   }
 };

@@ -198,8 +198,27 @@ struct Problem {
     std::vector<float> lse(size_t(c.B) * c.Hq, 12345.f);
     std::vector<float> score = score0;
     DecodeAttnArgs a = args(o.data(), lse.data(), score.data());
+    // The before/after records (score mode): sentinel-filled, one spare value
+    // past the end that must stay untouched.
+    int64_t total = 0;
+    for (int l = 0; l < c.B * c.Hkv; ++l) total += c.lens[l];
+    std::vector<float> before(size_t(total) + 1, -7.f), after(size_t(total) + 1, -7.f);
+    if (c.score) {
+      a.score_before = before.data();
+      a.score_after = after.data();
+    }
     Status st = cpu_decode_attention(a);
     CHECK_MSG(st == Status::Ok, path << ": status " << status_name(st));
+    if (c.score) {
+      int64_t f = 0;
+      for (int l = 0; l < c.B * c.Hkv; ++l)
+        for (int s = 0; s < c.lens[l]; ++s, ++f) {
+          const int64_t ps = phys(l, s);
+          CHECK_MSG(f32_bits(before[f]) == f32_bits(score0[ps]), path << " score_before[" << f << "] is not the pool before the step");
+          CHECK_MSG(f32_bits(after[f]) == f32_bits(score[ps]), path << " score_after[" << f << "] is not the pool after the step");
+        }
+      CHECK_MSG(before[total] == -7.f && after[total] == -7.f, path << " before/after written past sum kv_len");
+    }
 
     const double ulp_out = c.qdt == DType::F16 ? std::ldexp(1.0, -10) : c.qdt == DType::BF16 ? std::ldexp(1.0, -7)
                                                                                                  : std::ldexp(1.0, -23);
