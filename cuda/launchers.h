@@ -18,7 +18,15 @@ Status cuda_pool1d(const Pool1dArgs& a, void* stream);
 Status cuda_chunk_scores(const ChunkScoresArgs& a, void* stream);
 // Synchronises the stream at the end: NaN detection reads a device flag.
 Status cuda_topk(const TopkArgs& a, void* stream);
+// cuda_topk without the final sync: error bits OR'ed into the device word
+// *flag (zeroed by the caller; outputs written only while it is 0), read with
+// topk_flag_status once the stream reaches them. For fused callers.
+Status cuda_topk_enqueue(const TopkArgs& a, unsigned* flag, void* stream);
+Status topk_flag_status(unsigned host_flag);
 Status cuda_quest_bounds(const QuestBoundsArgs& a, void* stream);
+// Bounds, top-k and the selection on the device (no host copy of the bounds);
+// synchronises the stream at the end, as cuda_topk, to report a NaN bound.
+Status cuda_quest_select(const QuestSelectArgs& a, void* stream);
 Status cuda_append(const AppendArgs& a, void* stream);
 Status cuda_gather(const GatherArgs& a, void* stream);
 Status cuda_page_meta(const PageMetaArgs& a, void* stream);

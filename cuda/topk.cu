@@ -340,11 +340,14 @@ __global__ void topk_commit_kernel(const unsigned* flag, const int32_t* stage, c
 
 }  // namespace
 
-Status cuda_topk(const TopkArgs& a, void* stream) {
+// Everything but the final status read: validation, the select and the
+// commit kernels, stream-ordered. Error bits are OR'ed into the device word
+// *flag (zeroed by the caller); the outputs are written only if it stays 0.
+Status cuda_topk_enqueue(const TopkArgs& a, unsigned* flag, void* stream) {
   // ---- host-side validation (the device checks lengths and k, see topk_kernel)
   if (a.rows < 0 || a.row_stride < 0 || a.out_stride < 0) return Status::Shape;
   if (a.rows == 0) return Status::Ok;
-  if (!a.k) return Status::Shape;
+  if (!a.k || !flag) return Status::Shape;
   if (a.row_stride > INT32_MAX) return Status::Shape;  // indices are int32
   if (a.out_stride > 0 && !a.out) return Status::Shape;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
@@ -363,9 +366,9 @@ Status cuda_topk(const TopkArgs& a, void* stream) {
   if (kFixedBytes + size_t(seg) * 4 > limit) seg_cap = 0;
   const size_t smem = kFixedBytes + size_t(seg_cap) * 4;
 
-  // scratch: staged out, staged count, flag
+  // scratch: staged out, staged count
   const size_t n_out = size_t(a.rows) * size_t(a.out_stride);
-  const size_t bytes = (n_out + size_t(a.rows) + 4) * sizeof(int32_t);
+  const size_t bytes = (n_out + size_t(a.rows)) * sizeof(int32_t);
   void* ws = nullptr;
   KVSQ_CUDA_TRY(cudaMallocAsync(&ws, bytes, st));
   TkParams p;
@@ -376,7 +379,7 @@ Status cuda_topk(const TopkArgs& a, void* stream) {
   p.out_stride = a.out_stride;
   p.stage = static_cast<int32_t*>(ws);
   p.stage_count = p.stage + n_out;
-  p.flag = reinterpret_cast<unsigned*>(p.stage_count + a.rows);
+  p.flag = flag;
   p.cs = cs;
   p.seg_cap = seg_cap;
   p.vec4 = (reinterpret_cast<uintptr_t>(a.scores) % 16 == 0 && a.row_stride % 4 == 0) ? 1 : 0;
@@ -385,7 +388,6 @@ Status cuda_topk(const TopkArgs& a, void* stream) {
   auto fail = [&](cudaError_t e) {
     if (s == Status::Ok && e != cudaSuccess) s = cuda_status(e);
   };
-  fail(cudaMemsetAsync(p.flag, 0, sizeof(unsigned), st));
   fail(cudaFuncSetAttribute(topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   if (s == Status::Ok) {
     cudaLaunchConfig_t cfg = {};
@@ -408,15 +410,34 @@ Status cuda_topk(const TopkArgs& a, void* stream) {
     topk_commit_kernel<<<blocks, 256, 0, st>>>(p.flag, p.stage, p.stage_count, a.out, a.count, int64_t(n_out), a.rows);
     fail(cudaGetLastError());
   }
-  unsigned hflag = 0;
-  if (s == Status::Ok) fail(cudaMemcpyAsync(&hflag, p.flag, sizeof(unsigned), cudaMemcpyDeviceToHost, st));
   fail(cudaFreeAsync(ws, st));
-  fail(cudaStreamSynchronize(st));
-  if (s != Status::Ok) return s;
+  return s;
+}
+
+Status topk_flag_status(unsigned hflag) {
   if (hflag & kFlagRange) return Status::Range;
   if (hflag & kFlagShape) return Status::Shape;
   if (hflag & kFlagNaN) return Status::NaN;
   return Status::Ok;
+}
+
+Status cuda_topk(const TopkArgs& a, void* stream) {
+  if (a.rows == 0 && a.row_stride >= 0 && a.out_stride >= 0) return Status::Ok;
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  unsigned* flag = nullptr;
+  KVSQ_CUDA_TRY(cudaMallocAsync(reinterpret_cast<void**>(&flag), sizeof(unsigned), st));
+  Status s = Status::Ok;
+  auto fail = [&](cudaError_t e) {
+    if (s == Status::Ok && e != cudaSuccess) s = cuda_status(e);
+  };
+  fail(cudaMemsetAsync(flag, 0, sizeof(unsigned), st));
+  if (s == Status::Ok) s = cuda_topk_enqueue(a, flag, stream);
+  unsigned hflag = 0;
+  if (s == Status::Ok) fail(cudaMemcpyAsync(&hflag, flag, sizeof(unsigned), cudaMemcpyDeviceToHost, st));
+  fail(cudaFreeAsync(flag, st));
+  fail(cudaStreamSynchronize(st));
+  if (s != Status::Ok) return s;
+  return topk_flag_status(hflag);
 }
 
 }  // namespace kvsq

@@ -220,18 +220,37 @@ export interface QuestBoundsArgs {
   /** One row per KV head (max over the group) instead of per query head. */
   share?: boolean;
 }
-function questArgs(a: QuestBoundsArgs) {
-  const o = object(a, 'questBounds');
+function questArgs(a: QuestBoundsArgs, op = 'questBounds') {
+  const o = object(a, op);
   return {
-    q: tensor(o.q, 'questBounds: q', FLOAT, 3).handle,
-    metaPool: tensor(o.metaPool, 'questBounds: metaPool', FLOAT, 3).handle,
-    pageIndptr: tensor(o.pageIndptr, 'questBounds: pageIndptr', I32).handle,
-    pageIds: tensor(o.pageIds, 'questBounds: pageIds', I32).handle,
-    kvLen: tensor(o.kvLen, 'questBounds: kvLen', I32).handle,
-    numKvHeads: int(o.numKvHeads, 'questBounds: numKvHeads', 1),
-    pageSize: int(o.pageSize, 'questBounds: pageSize', 1, 1 << 20),
+    q: tensor(o.q, `${op}: q`, FLOAT, 3).handle,
+    metaPool: tensor(o.metaPool, `${op}: metaPool`, FLOAT, 3).handle,
+    pageIndptr: tensor(o.pageIndptr, `${op}: pageIndptr`, I32).handle,
+    pageIds: tensor(o.pageIds, `${op}: pageIds`, I32).handle,
+    kvLen: tensor(o.kvLen, `${op}: kvLen`, I32).handle,
+    numKvHeads: int(o.numKvHeads, `${op}: numKvHeads`, 1),
+    pageSize: int(o.pageSize, `${op}: pageSize`, 1, 1 << 20),
     share: o.share === undefined ? undefined : Boolean(o.share),
   };
+}
+
+export interface QuestSelectArgs extends QuestBoundsArgs {
+  /** Pages read per query head: floor(budget / pageSize), at least 1. */
+  budgetPages: number;
+}
+export interface QuestSelectResult {
+  /** i32 [B*Hq + 1]: row r's pages are selPages[selIndptr[r] .. selIndptr[r+1]). */
+  selIndptr: Tensor;
+  /** i32: logical pages, ascending per row; decodeAttention's selIndptr/selPages. */
+  selPages: Tensor;
+}
+function questSelectArgs(a: QuestSelectArgs) {
+  const o = object(a, 'questSelect');
+  return { ...questArgs(a, 'questSelect'), budgetPages: int(o.budgetPages, 'questSelect: budgetPages', 1) };
+}
+function questSelectResult(r: unknown): QuestSelectResult {
+  const x = r as { selIndptr: unknown; selPages: unknown };
+  return { selIndptr: wrap(x.selIndptr), selPages: wrap(x.selPages) };
 }
 
 // ------------------------------------------------------------------ append / gather / page meta
@@ -361,6 +380,15 @@ export const ops = {
   /** Quest page upper bounds for every page but the last. */
   questBounds: (a: QuestBoundsArgs): Tensor => wrap(N.questBounds(questArgs(a))),
   questBoundsAsync: async (a: QuestBoundsArgs): Promise<Tensor> => wrap(await N.questBoundsAsync(questArgs(a))),
+  /**
+   * Quest's page choice for a decode step in one call: per query head, every
+   * page of a list with at most budgetPages pages, else its budgetPages - 1
+   * pages of largest bound (ties: the lower page; with share, the KV head's
+   * bound) plus the last page, ascending. Same as questBounds + topk, without
+   * the bounds leaving the kernel's memory.
+   */
+  questSelect: (a: QuestSelectArgs): QuestSelectResult => questSelectResult(N.questSelect(questSelectArgs(a))),
+  questSelectAsync: async (a: QuestSelectArgs): Promise<QuestSelectResult> => questSelectResult(await N.questSelectAsync(questSelectArgs(a))),
   /** Writes new K/V rows into page slots, updating page min/max (in place). */
   append: (a: AppendArgs): void => void N.append(appendArgs(a)),
   appendAsync: async (a: AppendArgs): Promise<void> => void (await N.appendAsync(appendArgs(a))),

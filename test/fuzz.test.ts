@@ -94,9 +94,10 @@ function opArgs(op: string): Record<string, unknown> {
   const kPool = () => floatTensor([N, P, D], dt);
   switch (op) {
     case 'decodeAttention':
-    case 'questBounds': {
+    case 'questBounds':
+    case 'questSelect': {
       const indptr = Int32Array.from({ length: lists + 1 }, (_, i) => i * (1 + ri(2)));
-      return obj(['q', 'kPool', 'vPool', 'metaPool', 'pageIndptr', 'pageIds', 'kvLen', 'numKvHeads', 'pageSize', 'scorePool', 'reduce', 'lse', 'share', 'selIndptr', 'selPages'], (key) => {
+      return obj(['q', 'kPool', 'vPool', 'metaPool', 'pageIndptr', 'pageIds', 'kvLen', 'numKvHeads', 'pageSize', 'scorePool', 'reduce', 'lse', 'share', 'selIndptr', 'selPages', 'scoresBefore', 'scoresAfter', 'budgetPages'], (key) => {
         switch (key) {
           case 'q': return maybe(() => floatTensor([B, Hkv * g, D]));
           case 'kPool': case 'vPool': return maybe(kPool);
@@ -109,6 +110,8 @@ function opArgs(op: string): Record<string, unknown> {
           case 'scorePool': return maybe(() => floatTensor([N, P], 'f32'));
           case 'selIndptr': return rnd() < 0.5 ? undefined : intTensor(B * Hkv * g + 1, 2);
           case 'selPages': return rnd() < 0.5 ? undefined : intTensor(2, 2);
+          case 'scoresBefore': case 'scoresAfter': return rnd() < 0.6 ? undefined : maybe(() => floatTensor([ri(3 * P + 2)], 'f32'));
+          case 'budgetPages': return maybe(() => ri(4));
           default: return junk();
         }
       });
@@ -150,7 +153,7 @@ function opArgs(op: string): Record<string, unknown> {
   return {};
 }
 
-const OPS = ['decodeAttention', 'windowScores', 'pool1d', 'chunkScores', 'topk', 'questBounds', 'append', 'gather', 'pageMeta', 'readScores'];
+const OPS = ['decodeAttention', 'windowScores', 'pool1d', 'chunkScores', 'topk', 'questBounds', 'questSelect', 'append', 'gather', 'pageMeta', 'readScores'];
 
 type Target = () => unknown;
 const targets: Array<[string, Target]> = [

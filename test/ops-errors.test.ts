@@ -444,3 +444,37 @@ describe('decodeAttention scoresBefore / scoresAfter and toFloat32(into): bad de
     expect(Array.from(t.toFloat32(into))).toEqual([1, 2, 3, 9]);
   });
 });
+
+describe('questSelect: bad arguments', () => {
+  const base = () => ({
+    q: Tensor.from(new Float32Array(2 * 4), [1, 2, 4]),
+    metaPool: Tensor.from(new Float32Array(6 * 2 * 4), [6, 2, 4]),
+    pageIndptr: Tensor.from(new Int32Array([0, 3, 6]), [3]),
+    pageIds: Tensor.from(new Int32Array([0, 1, 2, 3, 4, 5]), [6]),
+    kvLen: Tensor.from(new Int32Array([10, 12]), [2]),
+    numKvHeads: 2,
+    pageSize: 4,
+    budgetPages: 2,
+  });
+  it('budgetPages missing, 0 or fractional: KVSQ_RANGE; a length beyond its pages: KVSQ_RANGE before any allocation', () => {
+    const a = base();
+    expect(() => ops.questSelect({ ...a, budgetPages: 0 })).toThrow(expect.objectContaining({ code: 'KVSQ_RANGE' }));
+    expect(() => ops.questSelect({ ...a, budgetPages: 1.5 })).toThrow(expect.objectContaining({ code: 'KVSQ_RANGE' }));
+    expect(() => ops.questSelect({ ...a, budgetPages: undefined as unknown as number })).toThrow(expect.objectContaining({ code: 'KVSQ_RANGE' }));
+    const kvLen = Tensor.from(new Int32Array([10, 2 ** 31 - 1]), [2]);
+    expect(() => ops.questSelect({ ...a, kvLen })).toThrow(expect.objectContaining({ code: 'KVSQ_RANGE' }));
+  });
+  it('wrong dtypes and shapes: typed errors', () => {
+    const a = base();
+    expect(() => ops.questSelect({ ...a, pageIds: Tensor.from(new Float32Array(6), [6]) })).toThrow(expect.objectContaining({ code: 'KVSQ_DTYPE' }));
+    expect(() => ops.questSelect({ ...a, metaPool: Tensor.from(new Float32Array(6 * 3 * 4), [6, 3, 4]) })).toThrow(expect.objectContaining({ code: 'KVSQ_SHAPE' }));
+    expect(() => ops.questSelect({ ...a, numKvHeads: 3 })).toThrow(expect.objectContaining({ code: 'KVSQ_SHAPE' }));
+    expect(() => ops.questSelect({ ...a, pageIds: Tensor.from(new Int32Array([0, 1, 2, 3, 4, 9]), [6]) })).toThrow(expect.objectContaining({ code: 'KVSQ_RANGE' }));
+  });
+  it('a valid call: per head min(n, budget) pages, the last page included', () => {
+    const r = ops.questSelect(base());
+    expect(Array.from(r.selIndptr.toArray())).toEqual([0, 2, 4]);
+    const p = Array.from(r.selPages.toArray());
+    expect([p[1], p[3]]).toEqual([2, 2]);
+  });
+});

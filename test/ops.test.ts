@@ -635,6 +635,72 @@ describe('questBounds vs reference', () => {
   });
 });
 
+describe('questSelect vs reference', () => {
+  // Against the float64 bounds: counts min(n, budget); dense lists list every
+  // page; otherwise ascending, ending with the last page, and the other
+  // budget - 1 a top set of the reference bounds within their tolerance. And
+  // exactly questBounds + topk + the assembly the cache used to do in JS.
+  const budgets = (maxn: number) => [1, 2, Math.max(1, Math.floor(maxn / 3)), maxn, maxn + 3];
+  it.each(questCases.map((c) => [c.name, c] as const))('%s', (_n, c) => {
+    const x = questInputs(c);
+    const g = c.Hq / c.Hkv;
+    const nOf = (l: number) => Math.ceil(c.lens[l] / c.P);
+    const maxn = Math.max(...c.lens.map((_, l) => nOf(l)));
+    for (const budgetPages of budgets(maxn)) {
+      const sel = ops.questSelect({ ...x.args, budgetPages });
+      const ind = sel.selIndptr.toArray() as Int32Array;
+      const pages = sel.selPages.toArray() as Int32Array;
+      // the composition, for exact equality
+      const bounds = ops.questBounds(x.args);
+      const H = c.share ? c.Hkv : c.Hq;
+      const lens = Int32Array.from({ length: c.B * H }, (_, r) => {
+        const l = c.share ? r : Math.floor(r / c.Hq) * c.Hkv + Math.floor((r % c.Hq) / g);
+        return nOf(l) > budgetPages ? nOf(l) - 1 : 0;
+      });
+      const flat = Tensor.from(bounds.toFloat32(), [c.B * H, x.want.width]);
+      const top = ops.topk(flat, budgetPages - 1, { lengths: Tensor.from(lens, [lens.length]) });
+      const tk = top.indices.toArray() as Int32Array;
+      const tw = top.indices.shape[1];
+      expect(ind[0]).toBe(0);
+      for (let b = 0; b < c.B; b++)
+        for (let h = 0; h < c.Hq; h++) {
+          const r = b * c.Hq + h;
+          const j = Math.floor(h / g);
+          const l = b * c.Hkv + j;
+          const n = nOf(l);
+          const got = Array.from(pages.subarray(ind[r], ind[r + 1]));
+          expect(got.length).toBe(Math.min(n, budgetPages));
+          if (n <= budgetPages) {
+            expect(got).toEqual(Array.from({ length: n }, (_, i) => i));
+            continue;
+          }
+          const tr = c.share ? b * c.Hkv + j : r;
+          expect(got).toEqual([...Array.from(tk.subarray(tr * tw, tr * tw + budgetPages - 1)), n - 1]);
+          const row = (b * H + (c.share ? j : h)) * x.want.width;
+          let lo = Infinity;
+          let hi = -Infinity;
+          let tol = 0;
+          const chosen = new Set(got);
+          for (let p = 0; p < n - 1; p++) {
+            const u = x.want.out[row + p];
+            tol = Math.max(tol, x.tol[row + p]);
+            if (chosen.has(p)) lo = Math.min(lo, u);
+            else hi = Math.max(hi, u);
+          }
+          expect(lo).toBeGreaterThanOrEqual(hi - 2 * tol);
+        }
+      for (const t of [sel.selIndptr, sel.selPages, bounds, flat, top.indices, top.counts]) t.dispose();
+    }
+  });
+  it('the Async form gives the same results', async () => {
+    const x = questInputs(questCases[3]);
+    const a = ops.questSelect({ ...x.args, budgetPages: 2 });
+    const b = await ops.questSelectAsync({ ...x.args, budgetPages: 2 });
+    expect(Array.from(b.selIndptr.toArray())).toEqual(Array.from(a.selIndptr.toArray()));
+    expect(Array.from(b.selPages.toArray())).toEqual(Array.from(a.selPages.toArray()));
+  });
+});
+
 // ------------------------------------------------------------------ append / gather / pageMeta
 
 function pools(N: number, P: number, D: number, dtype: FDType) {

@@ -168,7 +168,7 @@ struct Setup {
   void shuffled_pages() { ids = shuffled_ids; }
   // Quest-like subset: every query head keeps `keep` of the pages (the same random pick per group,
   // with one differing page per head), always including the last.
-  void make_subset(int keep) {
+  void make_subset(int keep, bool same = false) {
     std::mt19937_64 rng(7);
     const int np = (len + P - 1) / P;
     const int g = Hq / Hkv;
@@ -180,7 +180,7 @@ struct Setup {
       std::shuffle(all.begin(), all.end(), rng);
       for (int h = 0; h < g; ++h) {
         std::vector<int> s(all.begin(), all.begin() + keep - 2);
-        s.push_back(all[keep - 2 + h]);
+        s.push_back(all[keep - 2 + (same ? 0 : h)]);
         s.push_back(np - 1);
         std::sort(s.begin(), s.end());
         sel_pages.insert(sel_pages.end(), s.begin(), s.end());
@@ -287,6 +287,10 @@ int main(int argc, char** argv) {
       }
       std::snprintf(label, sizeof label, "  Quest subset, 256 pages/head (union read)");
       report(label, runs, s, false, true, loop_gbs, union_slots);
+      // Quest at budget 2048 with share: 128 pages per KV head, the group's heads alike.
+      s.make_subset(128, true);
+      std::snprintf(label, sizeof label, "  Quest share, 128 pages/KV head");
+      report(label, runs, s, false, true, loop_gbs, int64_t(8) * 128 * 16);
     }
   }
   return 0;

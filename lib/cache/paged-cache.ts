@@ -74,6 +74,18 @@ interface ScoreUndo {
 
 class HeadList {
   pages: number[] = [];
+  /** Bumped at every change of `pages` (push, undo, replacement): keys the typed copy below. */
+  ver = 0;
+  private typed: Int32Array | null = null;
+  private typedVer = -1;
+  /** `pages` as an Int32Array, rebuilt only after a change (page tables are built every step). */
+  pageIds(): Int32Array {
+    if (this.typedVer !== this.ver || !this.typed) {
+      this.typed = Int32Array.from(this.pages);
+      this.typedVer = this.ver;
+    }
+    return this.typed;
+  }
   len = 0; // slots in use, the hole included
   pos: Int32Array = new Int32Array(16);
   hole = -1; // slot evicted last step, to be refilled first
@@ -235,9 +247,25 @@ export class PagedKVCache {
   /**
    * Diagnostics: the Quest pages read by the last decode() call, per query
    * head (b * Hq + h), logical page indices ascending; null when that call
-   * attended densely everywhere.
+   * attended densely everywhere. Read from the selection kernel's output on
+   * first access (a step does not copy it to the host otherwise).
    */
-  lastSelection: Int32Array[] | null = null;
+  get lastSelection(): Int32Array[] | null {
+    const s = this.lastSel;
+    if (!s) return null;
+    if (!s.host) {
+      const indptr = s.indptr.toArray() as Int32Array;
+      const pages = s.pages.toArray() as Int32Array;
+      s.host = Array.from({ length: indptr.length - 1 }, (_, i) => pages.slice(indptr[i], indptr[i + 1]));
+    }
+    return s.host;
+  }
+  private lastSel: { indptr: Tensor; pages: Tensor; host?: Int32Array[] } | null = null;
+  private clearLastSelection(): void {
+    this.lastSel?.indptr.dispose();
+    this.lastSel?.pages.dispose();
+    this.lastSel = null;
+  }
   private nextId = 0;
   private disposed = false;
   private scoreRec: { before: Tensor; after: Tensor; host: Float32Array } | null = null;
@@ -453,7 +481,7 @@ export class PagedKVCache {
     const indptr = new Int32Array(lists.length + 1);
     lists.forEach((h, i) => (indptr[i + 1] = indptr[i] + h.pages.length));
     const ids = new Int32Array(indptr[lists.length]);
-    lists.forEach((h, i) => ids.set(h.pages, indptr[i]));
+    lists.forEach((h, i) => ids.set(h.pageIds(), indptr[i]));
     const len = Int32Array.from(lists.map((h) => h.len));
     return {
       indptr: Tensor.from(indptr, [indptr.length]),
@@ -552,7 +580,7 @@ export class PagedKVCache {
         else plan.push({ list: h, slot: h.len, newPage: h.len === h.pages.length * P });
       }
     const fresh = this.pool.alloc(plan.filter((x) => x.newPage).length);
-    this.lastSelection = null;
+    this.clearLastSelection();
     // Undo record: a step changes each list in a few fields only (one slot,
     // its length, its hole, maybe one more page), so it saves those rather
     // than copying the lists.
@@ -579,7 +607,10 @@ export class PagedKVCache {
       const slots = new Int32Array(plan.length);
       const reset = new Int32Array(plan.length);
       plan.forEach((x, i) => {
-        if (x.newPage) x.list.pages.push(fresh[fi++]);
+        if (x.newPage) {
+          x.list.pages.push(fresh[fi++]);
+          x.list.ver++;
+        }
         const page = x.list.pages[Math.floor(x.slot / P)];
         if (!x.newPage) touched.add(page);
         slots[i] = page * P + (x.slot % P);
@@ -647,7 +678,10 @@ export class PagedKVCache {
       // the pages taken for this step.
       plan.forEach((x, i) => {
         const o = saved[i];
-        x.list.pages.length = o.pages;
+        if (x.list.pages.length !== o.pages) {
+          x.list.pages.length = o.pages;
+          x.list.ver++;
+        }
         if (x.slot < x.list.pos.length) x.list.pos[x.slot] = o.pos;
         x.list.len = o.len;
         x.list.hole = o.hole;
@@ -759,6 +793,7 @@ export class PagedKVCache {
       const pos = p.slots.map((slot) => h.pos[slot]);
       freed.push(...h.pages);
       h.pages = newPages[i];
+      h.ver++;
       h.pos = new Int32Array(Math.max(16, pos.length));
       h.pos.set(pos);
       h.len = pos.length;
@@ -984,46 +1019,15 @@ export class PagedKVCache {
     track: (t: Tensor) => Tensor,
   ): [Tensor, Tensor] | null {
     const P = this.pageSize;
-    const pagesBudget = Math.max(1, Math.floor(cfg.budget / P));
-    const nPages = t.lists.map((h) => Math.ceil(h.len / P));
-    if (nPages.every((n) => n <= pagesBudget)) return null; // all dense
-    const bounds = track(ops.questBounds({ q, metaPool: this.pool.meta!, pageIndptr: t.indptr, pageIds: t.ids, kvLen: t.len, numKvHeads: this.numKvHeads, pageSize: P, share: cfg.share }));
-    const rowsPerSeq = cfg.share ? this.numKvHeads : this.numQHeads;
-    const B = q.shape[0];
-    const rows = B * rowsPerSeq;
-    const width = bounds.shape[2];
-    const g = this.numQHeads / this.numKvHeads;
-    const listOfRow = (r: number) => Math.floor(r / rowsPerSeq) * this.numKvHeads + (cfg.share ? r % rowsPerSeq : Math.floor((r % rowsPerSeq) / g));
-    const lengths = new Int32Array(rows);
-    for (let r = 0; r < rows; r++) lengths[r] = Math.max(0, nPages[listOfRow(r)] - 1);
-    const flat = track(Tensor.from(bounds.toFloat32(), [rows, width]));
-    const lenT = track(Tensor.from(lengths, [rows]));
-    const top = ops.topk(flat, pagesBudget - 1, { lengths: lenT });
-    track(top.indices);
-    track(top.counts);
-    const idx = top.indices.toArray() as Int32Array;
-    const cnt = top.counts.toArray() as Int32Array;
-    const tw = top.indices.shape[top.indices.shape.length - 1] ?? 0;
-    // Per query head: dense when the list is small, else the top pages plus the last.
-    const Hq = this.numQHeads;
-    const indptr = new Int32Array(B * Hq + 1);
-    const pages: number[] = [];
-    for (let b = 0; b < B; b++)
-      for (let h = 0; h < Hq; h++) {
-        const list = b * this.numKvHeads + Math.floor(h / g);
-        const n = nPages[list];
-        if (n <= pagesBudget) {
-          for (let p = 0; p < n; p++) pages.push(p);
-        } else {
-          const r = b * rowsPerSeq + (cfg.share ? Math.floor(h / g) : h);
-          for (let i = 0; i < cnt[r]; i++) pages.push(idx[r * tw + i]);
-          pages.push(n - 1);
-        }
-        indptr[b * Hq + h + 1] = pages.length;
-      }
-    const all = Int32Array.from(pages);
-    this.lastSelection = Array.from({ length: B * Hq }, (_, i) => all.slice(indptr[i], indptr[i + 1]));
-    return [track(Tensor.from(indptr, [indptr.length])), track(Tensor.from(Int32Array.from(pages), [pages.length]))];
+    const budgetPages = Math.max(1, Math.floor(cfg.budget / P));
+    if (t.lists.every((h) => Math.ceil(h.len / P) <= budgetPages)) return null; // all dense
+    // Bounds, top pages and the per-head lists in one kernel call (on the
+    // cache's device: nothing comes back to the host but the diagnostics).
+    const sel = ops.questSelect({ q, metaPool: this.pool.meta!, pageIndptr: t.indptr, pageIds: t.ids, kvLen: t.len, numKvHeads: this.numKvHeads, pageSize: P, share: cfg.share, budgetPages });
+    // Kept (not tracked) until the next step: lastSelection reads them on demand.
+    this.clearLastSelection();
+    this.lastSel = { indptr: sel.selIndptr, pages: sel.selPages };
+    return [sel.selIndptr, sel.selPages];
   }
 
   // ---------------------------------------------------------------- accounting
@@ -1079,6 +1083,7 @@ export class PagedKVCache {
     for (const s of this.sequences.values()) s.removed = true;
     this.sequences.clear();
     this.pool.dispose();
+    this.clearLastSelection();
     this.scoreRec?.before.dispose();
     this.scoreRec?.after.dispose();
     this.scoreRec = null;

@@ -160,6 +160,27 @@ struct QuestBoundsArgs {
   float* out = nullptr;            // [B, share ? Hkv : Hq, out_stride]
 };
 
+// ---------------------------------------------------------------- Quest page selection
+// Quest's page choice for a decode step, fused: the bounds above (into
+// internal scratch), then per query head row r = b*Hq + h of list l with
+// n = ceil(kv_len[l] / P) pages:
+//   n <= budget_pages: every page 0 .. n-1 (dense);
+//   else: the budget_pages - 1 pages of [0, n-1) with the largest bound (ties:
+//         the lower page; with share, the bound row of the KV head, so the g
+//         heads of a group get the same pages), ascending, then page n-1.
+// sel_indptr[r+1] - sel_indptr[r] = min(n, budget_pages) (written by the kernel;
+// the caller sizes sel_pages from the lengths). A NaN bound -> Status::NaN with
+// nothing written. bounds.out / bounds.out_stride are ignored (scratch).
+struct QuestSelectArgs {
+  QuestBoundsArgs bounds;
+  int32_t budget_pages = 0;         // >= 1
+  // At least max_l ceil(kv_len[l] / P): the CUDA launcher sizes its scratch
+  // with it (the lengths are on the device); the CPU kernel checks it.
+  int32_t max_pages = 0;
+  int32_t* sel_indptr = nullptr;    // [B*Hq + 1]
+  int32_t* sel_pages = nullptr;     // [sum_r min(n_r, budget_pages)]
+};
+
 // ---------------------------------------------------------------- append
 // Writes row i of k_new/v_new into physical slot dst_slot[i] (page * P + row)
 // of the pools. With meta_pool: if reset_meta[i] (or, when reset_meta is null,

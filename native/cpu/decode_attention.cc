@@ -964,31 +964,35 @@ void plan(Ctx& c) {
     c.qf[i] = v * qs;
   }
   int64_t total = 0;
-  std::vector<uint8_t> flags;
+  std::vector<int64_t> cursor;  // subset: per head of the group, next entry of its selection
   for (int64_t l = 0; l < nl; ++l) {
     ListInfo& L = c.lists[l];
     L.pbase = a.page_indptr[l];
     L.len = a.kv_len[l];
-    const int64_t np = (int64_t(L.len) + P - 1) / P;
     if (!c.subset) {
       L.ulen = L.len;
     } else {
+      // Union of the group's selections: a g-way merge of their ascending
+      // page lists (O(g * selected), not O(g * pages): a 32K-token list has
+      // 2048 pages of which Quest reads ~128).
       const int64_t b = l / c.Hkv, j = l % c.Hkv;
-      flags.assign(np * g, 0);
-      for (int h = 0; h < g; ++h) {
-        const int64_t r = b * c.Hq + j * g + h;
-        for (int64_t i = a.sel_indptr[r]; i < a.sel_indptr[r + 1]; ++i) flags[a.sel_pages[i] * g + h] = 1;
-      }
+      const int64_t r0 = b * c.Hq + j * g;
+      cursor.assign(a.sel_indptr + r0, a.sel_indptr + r0 + g);
       L.ubase = int64_t(c.upage.size());
       int64_t u = 0;
-      for (int64_t p = 0; p < np; ++p) {
-        bool any = false;
-        for (int h = 0; h < g; ++h) any |= flags[p * g + h] != 0;
-        if (!any) continue;
-        c.upage.push_back(int32_t(p));
+      for (;;) {
+        int32_t p = std::numeric_limits<int32_t>::max();
+        for (int h = 0; h < g; ++h)
+          if (cursor[h] < a.sel_indptr[r0 + h + 1]) p = std::min(p, a.sel_pages[cursor[h]]);
+        if (p == std::numeric_limits<int32_t>::max()) break;
+        c.upage.push_back(p);
         c.ustart.push_back(u);
-        c.umask.insert(c.umask.end(), flags.begin() + p * g, flags.begin() + (p + 1) * g);
-        u += std::min<int64_t>(P, L.len - p * P);
+        for (int h = 0; h < g; ++h) {
+          const bool hit = cursor[h] < a.sel_indptr[r0 + h + 1] && a.sel_pages[cursor[h]] == p;
+          c.umask.push_back(hit ? 1 : 0);
+          cursor[h] += hit;
+        }
+        u += std::min<int64_t>(P, L.len - int64_t(p) * P);
       }
       L.nu = int64_t(c.upage.size()) - L.ubase;
       L.ulen = u;

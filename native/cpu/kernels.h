@@ -12,6 +12,7 @@ Status cpu_pool1d(const Pool1dArgs& a);
 Status cpu_chunk_scores(const ChunkScoresArgs& a);
 Status cpu_topk(const TopkArgs& a);
 Status cpu_quest_bounds(const QuestBoundsArgs& a);
+Status cpu_quest_select(const QuestSelectArgs& a);
 Status cpu_append(const AppendArgs& a);
 Status cpu_gather(const GatherArgs& a);
 Status cpu_page_meta(const PageMetaArgs& a);
@@ -23,6 +24,7 @@ Status cpu_count_nonfinite(const NonFiniteArgs& a);
 // arrays before uploading them, so both devices reject the same inputs alike.
 Status validate_decode_attention(const DecodeAttnArgs& a);
 Status validate_quest_bounds(const QuestBoundsArgs& a);
+Status validate_quest_select(const QuestSelectArgs& a);
 Status validate_append(const AppendArgs& a);
 Status validate_gather(const GatherArgs& a);
 Status validate_page_meta(const PageMetaArgs& a);

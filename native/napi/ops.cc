@@ -746,16 +746,26 @@ std::unique_ptr<Job> parse_topk(const Napi::CallbackInfo& info) {
   return job;
 }
 
-std::unique_ptr<Job> parse_quest_bounds(const Napi::CallbackInfo& info) {
-  Opts a(info, "questBounds");
-  Tensor* q = a.tensor("q");
-  Tensor* meta = a.tensor("metaPool");
-  Tensor* indptr = a.tensor("pageIndptr");
-  Tensor* ids = a.tensor("pageIds");
-  Tensor* len = a.tensor("kvLen");
-  int dev = same_device(a, {{"q", q}, {"metaPool", meta}}, {{"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}});
-  need_kernels_for(a, dev);
-  auto job = new_job(a, dev);
+// The inputs questBounds and questSelect share: q, the metadata pool, the
+// page tables (on the host, checked), the head counts and share.
+struct QuestInputs {
+  Tensor *q = nullptr, *meta = nullptr, *indptr = nullptr, *ids = nullptr, *len = nullptr;
+  QuestBoundsArgs args;     // host index pointers; out / out_stride unset
+  int64_t max_pages = 0;    // max over lists of ceil(kv_len / P)
+  int dev = kCpu;
+};
+
+QuestInputs parse_quest_inputs(Opts& a, std::unique_ptr<Job>& job) {
+  QuestInputs in;
+  in.q = a.tensor("q");
+  in.meta = a.tensor("metaPool");
+  in.indptr = a.tensor("pageIndptr");
+  in.ids = a.tensor("pageIds");
+  in.len = a.tensor("kvLen");
+  Tensor *q = in.q, *meta = in.meta;
+  in.dev = same_device(a, {{"q", q}, {"metaPool", meta}}, {{"pageIndptr", in.indptr}, {"pageIds", in.ids}, {"kvLen", in.len}});
+  need_kernels_for(a, in.dev);
+  job = new_job(a, in.dev);
   need_dtype(a, q, "q", {DType::F32, DType::F16, DType::BF16});
   need_dtype(a, meta, "metaPool", {DType::F32, DType::F16, DType::BF16});
   need_rank(a, q, "q", 3);
@@ -767,22 +777,18 @@ std::unique_ptr<Job> parse_quest_bounds(const Napi::CallbackInfo& info) {
   const int32_t Hkv = a.integer("numKvHeads", 0, 1, kMaxI32, true);
   const int32_t P = a.integer("pageSize", 16, 1, 1 << 20);
   if (Hq % Hkv) throw_error(a.env, "KVSQ_SHAPE", a.op + ": q heads must be a multiple of numKvHeads");
-  for (auto [k, t] : {std::pair{"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}}) need_dtype(a, t, k, {DType::I32});
-  const int32_t* h_indptr = host_i32(a, *job, indptr);
-  const int32_t* h_ids = host_i32(a, *job, ids);
-  const int32_t* h_len = host_i32(a, *job, len);
-  need_numel(a, len, "kvLen", B * Hkv);
-  check_indptr(a, indptr, h_indptr, "pageIndptr", B * Hkv, S(ids).numel());
-  const bool share = a.boolean("share", false);
-  // The output width comes from the lengths: check them against their lists'
+  for (auto [k, t] : {std::pair{"pageIndptr", in.indptr}, {"pageIds", in.ids}, {"kvLen", in.len}}) need_dtype(a, t, k, {DType::I32});
+  const int32_t* h_indptr = host_i32(a, *job, in.indptr);
+  const int32_t* h_ids = host_i32(a, *job, in.ids);
+  const int32_t* h_len = host_i32(a, *job, in.len);
+  need_numel(a, in.len, "kvLen", B * Hkv);
+  check_indptr(a, in.indptr, h_indptr, "pageIndptr", B * Hkv, S(in.ids).numel());
+  // Output sizes come from the lengths: check them against their lists'
   // pages before sizing anything (a huge length would otherwise allocate first).
   check_lengths(a, h_indptr, h_len, B * Hkv, P);
-  int64_t maxpages = 0;
-  for (int64_t l = 0; l < B * Hkv; ++l) maxpages = std::max<int64_t>(maxpages, (int64_t(h_len[l]) + P - 1) / P);
-  const int64_t width = std::max<int64_t>(1, maxpages - 1);
-  for (Tensor* t : {q, meta, indptr, ids, len}) job->use(t);
-  size_t out_i = job->output(a.env, DType::F32, {B, share ? Hkv : Hq, width}, dev);
-  QuestBoundsArgs args;
+  for (int64_t l = 0; l < B * Hkv; ++l) in.max_pages = std::max<int64_t>(in.max_pages, (int64_t(h_len[l]) + P - 1) / P);
+  for (Tensor* t : {q, meta, in.indptr, in.ids, in.len}) job->use(t);
+  QuestBoundsArgs& args = in.args;
   args.batch = int32_t(B);
   args.num_q_heads = int32_t(Hq);
   args.num_kv_heads = Hkv;
@@ -796,7 +802,39 @@ std::unique_ptr<Job> parse_quest_bounds(const Napi::CallbackInfo& info) {
   args.page_indptr = h_indptr;
   args.page_ids = h_ids;
   args.kv_len = h_len;
-  args.share = share;
+  args.share = a.boolean("share", false);
+  return in;
+}
+
+#ifdef KVSQ_WITH_CUDA
+// Stages the page tables of a Quest op for the device; `bind` points the
+// args' index pointers at the uploaded copies inside the job's run.
+struct QuestStaged {
+  size_t indptr = 0, ids = 0, len = 0;
+  void bind(const Staging& sg, QuestBoundsArgs& x) const {
+    x.page_indptr = sg.dev<int32_t>(indptr);
+    x.page_ids = sg.dev<int32_t>(ids);
+    x.kv_len = sg.dev<int32_t>(len);
+  }
+};
+QuestStaged stage_quest(Job& job, const QuestInputs& in) {
+  Staging& st = job.stage();
+  QuestStaged s;
+  s.indptr = st.add(in.args.page_indptr, i32_bytes(in.indptr));
+  s.ids = st.add(in.args.page_ids, i32_bytes(in.ids));
+  s.len = st.add(in.args.kv_len, i32_bytes(in.len));
+  return s;
+}
+#endif
+
+std::unique_ptr<Job> parse_quest_bounds(const Napi::CallbackInfo& info) {
+  Opts a(info, "questBounds");
+  std::unique_ptr<Job> job;
+  QuestInputs in = parse_quest_inputs(a, job);
+  const int64_t width = std::max<int64_t>(1, in.max_pages - 1);
+  const QuestBoundsArgs& qa = in.args;
+  size_t out_i = job->output(a.env, DType::F32, {qa.batch, qa.share ? qa.num_kv_heads : qa.num_q_heads, width}, in.dev);
+  QuestBoundsArgs args = qa;
   args.out_stride = int32_t(width);
   Job* j = job.get();
   job->run = [j, args, out_i]() mutable {
@@ -805,25 +843,78 @@ std::unique_ptr<Job> parse_quest_bounds(const Napi::CallbackInfo& info) {
     return cpu_quest_bounds(args);
   };
 #ifdef KVSQ_WITH_CUDA
-  if (dev != kCpu) {
-    Staging& st = job->stage();
-    const size_t s_indptr = st.add(h_indptr, i32_bytes(indptr)), s_ids = st.add(h_ids, i32_bytes(ids)),
-                 s_len = st.add(h_len, i32_bytes(len));
-    job->run = [j, args, out_i, s_indptr, s_ids, s_len]() mutable {
+  if (in.dev != kCpu) {
+    const QuestStaged sq = stage_quest(*job, in);
+    job->run = [j, args, out_i, sq]() mutable {
       if (args.batch == 0) return Status::Ok;
       args.out = static_cast<float*>(j->out_ptr(out_i));
       if (Status s = validate_quest_bounds(args); s != Status::Ok) return s;  // host index pointers
       return on_device(j, [&] {
-        const Staging& sg = *j->staging;
-        args.page_indptr = sg.dev<int32_t>(s_indptr);
-        args.page_ids = sg.dev<int32_t>(s_ids);
-        args.kv_len = sg.dev<int32_t>(s_len);
+        sq.bind(*j->staging, args);
         return cuda_quest_bounds(args, nullptr);
       });
     };
   }
 #endif
   job->result = [](Napi::Env, std::vector<Napi::Object>& outs) -> Napi::Value { return outs[0]; };
+  return job;
+}
+
+// questSelect: Quest's page choice for a decode step (bounds, top pages and
+// the per-query-head lists in one kernel call); returns { selIndptr, selPages }
+// in decodeAttention's layout, on the device of q.
+std::unique_ptr<Job> parse_quest_select(const Napi::CallbackInfo& info) {
+  Opts a(info, "questSelect");
+  std::unique_ptr<Job> job;
+  QuestInputs in = parse_quest_inputs(a, job);
+  const int32_t budget = a.integer("budgetPages", 0, 1, kMaxI32, true);
+  const QuestBoundsArgs& qa = in.args;
+  const int64_t rows = int64_t(qa.batch) * qa.num_q_heads, g = qa.num_q_heads / qa.num_kv_heads;
+  int64_t total = 0;  // the selection's size, from the (checked) lengths
+  for (int64_t l = 0; l < int64_t(qa.batch) * qa.num_kv_heads; ++l)
+    total += g * std::min<int64_t>((int64_t(qa.kv_len[l]) + qa.page_size - 1) / qa.page_size, budget);
+  size_t ind_i = job->output(a.env, DType::I32, {rows + 1}, in.dev);
+  size_t pages_i = job->output(a.env, DType::I32, {total}, in.dev);
+  QuestSelectArgs args;
+  args.bounds = qa;
+  args.budget_pages = budget;
+  args.max_pages = int32_t(in.max_pages);
+  Job* j = job.get();
+  auto bind_outputs = [j, ind_i, pages_i](QuestSelectArgs& x) {
+    x.sel_indptr = static_cast<int32_t*>(j->out_ptr(ind_i));
+    x.sel_pages = static_cast<int32_t*>(j->out_ptr(pages_i));
+  };
+  job->run = [args, bind_outputs]() mutable {
+    if (args.bounds.batch == 0) return Status::Ok;  // outputs are zeroed: selIndptr = [0]
+    bind_outputs(args);
+    return cpu_quest_select(args);
+  };
+#ifdef KVSQ_WITH_CUDA
+  if (in.dev != kCpu) {
+    const QuestStaged sq = stage_quest(*job, in);
+    job->run = [j, args, bind_outputs, sq]() mutable {
+      if (args.bounds.batch == 0) return Status::Ok;
+      // Host checks first, on the host copies of the tables and a host
+      // stand-in for the outputs (validation reads no output).
+      QuestSelectArgs h = args;
+      int32_t probe = 0;
+      h.sel_indptr = &probe;
+      h.sel_pages = &probe;
+      if (Status s = validate_quest_select(h); s != Status::Ok) return s;
+      bind_outputs(args);
+      return on_device(j, [&] {
+        sq.bind(*j->staging, args.bounds);
+        return cuda_quest_select(args, nullptr);
+      });
+    };
+  }
+#endif
+  job->result = [](Napi::Env env, std::vector<Napi::Object>& outs) -> Napi::Value {
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("selIndptr", outs[0]);
+    r.Set("selPages", outs[1]);
+    return r;
+  };
   return job;
 }
 
@@ -1213,6 +1304,7 @@ void register_ops(Napi::Env env, Napi::Object exports) {
       {"chunkScores", Sync<parse_chunk_scores>, Async<parse_chunk_scores>},
       {"topk", Sync<parse_topk>, Async<parse_topk>},
       {"questBounds", Sync<parse_quest_bounds>, Async<parse_quest_bounds>},
+      {"questSelect", Sync<parse_quest_select>, Async<parse_quest_select>},
       {"append", Sync<parse_append>, Async<parse_append>},
       {"gather", Sync<parse_gather>, Async<parse_gather>},
       {"pageMeta", Sync<parse_page_meta>, Async<parse_page_meta>},

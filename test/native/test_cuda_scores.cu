@@ -869,3 +869,103 @@ KVSQ_TEST(cuda_bench_scores) {
                 B, Hkv, g, D, pages, ms, bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / 1e9 / copy_gbs);
   }
 }
+
+// Quest selection on the device (cuda/quest_select.cu) against the CPU twin:
+// the same counts and indptr; dense rows identical; a sparse row ends with its
+// last page and its other pages are a top set of the CPU's bounds within the
+// bounds' tolerance (2 (D + 2) 2^-24 sum_d |q_d| max(|kmin_d|, |kmax_d|)), so a
+// near tie may go either way, nothing else. Also: NaN -> Status::NaN with the
+// outputs untouched.
+KVSQ_TEST(cuda_quest_select_vs_cpu) {
+  need_device();
+  for (int it = 0; it < 24; ++it) {
+    const int B = randint(1, 3), Hkv = randint(1, 3), g = std::vector<int>{1, 2, 4, 8}[randint(0, 3)];
+    const int D = std::vector<int>{16, 64, 128}[randint(0, 2)], P = std::vector<int>{1, 7, 16}[randint(0, 2)];
+    const DType qt = kFloat[randint(0, 2)], kt = kFloat[randint(0, 2)];
+    const bool share = randint(0, 1) == 1;
+    const int Hq = Hkv * g;
+    std::vector<int32_t> kv(B * Hkv), indptr(B * Hkv + 1, 0);
+    int maxn = 0;
+    for (int l = 0; l < B * Hkv; ++l) {
+      kv[l] = std::vector<int>{0, 1, 17, 1000, 4097}[randint(0, 4)];
+      const int n = (kv[l] + P - 1) / P;
+      indptr[l + 1] = indptr[l] + n + randint(0, 2);
+      maxn = std::max(maxn, n);
+    }
+    const int budget = std::vector<int>{1, 2, std::max(1, maxn / 3), maxn + 1}[randint(0, 3)];
+    const int64_t num_pages = std::max(1, indptr.back()) + 5;
+    std::vector<int32_t> perm(num_pages);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), kvsqtest::rng());
+    std::vector<int32_t> ids(perm.begin(), perm.begin() + indptr.back());
+    HBuf q(qt, size_t(B) * Hq * D), meta(kt, size_t(num_pages) * 2 * D);
+    for (size_t i = 0; i < size_t(B) * Hq * D; ++i) q.set(i, normal());
+    for (int64_t p = 0; p < num_pages; ++p)
+      for (int d = 0; d < D; ++d) {
+        float x = normal(), y = normal();
+        if (x > y) std::swap(x, y);
+        meta.set(size_t(p) * 2 * D + d, x);
+        meta.set(size_t(p) * 2 * D + D + d, y);
+      }
+    int64_t total = 0;
+    for (int l = 0; l < B * Hkv; ++l) total += int64_t(g) * std::min((kv[l] + P - 1) / P, budget);
+    QuestSelectArgs a;
+    QuestBoundsArgs& qb = a.bounds;
+    qb.batch = B, qb.num_q_heads = Hq, qb.num_kv_heads = Hkv, qb.head_dim = D, qb.page_size = P;
+    qb.q_dtype = qt, qb.kv_dtype = kt, qb.num_pages = num_pages, qb.share = share;
+    qb.q = q.data(), qb.meta_pool = meta.data(), qb.page_indptr = indptr.data(), qb.page_ids = ids.data(), qb.kv_len = kv.data();
+    a.budget_pages = budget;
+    a.max_pages = maxn;
+    std::vector<int32_t> ci(B * Hq + 1), cp(total + 1, -9), gi(B * Hq + 1), gp(total + 1, -9);
+    a.sel_indptr = ci.data(), a.sel_pages = cp.data();
+    CHECK(cpu_quest_select(a) == Status::Ok);
+    // CPU bounds per row for the validity check
+    const int rows = share ? B * Hkv : B * Hq;
+    const int32_t width = std::max(1, maxn - 1);
+    std::vector<float> u(size_t(rows) * width);
+    QuestBoundsArgs bb = qb;
+    bb.out = u.data(), bb.out_stride = width;
+    CHECK(cpu_quest_bounds(bb) == Status::Ok);
+    DBuf<uint8_t> dq(q.bytes.size()), dm(meta.bytes.size());
+    DBuf<int32_t> dind(indptr.size()), dids(std::max<size_t>(1, ids.size())), dkv(kv.size()), dsi(gi.size()), dsp(gp.size());
+    dq.up(q.data()), dm.up(meta.data()), dind.up(indptr.data()), dkv.up(kv.data()), dsp.up(gp.data());
+    if (!ids.empty()) dids.up(ids.data());
+    QuestSelectArgs d = a;
+    d.bounds.q = dq.p, d.bounds.meta_pool = dm.p, d.bounds.page_indptr = dind.p, d.bounds.page_ids = dids.p, d.bounds.kv_len = dkv.p;
+    d.sel_indptr = dsi.p, d.sel_pages = dsp.p;
+    const Status st = cuda_quest_select(d, nullptr);
+    CHECK_MSG(st == Status::Ok, "cuda status " << status_name(st));
+    dsi.down(gi.data());
+    dsp.down(gp.data());
+    CHECK_MSG(gi == ci, "indptr differs");
+    CHECK_MSG(gp[total] == -9, "written past the selection");
+    for (int r = 0; r < B * Hq; ++r) {
+      const int b = r / Hq, h = r % Hq, l = b * Hkv + h / g, n = (kv[l] + P - 1) / P;
+      const int32_t* x = gp.data() + gi[r];
+      const int cnt = gi[r + 1] - gi[r];
+      if (n <= budget) {
+        for (int i = 0; i < cnt; ++i) CHECK_MSG(x[i] == i, "dense row " << r);
+        continue;
+      }
+      CHECK_MSG(x[cnt - 1] == n - 1, "row " << r << " last page");
+      const int ur = share ? l : r;
+      std::vector<char> chosen(n, 0);
+      for (int i = 0; i < cnt; ++i) chosen[x[i]] = 1;
+      double lo = INFINITY, hi = -INFINITY, mag = 0;
+      for (int p = 0; p < n - 1; ++p) {
+        const double v = u[size_t(ur) * width + p];
+        if (chosen[p]) lo = std::min(lo, v);
+        else hi = std::max(hi, v);
+        const int64_t pid = ids[indptr[l] + p];
+        for (int hh = share ? (h / g) * g : h; hh < (share ? (h / g + 1) * g : h + 1); ++hh) {
+          double m = 0;
+          for (int dd = 0; dd < D; ++dd)
+            m += std::fabs(q.get((size_t(b) * Hq + hh) * D + dd)) *
+                 std::max(std::fabs(meta.get(size_t(pid) * 2 * D + dd)), std::fabs(meta.get(size_t(pid) * 2 * D + D + dd)));
+          mag = std::max(mag, m);
+        }
+      }
+      CHECK_MSG(lo >= hi - 2 * (D + 2) * std::ldexp(1.0, -24) * mag - 1e-30, "row " << r << ": not a top set");
+    }
+  }
+}

@@ -269,3 +269,170 @@ KVSQ_TEST(quest_bounds_invalid_inputs_untouched) {
   c.indptr = ip0;
   CHECK(cpu_quest_bounds(c.args(true, stride, out.data())) == Status::Ok);
 }
+
+// ---------------------------------------------------------------- quest_select
+// cpu_quest_select against the double-precision bounds: per query head, the
+// count is min(n, budget); a list of at most `budget` pages lists every page;
+// otherwise the pages are ascending, end with n - 1, and the other budget - 1
+// are a top set of the reference bounds up to the kernel's tolerance (every
+// chosen bound >= every unchosen one - 2 tol). It must also equal, exactly,
+// cpu_quest_bounds followed by cpu_topk (the path it fuses).
+namespace {
+
+struct Selection {
+  std::vector<int32_t> indptr, pages;
+};
+
+Selection run_select(Case& c, bool share, int budget, Status* st) {
+  int64_t total = 0;
+  for (int l = 0; l < c.B * c.Hkv; ++l) total += int64_t(c.g) * std::min(c.n_of(l), budget);
+  Selection s;
+  s.indptr.assign(size_t(c.B) * c.Hq() + 1, -9);
+  s.pages.assign(size_t(total) + 1, -9);  // one spare, must stay -9
+  QuestSelectArgs a;
+  a.bounds = c.args(share, 0, nullptr);
+  a.budget_pages = budget;
+  a.max_pages = c.max_m + 1;
+  a.sel_indptr = s.indptr.data();
+  a.sel_pages = s.pages.data();
+  *st = cpu_quest_select(a);
+  return s;
+}
+
+// The composition questBounds -> topk -> assembly, as the cache did it in JS.
+Selection composed(Case& c, bool share, int budget) {
+  const int rows = share ? c.B * c.Hkv : c.B * c.Hq();
+  const int32_t width = std::max(1, c.max_m), k = budget - 1;
+  std::vector<float> u(size_t(rows) * width);
+  CHECK(cpu_quest_bounds(c.args(share, width, u.data())) == Status::Ok);
+  std::vector<int32_t> lens(rows), ks(rows, k), top(size_t(rows) * std::max(k, 1));
+  for (int r = 0; r < rows; ++r) {
+    const int l = share ? r : (r / c.Hq()) * c.Hkv + (r % c.Hq()) / c.g;
+    lens[r] = c.n_of(l) > budget ? c.n_of(l) - 1 : 0;
+  }
+  TopkArgs t;
+  t.rows = rows, t.row_stride = width, t.scores = u.data(), t.lengths = lens.data(), t.k = ks.data();
+  t.out_stride = k, t.out = top.data();
+  CHECK(cpu_topk(t) == Status::Ok);
+  Selection s;
+  s.indptr.push_back(0);
+  for (int r = 0; r < c.B * c.Hq(); ++r) {
+    const int l = (r / c.Hq()) * c.Hkv + (r % c.Hq()) / c.g, n = c.n_of(l);
+    if (n <= budget) {
+      for (int p = 0; p < n; ++p) s.pages.push_back(p);
+    } else {
+      const int tr = share ? l : r;
+      for (int i = 0; i < k; ++i) s.pages.push_back(top[size_t(tr) * k + i]);
+      s.pages.push_back(n - 1);
+    }
+    s.indptr.push_back(int32_t(s.pages.size()));
+  }
+  return s;
+}
+
+void check_select(Case& c, bool share, int budget) {
+  Status st;
+  const Selection s = run_select(c, share, budget, &st);
+  CHECK_MSG(st == Status::Ok, "status " << status_name(st));
+  const double tol_unit = (c.D + 2) * std::ldexp(1.0, -24);
+  for (int b = 0; b < c.B; ++b)
+    for (int h = 0; h < c.Hq(); ++h) {
+      const int r = b * c.Hq() + h, l = b * c.Hkv + h / c.g, n = c.n_of(l);
+      const int cnt = s.indptr[r + 1] - s.indptr[r];
+      CHECK_MSG(s.indptr[0] == 0 && cnt == std::min(n, budget), "row " << r << " count " << cnt);
+      const int32_t* p = s.pages.data() + s.indptr[r];
+      if (n <= budget) {
+        for (int i = 0; i < n; ++i) CHECK_MSG(p[i] == i, "dense row " << r << " page " << i << " = " << p[i]);
+        continue;
+      }
+      CHECK_MSG(p[cnt - 1] == n - 1, "row " << r << " does not end with the last page");
+      std::vector<char> chosen(n, 0);
+      for (int i = 0; i < cnt; ++i) {
+        CHECK_MSG(p[i] >= 0 && p[i] < n && (i == 0 || p[i] > p[i - 1]), "row " << r << " not ascending in range");
+        chosen[p[i]] = 1;
+      }
+      // reference bound of the row (max over the group with share)
+      auto bound = [&](int q, double* tol) {
+        double u = -INFINITY, m = 0;
+        for (int k = 0; k < c.g; ++k) {
+          const int hh = share ? (h / c.g) * c.g + k : h;
+          double uk, mk;
+          c.ref(b, hh, q, &uk, &mk);
+          u = std::max(u, uk), m = std::max(m, mk);
+          if (!share) break;
+        }
+        *tol = m * tol_unit + 1e-30;
+        return u;
+      };
+      double lo_chosen = INFINITY, hi_other = -INFINITY, tmax = 0;
+      for (int q = 0; q < n - 1; ++q) {
+        double t;
+        const double u = bound(q, &t);
+        tmax = std::max(tmax, t);
+        if (chosen[q]) lo_chosen = std::min(lo_chosen, u);
+        else hi_other = std::max(hi_other, u);
+      }
+      CHECK_MSG(lo_chosen >= hi_other - 2 * tmax, "row " << r << ": a chosen page's bound " << lo_chosen
+                                                          << " is below an unchosen one " << hi_other);
+    }
+  CHECK_MSG(s.pages.back() == -9, "written past the selection");
+  const Selection want = composed(c, share, budget);
+  CHECK_MSG(std::equal(want.indptr.begin(), want.indptr.end(), s.indptr.begin()), "indptr differs from bounds + topk");
+  CHECK_MSG(std::equal(want.pages.begin(), want.pages.end(), s.pages.begin()), "pages differ from bounds + topk");
+}
+
+}  // namespace
+
+KVSQ_TEST(quest_select_vs_reference) {
+  for (int it = 0; it < 30; ++it) {
+    Case c;
+    c.B = randint(1, 3), c.Hkv = randint(1, 3), c.g = std::vector<int>{1, 2, 4, 8}[randint(0, 3)];
+    c.D = std::vector<int>{16, 40, 128}[randint(0, 2)], c.P = std::vector<int>{1, 7, 16}[randint(0, 2)];
+    c.kt = kFloat[randint(0, 2)], c.qt = kFloat[randint(0, 2)];
+    const int lens[] = {0, 1, 17, 1000, 4097};
+    for (int l = 0; l < c.B * c.Hkv; ++l) c.kv_len.push_back(lens[randint(0, 4)]);
+    c.build();
+    const int maxn = c.max_m + 1;
+    for (int budget : {1, 2, std::max(1, maxn / 3), maxn, maxn + 5})
+      for (bool share : {false, true})
+        for (int simd : {1, 0}) {
+          cpu_features_force(simd);
+          check_select(c, share, budget);
+          cpu_features_force(-1);
+        }
+  }
+}
+
+KVSQ_TEST(quest_select_invalid_inputs_untouched) {
+  Case c;
+  c.B = 1, c.Hkv = 2, c.g = 2, c.D = 16, c.P = 4, c.kt = DType::F16, c.qt = DType::F32;
+  c.kv_len = {40, 9};
+  c.build();
+  std::vector<int32_t> indptr(c.Hq() + 1, -9), pages(64, -9);
+  auto args = [&] {
+    QuestSelectArgs a;
+    a.bounds = c.args(true, 0, nullptr);
+    a.budget_pages = 3, a.max_pages = c.max_m + 1, a.sel_indptr = indptr.data(), a.sel_pages = pages.data();
+    return a;
+  };
+  auto expect = [&](QuestSelectArgs a, Status want, const char* what) {
+    const Status got = cpu_quest_select(a);
+    CHECK_MSG(got == want, what << ": got " << status_name(got) << " want " << status_name(want));
+    for (int32_t v : indptr) CHECK_MSG(v == -9, what << ": indptr written");
+    for (int32_t v : pages) CHECK_MSG(v == -9, what << ": pages written");
+  };
+  QuestSelectArgs a;
+  a = args(); a.budget_pages = 0; expect(a, Status::Range, "budget 0");
+  a = args(); a.max_pages = c.max_m; expect(a, Status::Shape, "max_pages short");
+  a = args(); a.sel_indptr = nullptr; expect(a, Status::Shape, "null indptr");
+  a = args(); a.sel_pages = nullptr; expect(a, Status::Shape, "null pages");
+  a = args(); a.bounds.page_ids = nullptr; expect(a, Status::Shape, "null page ids");
+  a = args(); c.kv_len[0] = 1 << 20; expect(a, Status::Range, "length beyond its pages");
+  c.kv_len[0] = 40;
+  // NaN metadata gives a NaN bound (the cache never stores it; a caller of
+  // the op might): Status::NaN, nothing written.
+  a = args();
+  a.bounds.share = false;  // (with share the group max skips a NaN head, as quest_bounds does)
+  c.meta.set(size_t(c.ids[c.indptr[0]]) * 2 * c.D + 3, std::numeric_limits<float>::quiet_NaN());
+  expect(a, Status::NaN, "NaN metadata");
+}

@@ -1,0 +1,202 @@
+// Quest page selection on the GPU: the CUDA twin of native/cpu/quest_select.cc
+// (contract: QuestSelectArgs in core/ops.h; methods.md "Quest").
+//
+// Formula: bounds u[p] (cuda_quest_bounds), the budget_pages - 1 largest of
+// each sparse row (cuda_topk's radix select: ties to the lower page,
+// ascending), then per query head row r: every page of a list with at most
+// budget_pages pages, else the row's top pages followed by page n - 1.
+//
+// Work, all stream-ordered on the device (no host copy of bounds or pages):
+//   1. prep kernel: per top-k row, its length (n - 1, or 0 for a dense list)
+//      and k, from the device kv_len;
+//   2. cuda_quest_bounds into scratch [rows, max_pages - 1];
+//   3. cuda_topk_enqueue (error bits in a device word);
+//   4. assemble kernel (one block): if no error, sel_indptr by a block scan of
+//      min(n, budget_pages) and the pages, a warp per row.
+// The launcher then reads the error word back and synchronises (as cuda_topk)
+// to report a NaN bound as a Status; the pages themselves never leave the device.
+//
+// Tolerance vs the CPU twin: the bounds differ by at most twice the bound
+// stated in quest_bounds.cu, so a page whose bound is that close to the k-th
+// largest may be chosen on one device and not the other; every other choice
+// is the same (test/native/test_cuda_quest_select.cu checks exactly that).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common.cuh"
+#include "launchers.h"
+
+namespace kvsq {
+
+namespace {
+
+constexpr int kAsmThreads = 256;
+
+struct SelParams {
+  int batch, hq, hkv, g, P, budget, k, width;
+  bool share;
+  const int32_t* kv_len;
+  int32_t* lens;  // [rows]
+  int32_t* ks;    // [rows]
+  const int32_t* top;  // [rows, k]
+  const unsigned* flag;
+  int32_t* sel_indptr;
+  int32_t* sel_pages;
+};
+
+__device__ inline int pages_of(int len, int P) { return (len + P - 1) / P; }
+
+__global__ void prep_kernel(SelParams p) {
+  const int rows = p.share ? p.batch * p.hkv : p.batch * p.hq;
+  for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += gridDim.x * blockDim.x) {
+    const int l = p.share ? r : (r / p.hq) * p.hkv + (r % p.hq) / p.g;
+    const int n = pages_of(p.kv_len[l], p.P);
+    p.lens[r] = n > p.budget ? n - 1 : 0;
+    p.ks[r] = p.k;
+  }
+}
+
+// One block: a scan of the per-row counts gives sel_indptr, then each warp
+// copies rows (the top pages and the last page, or 0 .. n-1).
+__global__ void __launch_bounds__(kAsmThreads) assemble_kernel(SelParams p) {
+  if (*p.flag) return;  // top-k failed (NaN): nothing written
+  __shared__ int32_t s_carry;
+  __shared__ int32_t s_warp[kAsmThreads / 32];
+  const int nrows = p.batch * p.hq;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  if (tid == 0) {
+    s_carry = 0;
+    p.sel_indptr[0] = 0;
+  }
+  __syncthreads();
+  for (int base = 0; base < nrows; base += kAsmThreads) {
+    const int r = base + tid;
+    int c = 0;
+    if (r < nrows) {
+      const int l = (r / p.hq) * p.hkv + (r % p.hq) / p.g;
+      c = min(pages_of(p.kv_len[l], p.P), p.budget);
+    }
+    // inclusive warp scan, then across warps
+    int x = c;
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, x, o);
+      if (lane >= o) x += y;
+    }
+    if (lane == 31) s_warp[warp] = x;
+    __syncthreads();
+    if (warp == 0) {
+      int w = lane < kAsmThreads / 32 ? s_warp[lane] : 0;
+      for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, w, o);
+        if (lane >= o) w += y;
+      }
+      if (lane < kAsmThreads / 32) s_warp[lane] = w;
+    }
+    __syncthreads();
+    const int incl = s_carry + x + (warp ? s_warp[warp - 1] : 0);
+    if (r < nrows) p.sel_indptr[r + 1] = incl;
+    __syncthreads();
+    if (tid == kAsmThreads - 1) s_carry = incl;
+    __syncthreads();
+  }
+  __syncthreads();  // sel_indptr complete (block-visible)
+  for (int r = warp; r < nrows; r += kAsmThreads / 32) {
+    const int l = (r / p.hq) * p.hkv + (r % p.hq) / p.g;
+    const int n = pages_of(p.kv_len[l], p.P);
+    int32_t* out = p.sel_pages + p.sel_indptr[r];
+    if (n <= p.budget) {
+      for (int i = lane; i < n; i += 32) out[i] = i;
+    } else {
+      const int tr = p.share ? l : r;
+      for (int i = lane; i < p.k; i += 32) out[i] = p.top[int64_t(tr) * p.k + i];
+      if (lane == 0) out[p.k] = n - 1;
+    }
+  }
+}
+
+size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
+
+}  // namespace
+
+Status cuda_quest_select(const QuestSelectArgs& a, void* stream) {
+  const QuestBoundsArgs& qb = a.bounds;
+  if (a.budget_pages < 1) return Status::Range;
+  if (qb.batch <= 0 || qb.num_q_heads <= 0 || qb.num_kv_heads <= 0 || qb.page_size <= 0 || a.max_pages < 0)
+    return Status::Shape;
+  if (qb.num_q_heads % qb.num_kv_heads != 0) return Status::Shape;
+  if (!qb.kv_len || !a.sel_indptr) return Status::Shape;
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  const int64_t rows = qb.share ? int64_t(qb.batch) * qb.num_kv_heads : int64_t(qb.batch) * qb.num_q_heads;
+  const int64_t width = std::max<int64_t>(1, int64_t(a.max_pages) - 1);
+  const int k = a.budget_pages - 1;
+  const bool sparse = a.max_pages > a.budget_pages && k > 0;
+
+  size_t off = 0;
+  const size_t o_flag = off; off = align256(off + sizeof(unsigned));
+  const size_t o_lens = off; off = align256(off + size_t(rows) * sizeof(int32_t));
+  const size_t o_ks = off; off = align256(off + size_t(rows) * sizeof(int32_t));
+  const size_t o_top = off; off = align256(off + size_t(rows) * size_t(std::max(k, 1)) * sizeof(int32_t));
+  const size_t o_bounds = off;
+  if (sparse) off = align256(off + size_t(rows) * size_t(width) * sizeof(float));
+  void* ws = nullptr;
+  KVSQ_CUDA_TRY(cudaMallocAsync(&ws, off, st));
+  char* w = static_cast<char*>(ws);
+  SelParams p;
+  p.batch = qb.batch;
+  p.hq = qb.num_q_heads;
+  p.hkv = qb.num_kv_heads;
+  p.g = qb.num_q_heads / qb.num_kv_heads;
+  p.P = qb.page_size;
+  p.budget = a.budget_pages;
+  p.k = k;
+  p.width = int(width);
+  p.share = qb.share;
+  p.kv_len = qb.kv_len;
+  p.lens = reinterpret_cast<int32_t*>(w + o_lens);
+  p.ks = reinterpret_cast<int32_t*>(w + o_ks);
+  p.top = reinterpret_cast<int32_t*>(w + o_top);
+  p.flag = reinterpret_cast<unsigned*>(w + o_flag);
+  p.sel_indptr = a.sel_indptr;
+  p.sel_pages = a.sel_pages;
+
+  Status s = Status::Ok;
+  auto fail = [&](cudaError_t e) {
+    if (s == Status::Ok && e != cudaSuccess) s = cuda_status(e);
+  };
+  fail(cudaMemsetAsync(w + o_flag, 0, sizeof(unsigned), st));
+  if (s == Status::Ok && sparse) {
+    prep_kernel<<<unsigned((rows + 255) / 256), 256, 0, st>>>(p);
+    s = cuda_launch_status();
+    if (s == Status::Ok) {
+      QuestBoundsArgs b = qb;
+      b.out = reinterpret_cast<float*>(w + o_bounds);
+      b.out_stride = int32_t(width);
+      s = cuda_quest_bounds(b, stream);
+    }
+    if (s == Status::Ok) {
+      TopkArgs t;
+      t.rows = int32_t(rows);
+      t.row_stride = width;
+      t.scores = reinterpret_cast<const float*>(w + o_bounds);
+      t.lengths = p.lens;
+      t.k = p.ks;
+      t.out_stride = k;
+      t.out = reinterpret_cast<int32_t*>(w + o_top);
+      s = cuda_topk_enqueue(t, reinterpret_cast<unsigned*>(w + o_flag), stream);
+    }
+  }
+  if (s == Status::Ok) {
+    assemble_kernel<<<1, kAsmThreads, 0, st>>>(p);
+    s = cuda_launch_status();
+  }
+  unsigned hflag = 0;
+  if (s == Status::Ok) fail(cudaMemcpyAsync(&hflag, w + o_flag, sizeof(unsigned), cudaMemcpyDeviceToHost, st));
+  fail(cudaFreeAsync(ws, st));
+  fail(cudaStreamSynchronize(st));
+  if (s != Status::Ok) return s;
+  return topk_flag_status(hflag);
+}
+
+}  // namespace kvsq
