@@ -715,6 +715,51 @@ DevInfo dev_info(int dev) {
 
 size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 
+// ---------------------------------------------------------------- eviction candidate
+// Block per list: the lowest pool score among slots with evict_pos <=
+// evict_max_pos[l], ties to the lower position, NaN skipped (as the CPU
+// twin's scan: given the same pool bits the result is identical). Each thread
+// scans a strided share of the slots, then a shared-memory tree reduction.
+constexpr int kEvictThreads = 256;
+__global__ void __launch_bounds__(kEvictThreads) evict_kernel(DecodeAttnArgs a) {
+  const int l = blockIdx.x;
+  __shared__ unsigned long long s_off;
+  __shared__ float s_score[kEvictThreads];
+  __shared__ int s_pos[kEvictThreads], s_slot[kEvictThreads];
+  if (threadIdx.x == 0) s_off = 0;
+  __syncthreads();
+  unsigned long long part = 0;
+  for (int x = threadIdx.x; x < l; x += blockDim.x) part += unsigned(a.kv_len[x]);
+  if (part) atomicAdd(&s_off, part);
+  __syncthreads();
+  const int64_t off = int64_t(s_off);
+  const int len = a.kv_len[l], P = a.page_size, limit = a.evict_max_pos[l];
+  const int* ids = a.page_ids + a.page_indptr[l];
+  float bs = 0.f;
+  int bp = 0, bslot = -1;
+  auto better = [](float v, int p, float w, int q, int qslot) {  // (v, p) beats (w, q)?
+    return qslot < 0 || v < w || (v == w && p < q);
+  };
+  for (int s = threadIdx.x; s < len; s += blockDim.x) {
+    const int p = a.evict_pos[off + s];
+    if (p > limit) continue;
+    const float v = a.score_pool[int64_t(ids[s / P]) * P + s % P];
+    if (v != v) continue;  // NaN
+    if (better(v, p, bs, bp, bslot)) bs = v, bp = p, bslot = s;
+  }
+  s_score[threadIdx.x] = bs, s_pos[threadIdx.x] = bp, s_slot[threadIdx.x] = bslot;
+  __syncthreads();
+  for (int w = kEvictThreads / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) {
+      const int o = threadIdx.x + w;
+      if (s_slot[o] >= 0 && better(s_score[o], s_pos[o], s_score[threadIdx.x], s_pos[threadIdx.x], s_slot[threadIdx.x]))
+        s_score[threadIdx.x] = s_score[o], s_pos[threadIdx.x] = s_pos[o], s_slot[threadIdx.x] = s_slot[o];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) a.evict_slot[l] = s_slot[0];
+}
+
 }  // namespace
 
 Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
@@ -727,6 +772,8 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   if (a.score_pool && a.reduce != Reduce::Mean && a.reduce != Reduce::Sum && a.reduce != Reduce::Max)
     return Status::Shape;
   if ((a.score_before || a.score_after) && !a.score_pool) return Status::Shape;
+  if (bool(a.evict_pos) != bool(a.evict_slot) || bool(a.evict_max_pos) != bool(a.evict_slot) || (a.evict_slot && !a.score_pool))
+    return Status::Shape;
   const int g = a.num_q_heads / a.num_kv_heads;
   if (g > kMaxG) return Status::Shape;
   const int es = int(dtype_size(a.kv_dtype));
@@ -825,6 +872,10 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   if (s == Status::Ok && a.score_after) {
     rs.out = a.score_after;
     s = cuda_read_scores(rs, st);
+  }
+  if (s == Status::Ok && a.evict_slot) {
+    evict_kernel<<<int(nl64), kEvictThreads, 0, st>>>(a);
+    s = cuda_launch_status();
   }
   // Stream-ordered free: runs after the kernels above, whatever their status.
   const cudaError_t fe = cudaFreeAsync(ws, st);

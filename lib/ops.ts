@@ -95,6 +95,15 @@ export interface DecodeAttentionArgs {
    */
   scoresBefore?: Tensor;
   scoresAfter?: Tensor;
+  /**
+   * With scorePool: i32 positions of every valid slot (flat, at least
+   * sum(kvLen)) and i32 [B*Hkv] maxima: the result's evictSlots holds, per
+   * list, the slot with the lowest score after the add among those at a
+   * position <= its maximum (ties: the lower position; -1 if none; a maximum
+   * of -2^31 excludes every slot). H2O's eviction without the scores on the host.
+   */
+  evictPositions?: Tensor;
+  evictMaxPos?: Tensor;
 }
 
 function decodeArgs(a: DecodeAttentionArgs) {
@@ -106,6 +115,9 @@ function decodeArgs(a: DecodeAttentionArgs) {
   if (q.shape[1] % numKvHeads !== 0) throw new ShapeError(`decodeAttention: ${q.shape[1]} query heads are not a multiple of numKvHeads ${numKvHeads}`);
   if ((o.scoresBefore !== undefined || o.scoresAfter !== undefined) && o.scorePool === undefined)
     throw new ArgumentError('decodeAttention: scoresBefore / scoresAfter need scorePool');
+  if ((o.evictPositions === undefined) !== (o.evictMaxPos === undefined))
+    throw new ArgumentError('decodeAttention: evictPositions and evictMaxPos go together');
+  if (o.evictPositions !== undefined && o.scorePool === undefined) throw new ArgumentError('decodeAttention: evictPositions needs scorePool');
   return {
     q: q.handle,
     kPool: kPool.handle,
@@ -122,6 +134,8 @@ function decodeArgs(a: DecodeAttentionArgs) {
     lse: o.lse === undefined ? undefined : Boolean(o.lse),
     scoresBefore: h(optTensor(o.scoresBefore, 'decodeAttention: scoresBefore', F32, 1)),
     scoresAfter: h(optTensor(o.scoresAfter, 'decodeAttention: scoresAfter', F32, 1)),
+    evictPositions: h(optTensor(o.evictPositions, 'decodeAttention: evictPositions', I32, 1)),
+    evictMaxPos: h(optTensor(o.evictMaxPos, 'decodeAttention: evictMaxPos', I32, 1)),
   };
 }
 export interface DecodeAttentionResult {
@@ -129,10 +143,12 @@ export interface DecodeAttentionResult {
   o: Tensor;
   /** f32 [B, Hq] when requested */
   lse?: Tensor;
+  /** i32 [B*Hkv] with evictPositions: each list's eviction candidate slot or -1. */
+  evictSlots?: Tensor;
 }
 function decodeResult(r: unknown): DecodeAttentionResult {
-  const x = r as { o: unknown; lse?: unknown };
-  return { o: wrap(x.o), lse: x.lse ? wrap(x.lse) : undefined };
+  const x = r as { o: unknown; lse?: unknown; evictSlots?: unknown };
+  return { o: wrap(x.o), lse: x.lse ? wrap(x.lse) : undefined, evictSlots: x.evictSlots ? wrap(x.evictSlots) : undefined };
 }
 
 // ------------------------------------------------------------------ scores

@@ -436,6 +436,20 @@ describe('decodeAttention scoresBefore / scoresAfter and toFloat32(into): bad de
     expect(Array.from(a.scorePool.toFloat32())).toEqual(new Array(8).fill(1));
     expect(Array.from(ok.toFloat32())).toEqual(new Array(7).fill(0));
   });
+  it('evictPositions / evictMaxPos: one without the other or without scorePool is KVSQ_ARG; short or wrong dtype is typed', () => {
+    const a = pools();
+    const pos = Tensor.from(new Int32Array([0, 1, 2, 3, 4, 5, 6]), [7]);
+    const max = Tensor.from(new Int32Array([3, 3]), [2]);
+    expect(() => ops.decodeAttention({ ...a, evictPositions: pos })).toThrow(expect.objectContaining({ code: 'KVSQ_ARG' }));
+    expect(() => ops.decodeAttention({ ...a, evictMaxPos: max })).toThrow(expect.objectContaining({ code: 'KVSQ_ARG' }));
+    expect(() => ops.decodeAttention({ ...a, scorePool: undefined, evictPositions: pos, evictMaxPos: max })).toThrow(expect.objectContaining({ code: 'KVSQ_ARG' }));
+    expect(() => ops.decodeAttention({ ...a, evictPositions: Tensor.from(new Int32Array(6), [6]), evictMaxPos: max })).toThrow(expect.objectContaining({ code: 'KVSQ_SHAPE' }));
+    expect(() => ops.decodeAttention({ ...a, evictPositions: pos, evictMaxPos: Tensor.from(new Int32Array(3), [3]) })).toThrow(expect.objectContaining({ code: 'KVSQ_SHAPE' }));
+    expect(() => ops.decodeAttention({ ...a, evictPositions: Tensor.from(new Float32Array(7), [7]), evictMaxPos: max })).toThrow(expect.objectContaining({ code: 'KVSQ_DTYPE' }));
+    expect(Array.from(a.scorePool.toFloat32())).toEqual(new Array(8).fill(1));
+    const r = ops.decodeAttention({ ...a, evictPositions: pos, evictMaxPos: max });
+    expect(r.evictSlots!.shape).toEqual([2]);
+  });
   it('toFloat32(into): not a Float32Array is KVSQ_ARG, too short is KVSQ_SHAPE', () => {
     const t = Tensor.from(new Float32Array([1, 2, 3]), [3]);
     expect(() => t.toFloat32(new Float64Array(3) as unknown as Float32Array)).toThrow(expect.objectContaining({ code: 'KVSQ_ARG' }));

@@ -340,6 +340,42 @@ describe('decodeAttention vs reference', () => {
     },
   );
 
+  it.each(decodeCases.filter((c) => c.score).map((c) => [c.name, c] as const))(
+    'evictSlots: the lowest score after the add among positions <= the max, ties to the lower position (%s)',
+    (_n, c) => {
+      const x = decodeCase(c);
+      const sp = Tensor.from(x.score0!, [x.pg.numPages, c.P]);
+      const args = decodeArgs(c, x, sp);
+      const total = c.lens.reduce((a, b) => a + b, 0);
+      // positions: a shuffled 0..len-1 per list (times 2), some equal scores forced below
+      const pos = new Int32Array(total);
+      const maxPos = new Int32Array(c.lens.length);
+      let off = 0;
+      c.lens.forEach((n, l) => {
+        const perm = Array.from({ length: n }, (_, i) => i).sort(() => Math.random() - 0.5);
+        perm.forEach((p, i) => (pos[off + i] = 2 * p));
+        maxPos[l] = l % 3 === 0 ? -(2 ** 31) : randInt(0, 2 * n);
+        off += n;
+      });
+      const r = ops.decodeAttention({ ...args, evictPositions: Tensor.from(pos, [total]), evictMaxPos: Tensor.from(maxPos, [maxPos.length]) });
+      const after = ops.readScores({ scorePool: sp, pageIndptr: args.pageIndptr, pageIds: args.pageIds, kvLen: args.kvLen }).toFloat32();
+      const got = Array.from(r.evictSlots!.toArray());
+      const want: number[] = [];
+      off = 0;
+      c.lens.forEach((n, l) => {
+        let best = -1;
+        for (let s = 0; s < n; s++) {
+          if (pos[off + s] > maxPos[l]) continue;
+          const v = after[off + s];
+          if (best < 0 || v < after[off + best] || (v === after[off + best] && pos[off + s] < pos[off + best])) best = s;
+        }
+        want[l] = best;
+        off += n;
+      });
+      expect(got).toEqual(want);
+    },
+  );
+
   it('the Async form gives the same results', async () => {
     const c = decodeCases[4];
     const x = decodeCase(c);

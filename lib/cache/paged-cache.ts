@@ -72,6 +72,17 @@ interface ScoreUndo {
   values: Tensor;
 }
 
+/** What a decode step's attention leaves for eviction and undo. */
+interface StepScores {
+  undo: ScoreUndo[];
+  /** Scores after the add, per list (policies that scan them in evict()). */
+  views: Map<HeadList, Float32Array>;
+  /** The kernel's eviction candidate, per list (policies with evictionLimit()). */
+  fast: Map<HeadList, number>;
+}
+
+const INT32_MIN = -(2 ** 31);
+
 class HeadList {
   pages: number[] = [];
   /** Bumped at every change of `pages` (push, undo, replacement): keys the typed copy below. */
@@ -269,6 +280,7 @@ export class PagedKVCache {
   private nextId = 0;
   private disposed = false;
   private scoreRec: { before: Tensor; after: Tensor; host: Float32Array } | null = null;
+  private posBuf: Int32Array | null = null;
 
   constructor(o: PagedKVCacheOptions) {
     if (o === null || typeof o !== 'object') throw new ArgumentError('PagedKVCache: expected an options object');
@@ -599,7 +611,7 @@ export class PagedKVCache {
     // What a failure after the kernels started must undo: the scores attention
     // added (restored from the kernel's before-record), and the page metadata
     // append widened.
-    const scoreUndo: ScoreUndo[] = [];
+    const step: StepScores = { undo: [], views: new Map(), fast: new Map() };
     const touched = new Set<number>();
     const ringUndo: (() => void)[] = [];
     try {
@@ -635,8 +647,7 @@ export class PagedKVCache {
       // Attention; the policy of each sequence decides accumulation and Quest.
       // With accumulation the kernel also returns each list's scores after
       // the add (the eviction view) and before it (the undo record).
-      const scoreViews = new Map<HeadList, Float32Array>();
-      const o = this.attendStep(layer, seqs, q, track, scoreUndo, scoreViews);
+      const o = this.attendStep(layer, seqs, q, track, step);
 
       // Eviction, per sequence.
       for (const s of seqs) {
@@ -645,15 +656,19 @@ export class PagedKVCache {
         st.steps++;
         const pol = s.decodePolicy(layer);
         if (!pol) continue;
-        const views: DecodeHeadView[] = st.heads.map((h) => ({
-          length: h.len,
-          positions: h.pos.subarray(0, h.len),
-          scores: pol.accumulate ? scoreViews.get(h) : undefined,
-          frozenSlots: h.frozen,
-          newest: st.nextPos - 1,
-          promptLength: s.promptLength,
-        }));
-        const ev = pol.evict(views, layer);
+        const ev = pol.accumulate && pol.evictionLimit
+          ? st.heads.map((h) => step.fast.get(h) ?? -1)
+          : pol.evict(
+              st.heads.map((h) => ({
+                length: h.len,
+                positions: h.pos.subarray(0, h.len),
+                scores: pol.accumulate ? step.views.get(h) : undefined,
+                frozenSlots: h.frozen,
+                newest: st.nextPos - 1,
+                promptLength: s.promptLength,
+              })),
+              layer,
+            );
         ev.forEach((slot, j) => {
           if (slot < 0) return;
           const h = st.heads[j];
@@ -691,7 +706,7 @@ export class PagedKVCache {
         b.st.steps = b.steps;
       }
       this.pool.release(fresh);
-      this.undoStep(scoreUndo, touched, plan.map((x) => x.list));
+      this.undoStep(step.undo, touched, plan.map((x) => x.list));
       throw e;
     } finally {
       for (const t of temps) t.dispose();
@@ -920,7 +935,7 @@ export class PagedKVCache {
   }
 
   /** Attention for a decode step: dense, with accumulation, or over Quest-selected pages. */
-  private attendStep(layer: number, seqs: readonly Sequence[], q: Tensor, track: (t: Tensor) => Tensor, undo: ScoreUndo[], views: Map<HeadList, Float32Array>): Tensor {
+  private attendStep(layer: number, seqs: readonly Sequence[], q: Tensor, track: (t: Tensor) => Tensor, step: StepScores): Tensor {
     // Sequences of a batch may have different policies: group by (accumulate, quest) and run each group.
     const groups = new Map<string, number[]>();
     seqs.forEach((s, b) => {
@@ -930,7 +945,7 @@ export class PagedKVCache {
       if (!groups.has(key)) groups.set(key, []);
       groups.get(key)!.push(b);
     });
-    if (groups.size === 1) return this.attendGroup(layer, seqs, q, track, undo, views);
+    if (groups.size === 1) return this.attendGroup(layer, seqs, q, track, step);
     // Mixed batch: one launch per group, outputs scattered back in batch order.
     const B = seqs.length;
     const Hq = this.numQHeads;
@@ -941,13 +956,13 @@ export class PagedKVCache {
       const sub = new Float32Array(idx.length * Hq * D);
       idx.forEach((b, i) => sub.set(qf.subarray(b * Hq * D, (b + 1) * Hq * D), i * Hq * D));
       const qs = track(Tensor.from(sub, [idx.length, Hq, D], { dtype: q.dtype, device: this.device }));
-      const o = track(this.attendGroup(layer, idx.map((b) => seqs[b]), qs, track, undo, views)).toFloat32();
+      const o = track(this.attendGroup(layer, idx.map((b) => seqs[b]), qs, track, step)).toFloat32();
       idx.forEach((b, i) => out.set(o.subarray(i * Hq * D, (i + 1) * Hq * D), b * Hq * D));
     }
     return Tensor.from(out, [B, Hq, D], { dtype: q.dtype, device: this.device });
   }
 
-  private attendGroup(layer: number, seqs: readonly Sequence[], q: Tensor, track: (t: Tensor) => Tensor, undo: ScoreUndo[], views: Map<HeadList, Float32Array>): Tensor {
+  private attendGroup(layer: number, seqs: readonly Sequence[], q: Tensor, track: (t: Tensor) => Tensor, step: StepScores): Tensor {
     const pol = seqs[0].decodePolicy(layer);
     const t = this.pageTables(seqs, layer);
     [t.indptr, t.ids, t.len].forEach(track);
@@ -960,29 +975,72 @@ export class PagedKVCache {
       if (sel) [selIndptr, selPages] = sel;
     }
     let rec: { before: Tensor; after: Tensor; host: Float32Array } | undefined;
+    let evictPositions: Tensor | undefined;
+    let evictMaxPos: Tensor | undefined;
+    let needViews = false;
     if (reduce) {
       let total = 0;
       for (const h of t.lists) total += h.len;
       // The first group of a step uses the cache's reusable record; a mixed
       // batch's further groups get their own (the first one's undo record
       // must survive until the step ends).
-      rec = undo.length === 0 ? this.scoreRecord(total) : { before: track(Tensor.zeros([total], { device: this.device })), after: track(Tensor.zeros([total], { device: this.device })), host: new Float32Array(total) };
+      rec = step.undo.length === 0 ? this.scoreRecord(total) : { before: track(Tensor.zeros([total], { device: this.device })), after: track(Tensor.zeros([total], { device: this.device })), host: new Float32Array(total) };
+      // Policies with an eviction limit get their candidate from the kernel;
+      // the others scan the scores after the add in evict().
+      const Hkv = this.numKvHeads;
+      const maxPos = new Int32Array(t.lists.length).fill(INT32_MIN);
+      let fast = false;
+      seqs.forEach((s, b) => {
+        const p = s.decodePolicy(layer);
+        if (!p?.evictionLimit) {
+          needViews = true;
+          return;
+        }
+        fast = true;
+        const st = s.layers[layer]!;
+        for (let j = 0; j < Hkv; j++) {
+          const h = st.heads[j];
+          const view = { length: h.len, positions: h.pos.subarray(0, h.len), frozenSlots: h.frozen, newest: st.nextPos, promptLength: s.promptLength };
+          const lim = p.evictionLimit(view, layer);
+          if (lim !== null) maxPos[b * Hkv + j] = lim;
+        }
+      });
+      if (fast) {
+        const flat = this.positionBuffer(total);
+        let off = 0;
+        for (const h of t.lists) {
+          flat.set(h.pos.subarray(0, h.len), off);
+          off += h.len;
+        }
+        evictPositions = track(Tensor.from(flat.subarray(0, total), [total]));
+        evictMaxPos = track(Tensor.from(maxPos, [maxPos.length]));
+      }
     }
     const r = ops.decodeAttention({
       q, kPool: this.pool.k, vPool: this.pool.v, pageIndptr: t.indptr, pageIds: t.ids, kvLen: t.len,
       numKvHeads: this.numKvHeads, scale: this.scale, scorePool: reduce ? this.pool.scores : undefined, reduce, selIndptr, selPages,
-      scoresBefore: rec?.before, scoresAfter: rec?.after,
+      scoresBefore: rec?.before, scoresAfter: needViews ? rec?.after : undefined, evictPositions, evictMaxPos,
     });
-    if (rec) {
-      undo.push({ tables: t, values: rec.before });
+    if (rec) step.undo.push({ tables: t, values: rec.before });
+    if (r.evictSlots) {
+      const slots = track(r.evictSlots).toArray() as Int32Array;
+      t.lists.forEach((h, i) => step.fast.set(h, slots[i]));
+    }
+    if (rec && needViews) {
       const after = rec.after.toFloat32(rec.host);
       let off = 0;
       for (const h of t.lists) {
-        views.set(h, after.subarray(off, off + h.len));
+        step.views.set(h, after.subarray(off, off + h.len));
         off += h.len;
       }
     }
     return r.o;
+  }
+
+  /** A reusable host buffer for a step's flat slot positions (grown by doubling). */
+  private positionBuffer(total: number): Int32Array {
+    if (!this.posBuf || this.posBuf.length < total) this.posBuf = new Int32Array(Math.max(total, 2 * (this.posBuf?.length ?? 0), 1024));
+    return this.posBuf;
   }
 
   /**

@@ -83,6 +83,12 @@ export class H2O implements PrefillPolicy, DecodePolicy {
     return views.map((v) => this.evictOne(v));
   }
 
+  /** The same rule for the kernel: lowest score among positions <= newest - recent, once over heavy + recent. */
+  evictionLimit(view: DecodeHeadView): number | null {
+    const [heavy, recent] = this.sizes(view.promptLength);
+    return view.length <= heavy + recent ? null : view.newest - recent;
+  }
+
   private evictOne(view: DecodeHeadView): number {
     const [heavy, recent] = this.sizes(view.promptLength);
     const scores = view.scores;

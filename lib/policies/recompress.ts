@@ -102,4 +102,10 @@ export class Recompress implements DecodePolicy {
   evict(views: DecodeHeadView[], layer: number): number[] {
     return this.inner ? this.inner.evict(views, layer) : views.map(() => -1);
   }
+
+  /** The inner policy's kernel-side eviction rule, when it has one. */
+  get evictionLimit(): ((view: DecodeHeadView, layer: number) => number | null) | undefined {
+    const inner = this.inner;
+    return inner?.evictionLimit ? (view, layer) => inner.evictionLimit!(view, layer) : undefined;
+  }
 }

@@ -78,6 +78,16 @@ export interface DecodePolicy {
   /** Called after each step with every KV head of the layer: per head, the slot to evict or -1. */
   evict(views: DecodeHeadView[], layer: number): number[];
   /**
+   * Optional fast path for accumulating policies whose rule is "evict the
+   * lowest accumulated score among tokens at positions <= some limit (ties:
+   * the lower position)": return that limit for a KV head, or null to evict
+   * nothing. The cache then has the attention kernel find the slot while it
+   * adds the step's scores, and evict() is not called (the view carries no
+   * scores; length and newest already count the token of this step). It must
+   * choose exactly what evict() would.
+   */
+  evictionLimit?(view: DecodeHeadView, layer: number): number | null;
+  /**
    * Periodic decode-time re-compression (lib/policies/recompress.ts): when
    * set, the cache keeps the last `window` decode queries of each (sequence,
    * layer) and, every `interval` steps, re-compresses lists holding more than

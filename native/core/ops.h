@@ -73,6 +73,15 @@ struct DecodeAttnArgs {
   // score_before, without separate read passes. Null = not written.
   float* score_before = nullptr;         // [sum kv_len]
   float* score_after = nullptr;          // [sum kv_len]
+  // Optional, with score_pool, all three or none: each list's eviction
+  // candidate after the add (H2O's rule, the threshold chosen by the policy):
+  // the slot s with the lowest score among the slots with evict_pos[s] <=
+  // evict_max_pos[l] (ties: the lower position), or -1 when none is eligible
+  // (evict_max_pos[l] = INT32_MIN: no eviction for l). A NaN score is never
+  // the lowest. evict_pos is flat per slot, as score_after.
+  const int32_t* evict_pos = nullptr;      // [sum kv_len]
+  const int32_t* evict_max_pos = nullptr;  // [B*Hkv]
+  int32_t* evict_slot = nullptr;           // [B*Hkv]
   // Optional log-sum-exp of the scaled logits per (b, h), natural log. Null = none.
   float* lse = nullptr;                  // [B, Hq]
 };

@@ -12,6 +12,8 @@
 //                                                         the union of the S_h are touched)
 //   score_before / score_after (optional, flat, list l at sum_{l'<l} kv_len[l']):
 //     the pool value of every valid slot of l before / after the add
+//   evict_slot[l] (optional): argmin of the pool after the add over the slots
+//     s with evict_pos[s] <= evict_max_pos[l] (ties: lower position), or -1
 // Slot s of list l is row s % P of physical page page_ids[page_indptr[l] + s / P].
 //
 // Arithmetic is fp32 throughout: q is converted once and pre-multiplied by
@@ -57,10 +59,13 @@
 //   list's last split merges it, so a call is one pool dispatch.
 // * Score accumulation needs this step's normalised probabilities, which are
 //   known only after the last split of the list. Rather than read K again, the
-//   raw logits are kept in a per-call scratch (g floats per slot); after the
-//   merge the final lse of each head turns them into probabilities, which are
-//   reduced over the group and added to the pool. The lse needs only the
-//   partial (max, sum) pairs, so score items do not wait for the acc merge.
+//   block's probabilities relative to its running max (which the online
+//   softmax computes anyway) are kept in a per-call scratch (g floats per
+//   slot), with that max per block; after the last split the final lse of
+//   each head rescales them by exp2(max - lse) (one exp2 per block and head,
+//   not per slot), and they are reduced over the group and added to the pool.
+//   p = exp2(z - m) * exp2(m - lse) adds one rounding and one scalar exp2
+//   (<= 1 ulp) to exp2(z - lse): inside the 8u allowed for the exp2 below.
 // * Quest subsets: the heads of a group usually select overlapping pages. The
 //   kernel walks the union of the group's selected pages once (each K/V row
 //   read once for the group) and masks the logits of heads that did not
@@ -142,7 +147,7 @@ struct Kern {
   void (*vacc)(const float* p, int64_t ps, const float* alpha, int g, int D,
                const char* const* rows, const char* const* pf, int n, float* acc, float* ws);
   // r[t] = reduce_h exp2(l[h*ls + t] - m[h]) (heads with m = -inf contribute 0), t < n
-  void (*scores)(const float* l, int64_t ls, const float* m, int g, int n, Reduce mode, float* r);
+  void (*scores)(const float* p, int64_t ps, const float* sc, int g, int n, Reduce mode, float* r);
 };
 
 template <DType T>
@@ -191,12 +196,14 @@ void vacc_portable(const float* p, int64_t ps, const float* alpha, int g, int D,
     }
   }
 }
-void scores_portable(const float* l, int64_t ls, const float* m, int g, int n, Reduce mode, float* r) {
+// r[t] = reduce over heads h of p[h][t] * sc[h] (p: the block's stored
+// probabilities relative to its running max, sc: exp2(block max - lse)).
+void scores_portable(const float* p, int64_t ps, const float* sc, int g, int n, Reduce mode, float* r) {
   for (int t = 0; t < n; ++t) {
     float acc = 0.f;
     for (int h = 0; h < g; ++h) {
-      if (m[h] == kNegInf) continue;
-      const float v = std::exp2(l[h * ls + t] - m[h]);
+      if (sc[h] == 0.f) continue;
+      const float v = p[h * ps + t] * sc[h];
       acc = mode == Reduce::Max ? std::max(acc, v) : acc + v;
     }
     r[t] = mode == Reduce::Mean ? acc / float(g) : acc;
@@ -393,22 +400,22 @@ KVSQ_DA_SIMD void vacc_simd(const float* p, int64_t ps, const float* alpha, int 
   }
 }
 
-KVSQ_DA_SIMD void scores_simd(const float* l, int64_t ls, const float* m, int g, int n, Reduce mode, float* r) {
+KVSQ_DA_SIMD void scores_simd(const float* p, int64_t ps, const float* sc, int g, int n, Reduce mode, float* r) {
   const __m256 inv_g = _mm256_set1_ps(1.f / float(g));
   for (int t = 0; t < n; t += 8) {
     const int w = std::min(8, n - t);
     __m256 acc = _mm256_setzero_ps();
     for (int h = 0; h < g; ++h) {
-      if (m[h] == kNegInf) continue;
+      if (sc[h] == 0.f) continue;
       __m256 x;
       if (w == 8) {
-        x = _mm256_loadu_ps(l + h * ls + t);
+        x = _mm256_loadu_ps(p + h * ps + t);
       } else {
         alignas(32) float buf[8];
-        for (int i = 0; i < 8; ++i) buf[i] = i < w ? l[h * ls + t + i] : kNegInf;
+        for (int i = 0; i < 8; ++i) buf[i] = i < w ? p[h * ps + t + i] : 0.f;
         x = _mm256_load_ps(buf);
       }
-      const __m256 e = exp2_ps(_mm256_sub_ps(x, _mm256_set1_ps(m[h])));
+      const __m256 e = _mm256_mul_ps(x, _mm256_set1_ps(sc[h]));
       acc = mode == Reduce::Max ? _mm256_max_ps(acc, e) : _mm256_add_ps(acc, e);
     }
     if (mode == Reduce::Mean) acc = _mm256_mul_ps(acc, inv_g);
@@ -664,6 +671,7 @@ struct ListInfo {
 };
 struct Item {
   int64_t list, u0, u1;
+  int64_t blk0 = 0;  // score mode: index of the item's first block in Ctx::bmax (g floats each)
 };
 
 struct Ctx {
@@ -680,9 +688,10 @@ struct Ctx {
   std::vector<int64_t> ustart;   // subset: first union slot of each union page (list-local)
   std::vector<uint8_t> umask;    // subset: g flags per union page
   // The two large buffers live in a per-calling-thread cache (see Scratch).
-  std::vector<float>& logits;    // score mode
+  std::vector<float>& logits;    // score mode: per slot and head, exp2(logit - running max of its block)
   std::vector<float>& part;      // per item: m[g], s[g], acc[g*D]
-  Ctx(std::vector<float>& lg, std::vector<float>& pt) : logits(lg), part(pt) {}
+  std::vector<float>& bmax;      // score mode: per block of kT slots and head, that running max
+  Ctx(std::vector<float>& lg, std::vector<float>& pt, std::vector<float>& bm) : logits(lg), part(pt), bmax(bm) {}
   int64_t part_stride;
   int64_t pf_dist, pf_tlb;       // lookahead of the row prefetches and of the page touches, slots
 };
@@ -723,8 +732,9 @@ struct Cursor {
 };
 
 struct Workspace {
-  std::vector<float> lbuf, pbuf, alpha, ws, r;
+  std::vector<float> lbuf, pbuf, alpha, ws, r, scale;
   void init(int g, int D) {
+    scale.resize(g);
     lbuf.resize(size_t(g) * kT);
     pbuf.resize(size_t(g) * kT);
     alpha.resize(g);
@@ -819,11 +829,17 @@ void run_item(Ctx& c, int64_t item, Workspace& w) {
       for (int t = 0; t < n; ++t)
         for (int h = 0; h < g; ++h)
           if (!masks[t][h]) lrow[h * ls + t] = kNegInf;
+    // Score mode keeps this block's probabilities (relative to the running
+    // max, in place of the logits) and that max: the score pass then only
+    // rescales them by exp2(max - lse), instead of a second exp2 per slot
+    // and head (which cost a tenth of a 2K-token step).
+    float* bm = keep ? c.bmax.data() + (it.blk0 + (u - it.u0) / kT) * g : nullptr;
     for (int h = 0; h < g; ++h) {
       const float* lh = lrow + h * ls;
-      float* ph = pb + h * kT;
+      float* ph = keep ? lrow + h * ls : pb + h * kT;
       const float mo = m[h];
       const float mn = std::max(mo, c.k.maxv(lh, n));
+      if (bm) bm[h] = mn;
       if (mn == kNegInf) {  // nothing attended yet: p = 0, acc stays 0
         alpha[h] = 1.f;
         std::fill(ph, ph + n, 0.f);
@@ -833,7 +849,7 @@ void run_item(Ctx& c, int64_t item, Workspace& w) {
       s[h] = s[h] * alpha[h] + c.k.expsum(lh, n, mn, ph);
       m[h] = mn;
     }
-    c.k.vacc(pb, kT, alpha, g, D, vrows, pv, n, acc, w.ws.data());
+    c.k.vacc(keep ? lrow : pb, keep ? ls : kT, alpha, g, D, vrows, pv, n, acc, w.ws.data());
   }
 }
 
@@ -909,9 +925,13 @@ void score_item(const Ctx& c, int64_t item, Workspace& w) {
   Cursor cur{&c, &L, c.a->page_ids + L.pbase, 0, 0, 0};
   cur.seek(it.u0);
   float* r = w.r.data();
+  float* scale = w.scale.data();
   for (int64_t u = it.u0; u < it.u1; u += kT) {
     const int n = int(std::min<int64_t>(kT, it.u1 - u));
-    c.k.scores(c.logits.data() + L.loff + u, L.ulen, lse2, c.g, n, c.a->reduce, r);
+    const float* bm = c.bmax.data() + (it.blk0 + (u - it.u0) / kT) * c.g;
+    for (int h = 0; h < c.g; ++h)
+      scale[h] = bm[h] == kNegInf || lse2[h] == kNegInf ? 0.f : std::exp2(bm[h] - lse2[h]);
+    c.k.scores(c.logits.data() + L.loff + u, L.ulen, scale, c.g, n, c.a->reduce, r);
     for (int t = 0; t < n; ++t) {
       c.a->score_pool[cur.phys()] += r[t];
       cur.next();
@@ -932,15 +952,43 @@ void copy_list_scores(const Ctx& c, int64_t l, float* out) {
   }
 }
 
+// The eviction candidate of list l (DecodeAttnArgs::evict_slot): the
+// lowest pool score among slots whose position is <= evict_max_pos[l], ties
+// to the lower position; -1 if none. Strict compares, so NaN never wins.
+void evict_list(const Ctx& c, int64_t l) {
+  const DecodeAttnArgs& a = *c.a;
+  const ListInfo& L = c.lists[l];
+  const int32_t limit = a.evict_max_pos[l];
+  const int32_t* pos = a.evict_pos + L.foff;
+  const int32_t* ids = a.page_ids + L.pbase;
+  int32_t best = -1, best_pos = 0;
+  float best_score = std::numeric_limits<float>::infinity();
+  for (int64_t s0 = 0; s0 < L.len; s0 += c.P) {
+    const float* sc = a.score_pool + int64_t(ids[s0 / c.P]) * c.P;
+    const int64_t n = std::min<int64_t>(c.P, L.len - s0);
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t p = pos[s0 + i];
+      if (p > limit) continue;
+      const float v = sc[i];
+      if (v != v) continue;  // NaN
+      if (best < 0 || v < best_score || (v == best_score && p < best_pos)) {
+        best = int32_t(s0 + i), best_score = v, best_pos = p;
+      }
+    }
+  }
+  a.evict_slot[l] = best;
+}
+
 // Score mode, once every split of list l is done (so its lse is known): adds
 // the step's probabilities of all the list's items, with the optional
-// before/after copies around. One thread per list: the lists' slots are
-// disjoint, so no atomics.
+// before/after copies and eviction candidate around. One thread per list: the
+// lists' slots are disjoint, so no atomics.
 void score_list(const Ctx& c, int64_t l, Workspace& w) {
   const ListInfo& L = c.lists[l];
   if (c.a->score_before) copy_list_scores(c, l, c.a->score_before);
   for (int32_t i = 0; i < L.nitems; ++i) score_item(c, L.item0 + i, w);
   if (c.a->score_after) copy_list_scores(c, l, c.a->score_after);
+  if (c.a->evict_slot) evict_list(c, l);
 }
 
 
@@ -1005,7 +1053,7 @@ void plan(Ctx& c) {
   int64_t target = std::max<int64_t>(kMinSplit, (total + threads * kItemsPerThread - 1) / (threads * kItemsPerThread));
   target = (target + kT - 1) / kT * kT;
   int64_t loff = 0;
-  int64_t foff = 0;
+  int64_t foff = 0, nblk = 0;
   for (int64_t l = 0; l < nl; ++l) {
     ListInfo& L = c.lists[l];
     L.foff = foff;
@@ -1013,7 +1061,11 @@ void plan(Ctx& c) {
     L.item0 = int64_t(c.items.size());
     if (L.ulen > 0) {
       const int64_t ns = (L.ulen + target - 1) / target;
-      for (int64_t i = 0; i < ns; ++i) c.items.push_back({l, L.ulen * i / ns, L.ulen * (i + 1) / ns});
+      for (int64_t i = 0; i < ns; ++i) {
+        const int64_t u0 = L.ulen * i / ns, u1 = L.ulen * (i + 1) / ns;
+        c.items.push_back({l, u0, u1, nblk});
+        nblk += (u1 - u0 + kT - 1) / kT;
+      }
       L.nitems = int32_t(ns);
     }
     if (a.score_pool) {
@@ -1023,18 +1075,22 @@ void plan(Ctx& c) {
   }
   c.part_stride = int64_t(g) * (D + 2);
   c.part.resize(c.items.size() * c.part_stride);
-  if (a.score_pool) c.logits.resize(loff);
+  if (a.score_pool) {
+    c.logits.resize(loff);
+    c.bmax.resize(nblk * g);
+  }
 }
 
 // The logits scratch of a long context is megabytes (g floats per slot);
 // fresh each call it would cost page faults every decode step, so it is kept
 // per calling thread, and dropped after a call that needed more than kKeep.
 struct Scratch {
-  std::vector<float> logits, part;
+  std::vector<float> logits, part, bmax;
   static constexpr size_t kKeep = size_t(16) << 20;  // floats
   void trim() {
     if (logits.capacity() > kKeep) std::vector<float>().swap(logits);
     if (part.capacity() > kKeep) std::vector<float>().swap(part);
+    if (bmax.capacity() > kKeep) std::vector<float>().swap(bmax);
   }
 };
 
@@ -1054,6 +1110,8 @@ Status validate_decode_attention(const DecodeAttnArgs& a) {
   if (a.score_pool && a.reduce != Reduce::Mean && a.reduce != Reduce::Sum && a.reduce != Reduce::Max)
     return Status::Shape;
   if ((a.score_before || a.score_after) && !a.score_pool) return Status::Shape;
+  if (bool(a.evict_pos) != bool(a.evict_slot) || bool(a.evict_max_pos) != bool(a.evict_slot) || (a.evict_slot && !a.score_pool))
+    return Status::Shape;
   const int64_t nl = int64_t(a.batch) * a.num_kv_heads;
   const int g = a.num_q_heads / a.num_kv_heads;
   const int64_t P = a.page_size;
@@ -1096,7 +1154,7 @@ Status cpu_decode_attention(const DecodeAttnArgs& a) {
     Scratch& s;
     ~Trim() { s.trim(); }
   } trim{scratch};
-  Ctx c(scratch.logits, scratch.part);
+  Ctx c(scratch.logits, scratch.part, scratch.bmax);
   c.a = &a;
   c.g = a.num_q_heads / a.num_kv_heads;
   c.D = a.head_dim;
@@ -1132,6 +1190,7 @@ Status cpu_decode_attention(const DecodeAttnArgs& a) {
       // No item will score this list: its before/after records are the pool as it is.
       if (a.score_before) copy_list_scores(c, l, a.score_before);
       if (a.score_after) copy_list_scores(c, l, a.score_after);
+      if (a.evict_slot) evict_list(c, l);
       const int64_t b = l / c.Hkv, j = l % c.Hkv;
       for (int h = 0; h < c.g; ++h) {
         const int64_t qrow = b * c.Hq + j * c.g + h;

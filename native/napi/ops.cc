@@ -399,8 +399,11 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
   Tensor* score = a.tensor("scorePool", false);
   Tensor* before = a.tensor("scoresBefore", false);
   Tensor* after = a.tensor("scoresAfter", false);
+  Tensor* epos = a.tensor("evictPositions", false);
+  Tensor* emax = a.tensor("evictMaxPos", false);
   int dev = same_device(a, {{"q", q}, {"kPool", kp}, {"vPool", vp}, {"scorePool", score}, {"scoresBefore", before}, {"scoresAfter", after}},
-                        {{"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}, {"selIndptr", sel_indptr}, {"selPages", sel_pages}});
+                        {{"pageIndptr", indptr}, {"pageIds", ids}, {"kvLen", len}, {"selIndptr", sel_indptr}, {"selPages", sel_pages},
+                         {"evictPositions", epos}, {"evictMaxPos", emax}});
   need_kernels_for(a, dev);
   auto job = new_job(a, dev);
   need_dtype(a, q, "q", {DType::F32, DType::F16, DType::BF16});
@@ -447,9 +450,30 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
       throw_error(a.env, "KVSQ_SHAPE", a.op + ": " + k + " holds " + std::to_string(S(t).numel()) + " values; the lists hold " + std::to_string(total));
   }
 
-  for (Tensor* t : {q, kp, vp, indptr, ids, len, sel_indptr, sel_pages, score, before, after}) job->use(t);
+  // evictPositions + evictMaxPos: each list's eviction candidate after the
+  // add (the lowest score among slots at positions <= its max), returned as
+  // evictSlots, so a policy with that rule needs no scores on the host.
+  const bool want_evict = epos || emax;
+  const int32_t *h_epos = nullptr, *h_emax = nullptr;
+  if (want_evict) {
+    if (!epos || !emax) throw_error(a.env, "KVSQ_ARG", a.op + ": evictPositions and evictMaxPos go together");
+    if (!score) throw_error(a.env, "KVSQ_ARG", a.op + ": evictPositions needs scorePool");
+    need_dtype(a, epos, "evictPositions", {DType::I32});
+    need_dtype(a, emax, "evictMaxPos", {DType::I32});
+    need_numel(a, emax, "evictMaxPos", B * Hkv);
+    check_lengths(a, h_indptr, h_len, B * Hkv, P);
+    int64_t total = 0;
+    for (int64_t l = 0; l < B * Hkv; ++l) total += h_len[l];
+    if (S(epos).numel() < total)
+      throw_error(a.env, "KVSQ_SHAPE", a.op + ": evictPositions holds " + std::to_string(S(epos).numel()) + " values; the lists hold " + std::to_string(total));
+    h_epos = host_i32(a, *job, epos);
+    h_emax = host_i32(a, *job, emax);
+  }
+
+  for (Tensor* t : {q, kp, vp, indptr, ids, len, sel_indptr, sel_pages, score, before, after, epos, emax}) job->use(t);
   size_t o_i = job->output(a.env, S(q).dtype, {B, Hq, D}, dev);
   size_t lse_i = want_lse ? job->output(a.env, DType::F32, {B, Hq}, dev) : 0;
+  size_t evict_i = want_evict ? job->output(a.env, DType::I32, {B * Hkv}, dev) : 0;
   DecodeAttnArgs args;
   args.batch = int32_t(B);
   args.num_q_heads = int32_t(Hq);
@@ -472,11 +496,14 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
   args.reduce = parse_reduce(a);
   args.score_before = before ? static_cast<float*>(S(before).data) : nullptr;
   args.score_after = after ? static_cast<float*>(S(after).data) : nullptr;
+  args.evict_pos = h_epos;
+  args.evict_max_pos = h_emax;
   Job* j = job.get();
   // Output pointers are known only once the job allocated them.
-  auto bind_outputs = [j, o_i, lse_i, want_lse](DecodeAttnArgs& x) {
+  auto bind_outputs = [j, o_i, lse_i, want_lse, evict_i, want_evict](DecodeAttnArgs& x) {
     x.o = j->out_ptr(o_i);
     x.lse = want_lse ? static_cast<float*>(j->out_ptr(lse_i)) : nullptr;
+    x.evict_slot = want_evict ? static_cast<int32_t*>(j->out_ptr(evict_i)) : nullptr;
   };
   job->run = [args, bind_outputs]() mutable {
     bind_outputs(args);
@@ -489,8 +516,9 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
                  s_len = st.add(h_len, i32_bytes(len));
     const size_t s_sel_indptr = sel_indptr ? st.add(h_sel_indptr, i32_bytes(sel_indptr)) : 0;
     const size_t s_sel_pages = sel_pages ? st.add(h_sel_pages, i32_bytes(sel_pages)) : 0;
+    const size_t s_epos = want_evict ? st.add(h_epos, i32_bytes(epos)) : 0, s_emax = want_evict ? st.add(h_emax, i32_bytes(emax)) : 0;
     const bool sel = sel_indptr != nullptr;
-    job->run = [j, args, bind_outputs, s_indptr, s_ids, s_len, s_sel_indptr, s_sel_pages, sel]() mutable {
+    job->run = [j, args, bind_outputs, s_indptr, s_ids, s_len, s_sel_indptr, s_sel_pages, sel, s_epos, s_emax, want_evict]() mutable {
       bind_outputs(args);
       if (Status s = validate_decode_attention(args); s != Status::Ok) return s;  // host index pointers
       return on_device(j, [&] {
@@ -500,15 +528,18 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
         args.kv_len = sg.dev<int32_t>(s_len);
         args.sel_indptr = sel ? sg.dev<int32_t>(s_sel_indptr) : nullptr;
         args.sel_pages = sel ? sg.dev<int32_t>(s_sel_pages) : nullptr;
+        args.evict_pos = want_evict ? sg.dev<int32_t>(s_epos) : nullptr;
+        args.evict_max_pos = want_evict ? sg.dev<int32_t>(s_emax) : nullptr;
         return cuda_decode_attention(args, nullptr);
       });
     };
   }
 #endif
-  job->result = [want_lse, lse_i](Napi::Env env, std::vector<Napi::Object>& outs) -> Napi::Value {
+  job->result = [want_lse, lse_i, want_evict, evict_i](Napi::Env env, std::vector<Napi::Object>& outs) -> Napi::Value {
     Napi::Object r = Napi::Object::New(env);
     r.Set("o", outs[0]);
     if (want_lse) r.Set("lse", outs[lse_i]);
+    if (want_evict) r.Set("evictSlots", outs[evict_i]);
     return r;
   };
   return job;

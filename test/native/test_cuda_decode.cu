@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -220,6 +221,18 @@ struct Problem {
     for (int l = 0; l < c.B * c.Hkv; ++l) total += c.lens[l];
     Dev dbefore(size_t(total + 1) * sizeof(float)), dafter(size_t(total + 1) * sizeof(float));
     if (c.score) d.score_before = dbefore.as<float>(), d.score_after = dafter.as<float>();
+    // eviction candidates: positions = 2 * slot + list parity, a max per list
+    const int nl = c.B * c.Hkv;
+    std::vector<int32_t> epos(size_t(std::max<int64_t>(total, 1))), emax(nl);
+    {
+      int64_t f = 0;
+      for (int l = 0; l < nl; ++l) {
+        for (int s = 0; s < c.lens[l]; ++s) epos[f++] = (c.lens[l] - s) * 2 + (l & 1);
+        emax[l] = l % 3 == 0 ? std::numeric_limits<int32_t>::min() : randint(0, 2 * c.lens[l] + 2);
+      }
+    }
+    Dev depos(epos), demax(emax), dslot(size_t(nl) * sizeof(int32_t));
+    if (c.score) d.evict_pos = depos.as<int32_t>(), d.evict_max_pos = demax.as<int32_t>(), d.evict_slot = dslot.as<int32_t>();
     st = cuda_decode_attention(d, nullptr);
     CHECK_MSG(st == Status::Ok, "cuda status " << status_name(st) << " " << last_cuda_error());
     sync_ok();
@@ -280,6 +293,19 @@ struct Problem {
           CHECK_MSG(f32_bits(before[f]) == f32_bits(score0[ps]), "score_before[" << f << "] is not the pool before the step");
           CHECK_MSG(f32_bits(after[f]) == f32_bits(score_gpu[ps]), "score_after[" << f << "] is not the pool after the step");
         }
+      // The candidate from the device's own pool values: exactly the host scan's.
+      const std::vector<int32_t> slot = dslot.get<int32_t>(size_t(nl));
+      f = 0;
+      for (int l = 0; l < nl; ++l) {
+        int want = -1;
+        auto sc = [&](int s) { return score_gpu[size_t(ids[indptr[l] + s / c.P]) * c.P + s % c.P]; };
+        for (int s = 0; s < c.lens[l]; ++s) {
+          if (epos[f + s] > emax[l]) continue;
+          if (want < 0 || sc(s) < sc(want) || (sc(s) == sc(want) && epos[f + s] < epos[f + want])) want = s;
+        }
+        CHECK_MSG(slot[l] == want, "evict_slot[" << l << "] = " << slot[l] << ", want " << want);
+        f += c.lens[l];
+      }
     }
   }
 };

@@ -203,9 +203,27 @@ struct Problem {
     int64_t total = 0;
     for (int l = 0; l < c.B * c.Hkv; ++l) total += c.lens[l];
     std::vector<float> before(size_t(total) + 1, -7.f), after(size_t(total) + 1, -7.f);
+    // Eviction candidates: distinct random positions per list, and per list a
+    // max that excludes everything, includes everything, or cuts in between.
+    const int nl = c.B * c.Hkv;
+    std::vector<int32_t> epos(static_cast<size_t>(total)), emax(nl), eslot(nl, -7);
+    {
+      int64_t f = 0;
+      for (int l = 0; l < nl; ++l) {
+        std::vector<int32_t> perm(c.lens[l]);
+        std::iota(perm.begin(), perm.end(), 0);
+        std::shuffle(perm.begin(), perm.end(), kvsqtest::rng());
+        for (int s = 0; s < c.lens[l]; ++s) epos[f++] = perm[s] * 3;
+        const int kind = kvsqtest::randint(0, 3);
+        emax[l] = kind == 0 ? std::numeric_limits<int32_t>::min() : kind == 1 ? 3 * c.lens[l] : kvsqtest::randint(0, 3 * c.lens[l]);
+      }
+    }
     if (c.score) {
       a.score_before = before.data();
       a.score_after = after.data();
+      a.evict_pos = epos.data();
+      a.evict_max_pos = emax.data();
+      a.evict_slot = eslot.data();
     }
     Status st = cpu_decode_attention(a);
     CHECK_MSG(st == Status::Ok, path << ": status " << status_name(st));
@@ -218,6 +236,19 @@ struct Problem {
           CHECK_MSG(f32_bits(after[f]) == f32_bits(score[ps]), path << " score_after[" << f << "] is not the pool after the step");
         }
       CHECK_MSG(before[total] == -7.f && after[total] == -7.f, path << " before/after written past sum kv_len");
+      // the candidate, recomputed from the pool after the step
+      f = 0;
+      for (int l = 0; l < nl; ++l) {
+        int want = -1;
+        for (int s = 0; s < c.lens[l]; ++s) {
+          const int32_t p = epos[f + s];
+          if (p > emax[l]) continue;
+          const float v = score[phys(l, s)];
+          if (want < 0 || v < score[phys(l, want)] || (v == score[phys(l, want)] && p < epos[f + want])) want = s;
+        }
+        CHECK_MSG(eslot[l] == want, path << " evict_slot[" << l << "] = " << eslot[l] << ", want " << want);
+        f += c.lens[l];
+      }
     }
 
     const double ulp_out = c.qdt == DType::F16 ? std::ldexp(1.0, -10) : c.qdt == DType::BF16 ? std::ldexp(1.0, -7)
