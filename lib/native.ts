@@ -13,6 +13,7 @@ export interface NativeTensorHandle {
   readonly disposed: boolean;
   toArray(): Float32Array | Uint16Array | Int32Array;
   toFloat32(into?: Float32Array): Float32Array;
+  write(src: Float32Array | Int32Array | Uint16Array): unknown;
   to(device: string): NativeTensorHandle;
   dispose(): void;
 }

@@ -135,6 +135,15 @@ export class Tensor {
   toFloat32(into?: Float32Array): Float32Array {
     return this.handle.toFloat32(into);
   }
+  /**
+   * Overwrites the first `src.length` elements in place from a typed array of
+   * the storage type (Float32Array for f32, Int32Array for i32, Uint16Array
+   * bits for f16/bf16); returns this. For buffers refilled every step.
+   */
+  write(src: Float32Array | Int32Array | Uint16Array): this {
+    this.handle.write(src);
+    return this;
+  }
   /** A copy on another device. */
   to(device: string): Tensor {
     return new Tensor(this.handle.to(device));

@@ -1,4 +1,4 @@
-import { Tensor, backend, KvsqError } from '../lib';
+import { Tensor, backend, KvsqError, ops } from '../lib';
 
 // Bad inputs first: every one is a KvsqError with a code, never a crash.
 describe('Tensor: invalid arguments', () => {
@@ -238,5 +238,37 @@ describe('backend.info', () => {
     expect(() => backend.setThreads(1.5)).toThrow(expect.objectContaining({ code: 'KVSQ_RANGE' }));
     expect(backend.setThreads(1)).toBe(1);
     expect(backend.setThreads(0)).toBeGreaterThanOrEqual(1);
+  });
+});
+
+describe('Tensor.write (in-place refill)', () => {
+  it('overwrites the first n elements of f32, i32 and f16 tensors; returns the tensor', () => {
+    const f = Tensor.from(new Float32Array([1, 2, 3, 4]), [4]);
+    expect(f.write(new Float32Array([9, 8]))).toBe(f);
+    expect(Array.from(f.toFloat32())).toEqual([9, 8, 3, 4]);
+    const i = Tensor.zeros([3], { dtype: 'i32' });
+    i.write(new Int32Array([-5, 7, 2 ** 31 - 1]));
+    expect(Array.from(i.toArray())).toEqual([-5, 7, 2 ** 31 - 1]);
+    const h = Tensor.zeros([2], { dtype: 'f16' });
+    h.write(new Uint16Array([0x3c00, 0xc000])); // 1, -2
+    expect(Array.from(h.toFloat32())).toEqual([1, -2]);
+    for (const t of [f, i, h]) t.dispose();
+  });
+  it('bad sources are typed errors and change nothing', () => {
+    const f = Tensor.from(new Float32Array([1, 2]), [2]);
+    expect(() => f.write(new Int32Array(1))).toThrow(expect.objectContaining({ code: 'KVSQ_DTYPE' }));
+    expect(() => f.write(new Float32Array(3))).toThrow(expect.objectContaining({ code: 'KVSQ_SHAPE' }));
+    expect(() => f.write([1, 2] as unknown as Float32Array)).toThrow(expect.objectContaining({ code: 'KVSQ_ARG' }));
+    expect(Array.from(f.toFloat32())).toEqual([1, 2]);
+    f.dispose();
+    expect(() => f.write(new Float32Array(1))).toThrow(expect.objectContaining({ code: 'KVSQ_DISPOSED' }));
+  });
+  it('a tensor in use by a running async op is not writable (KVSQ_STATE)', async () => {
+    const scores = Tensor.from(new Float32Array(1 << 20).map(() => Math.random()), [1, 1 << 20]);
+    const p = ops.topkAsync(scores, 4);
+    expect(() => scores.write(new Float32Array(1))).toThrow(expect.objectContaining({ code: 'KVSQ_STATE' }));
+    const r = await p;
+    scores.write(new Float32Array(1));
+    for (const t of [scores, r.indices, r.counts]) t.dispose();
   });
 });

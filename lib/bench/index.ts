@@ -578,7 +578,7 @@ export function registerBench(program: Command, io: CliIO): void {
     )
     .option('--backend <name>', 'cpu, or cuda / cuda:N (kernel rows on the GPU; without CUDA: says why and exits 0)', 'cpu')
     .option('--json', 'print JSON')
-    .option('--kernel <names>', 'comma-separated ids or kernel names (decode-f16, decode-f32, topk, window, quest, quest-share, pool1d-max, pool1d-avg, chunk, append, gather)')
+    .option('--kernel <names>', 'comma-separated ids or kernel names (decode-f16, decode-f32, topk, window, quest, quest-share, quest-select, quest-select-share, pool1d-max, pool1d-avg, chunk, append, gather)')
     .option('--method <names>', `comma-separated method rows: all, prefill, decode, a method name (h2o, quest, ...) or row ids (${METHOD_IDS.join(', ')})`)
     .option('--quick', 'small shapes: a few seconds')
     .option('--no-ort', 'skip the onnxruntime-node baseline')

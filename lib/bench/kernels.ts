@@ -237,13 +237,19 @@ function topkCase(rows: number, len: number, k: number, dev = 'cpu'): KernelCase
 
 // ------------------------------------------------------------------ Quest bounds
 
-function questCase(Hq: number, Hkv: number, D: number, L: number, P: number, dt: FD, share: boolean, dev = 'cpu'): KernelCase {
+/**
+ * Quest bounds, or (select > 0) the whole page choice with `select` pages per
+ * head (ops.questSelect: bounds + top pages + page lists); its bytes are the
+ * same metadata read, its baseline the same TypeScript bounds.
+ */
+function questCase(Hq: number, Hkv: number, D: number, L: number, P: number, dt: FD, share: boolean, dev = 'cpu', select = 0): KernelCase {
   const { i32, ft, from } = makers(dev);
   const pages = Math.ceil(L / P);
+  const id = `quest${select ? '-select' : ''}${share ? '-share' : ''}`;
   return {
-    id: share ? 'quest-share' : 'quest',
-    kernel: 'questBounds',
-    shape: `Hq${Hq} Hkv${Hkv} D${D} ${pages} pages of ${P}${share ? ', shared' : ''}`,
+    id,
+    kernel: select ? 'questSelect' : 'questBounds',
+    shape: `Hq${Hq} Hkv${Hkv} D${D} ${pages} pages of ${P}${share ? ', shared' : ''}${select ? `, ${select} pages per head` : ''}`,
     dtype: dt,
     bound: 'memory',
     setup() {
@@ -263,12 +269,17 @@ function questCase(Hq: number, Hkv: number, D: number, L: number, P: number, dt:
       const mv = metaPool.toFloat32();
       const qv = q.toFloat32();
       const args = { q, metaPool, pageIndptr: i32(indptr), pageIds: i32(ids), kvLen: i32(Array(Hkv).fill(L)), numKvHeads: Hkv, pageSize: P, share };
-      let last: Tensor | undefined;
+      let last: Tensor[] = [];
       const g = Hq / Hkv;
       return {
         run() {
-          last?.dispose();
-          last = ops.questBounds(args);
+          disposeAll(last);
+          if (select) {
+            const r = ops.questSelect({ ...args, budgetPages: select });
+            last = [r.selIndptr, r.selPages];
+          } else {
+            last = [ops.questBounds(args)];
+          }
         },
         bytes: Hkv * (pages - 1) * 2 * D * BYTES[dt] + Hq * D * BYTES[dt] + (share ? Hkv : Hq) * (pages - 1) * 4,
         baseline: {
@@ -291,7 +302,7 @@ function questCase(Hq: number, Hkv: number, D: number, L: number, P: number, dt:
             });
           },
         },
-        dispose: () => disposeAll([last, q, metaPool, args.pageIndptr, args.pageIds, args.kvLen]),
+        dispose: () => disposeAll([...last, q, metaPool, args.pageIndptr, args.pageIds, args.kvLen]),
       };
     },
   };
@@ -437,6 +448,8 @@ export function fullCases(dev = 'cpu'): KernelCase[] {
     windowCase(32, 8, 128, 32768, 32, 'f16', dev),
     questCase(32, 8, 128, 32768, 16, 'f16', false, dev),
     questCase(32, 8, 128, 32768, 16, 'f16', true, dev),
+    questCase(32, 8, 128, 32768, 16, 'f16', false, dev, 128),
+    questCase(32, 8, 128, 32768, 16, 'f16', true, dev, 128),
     poolCase(8, 32768, 32736, 7, 'max', dev),
     poolCase(8, 32768, 32736, 5, 'avg', dev),
     chunkCase(8, 32768, 32736, 10, dev),
@@ -455,6 +468,7 @@ export function quickCases(dev = 'cpu'): KernelCase[] {
     windowCase(4, 2, 64, 1024, 16, 'f16', dev),
     questCase(8, 2, 64, 2048, 16, 'f16', false, dev),
     questCase(8, 2, 64, 2048, 16, 'f16', true, dev),
+    questCase(8, 2, 64, 2048, 16, 'f16', true, dev, 16),
     poolCase(2, 2048, 2032, 7, 'max', dev),
     poolCase(2, 2048, 2032, 5, 'avg', dev),
     chunkCase(2, 2048, 2032, 10, dev),

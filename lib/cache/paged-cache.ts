@@ -280,7 +280,7 @@ export class PagedKVCache {
   private nextId = 0;
   private disposed = false;
   private scoreRec: { before: Tensor; after: Tensor; host: Float32Array } | null = null;
-  private posBuf: Int32Array | null = null;
+  private posBuf: { host: Int32Array; pos: Tensor; max: Tensor } | null = null;
 
   constructor(o: PagedKVCacheOptions) {
     if (o === null || typeof o !== 'object') throw new ArgumentError('PagedKVCache: expected an options object');
@@ -1006,14 +1006,16 @@ export class PagedKVCache {
         }
       });
       if (fast) {
-        const flat = this.positionBuffer(total);
+        // Reused host buffer and tensors, refilled in place (a fresh 64 KB
+        // tensor per step cost more than the kernel's eviction scan).
+        const buf = this.positionBuffers(total, t.lists.length, step.undo.length === 0, track);
         let off = 0;
         for (const h of t.lists) {
-          flat.set(h.pos.subarray(0, h.len), off);
+          buf.host.set(h.pos.subarray(0, h.len), off);
           off += h.len;
         }
-        evictPositions = track(Tensor.from(flat.subarray(0, total), [total]));
-        evictMaxPos = track(Tensor.from(maxPos, [maxPos.length]));
+        evictPositions = buf.pos.write(buf.host.subarray(0, total));
+        evictMaxPos = buf.max.write(maxPos);
       }
     }
     const r = ops.decodeAttention({
@@ -1037,9 +1039,29 @@ export class PagedKVCache {
     return r.o;
   }
 
-  /** A reusable host buffer for a step's flat slot positions (grown by doubling). */
-  private positionBuffer(total: number): Int32Array {
-    if (!this.posBuf || this.posBuf.length < total) this.posBuf = new Int32Array(Math.max(total, 2 * (this.posBuf?.length ?? 0), 1024));
+  /**
+   * The flat slot positions and per-list maxima a step hands to the kernel:
+   * the cache's reusable ones (grown by doubling) for the first group of a
+   * step, fresh tracked ones for a mixed batch's further groups.
+   */
+  private positionBuffers(total: number, lists: number, first: boolean, track: (t: Tensor) => Tensor): { host: Int32Array; pos: Tensor; max: Tensor } {
+    if (!first) {
+      return { host: new Int32Array(total), pos: track(Tensor.zeros([Math.max(total, 1)], { dtype: 'i32', device: this.device })), max: track(Tensor.zeros([lists], { dtype: 'i32', device: this.device })) };
+    }
+    const cur = this.posBuf;
+    if (cur && cur.host.length >= total && cur.max.numel === lists) return cur;
+    const n = Math.max(total, cur && cur.host.length >= total ? cur.host.length : 2 * (cur?.host.length ?? 0), 1024);
+    const pos = Tensor.zeros([n], { dtype: 'i32', device: this.device });
+    let max: Tensor;
+    try {
+      max = Tensor.zeros([lists], { dtype: 'i32', device: this.device });
+    } catch (e) {
+      pos.dispose();
+      throw e;
+    }
+    cur?.pos.dispose();
+    cur?.max.dispose();
+    this.posBuf = { host: new Int32Array(n), pos, max };
     return this.posBuf;
   }
 
@@ -1142,6 +1164,9 @@ export class PagedKVCache {
     this.sequences.clear();
     this.pool.dispose();
     this.clearLastSelection();
+    this.posBuf?.pos.dispose();
+    this.posBuf?.max.dispose();
+    this.posBuf = null;
     this.scoreRec?.before.dispose();
     this.scoreRec?.after.dispose();
     this.scoreRec = null;

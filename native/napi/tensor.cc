@@ -107,7 +107,7 @@ void Tensor::Init(Napi::Env env, Napi::Object exports) {
       {InstanceAccessor<&Tensor::Shape>("shape"), InstanceAccessor<&Tensor::DTypeName>("dtype"),
        InstanceAccessor<&Tensor::Device>("device"), InstanceAccessor<&Tensor::NBytes>("nbytes"),
        InstanceAccessor<&Tensor::Disposed>("disposed"), InstanceMethod<&Tensor::ToArray>("toArray"),
-       InstanceMethod<&Tensor::ToFloat32>("toFloat32"), InstanceMethod<&Tensor::To>("to"),
+       InstanceMethod<&Tensor::ToFloat32>("toFloat32"), InstanceMethod<&Tensor::Write>("write"), InstanceMethod<&Tensor::To>("to"),
        InstanceMethod<&Tensor::Dispose>("dispose")});
   addon_data(env)->tensor_ctor = Napi::Persistent(ctor);
   exports.Set("NativeTensor", ctor);
@@ -281,6 +281,37 @@ Napi::Value Tensor::ToFloat32(const Napi::CallbackInfo& info) {
   Napi::Float32Array out = Napi::Float32Array::New(env, n);
   if (n) convert_to_f32(s_.dtype, src, out.Data(), n);
   return out;
+}
+
+// write(src): copies a typed array of the tensor's storage type (Float32Array
+// for f32, Uint16Array bits for f16/bf16, Int32Array for i32) over the first
+// src.length elements, in place, on whatever device the tensor lives: a
+// buffer the caller refills every step (the cache's slot positions) is
+// reused instead of allocated. A tensor pinned by a running async op is not
+// writable (KVSQ_STATE): the op may be reading it.
+Napi::Value Tensor::Write(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check_live(env);
+  if (pins_ > 0) throw_error(env, "KVSQ_STATE", "Tensor.write: the tensor is in use by a running async op");
+  if (!info.Length() || !info[0].IsTypedArray()) throw_error(env, "KVSQ_ARG", "Tensor.write: expected a typed array");
+  Napi::TypedArray ta = info[0].As<Napi::TypedArray>();
+  const napi_typedarray_type want = s_.dtype == DType::F32 ? napi_float32_array : s_.dtype == DType::I32 ? napi_int32_array : napi_uint16_array;
+  if (ta.TypedArrayType() != want)
+    throw_error(env, "KVSQ_DTYPE", std::string("Tensor.write: a ") + dtype_name(s_.dtype) + " tensor takes " +
+                                       (want == napi_float32_array ? "a Float32Array" : want == napi_int32_array ? "an Int32Array" : "a Uint16Array (bits)"));
+  const size_t n = ta.ElementLength();
+  if (n > size_t(s_.numel()))
+    throw_error(env, "KVSQ_SHAPE", "Tensor.write: " + std::to_string(n) + " values for a tensor of " + std::to_string(s_.numel()));
+  if (n == 0) return info.This();
+  const void* src = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+  const size_t bytes = n * dtype_size(s_.dtype);
+  if (s_.device == kCpu) {
+    std::memcpy(s_.data, src, bytes);
+  } else {
+    Status st = copy_host_to_device(s_.device, s_.data, src, bytes);
+    if (st != Status::Ok) throw_status(env, st, "Tensor.write to " + s_.device_name());
+  }
+  return info.This();
 }
 
 Napi::Value Tensor::To(const Napi::CallbackInfo& info) {

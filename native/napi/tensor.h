@@ -69,6 +69,7 @@ class Tensor : public Napi::ObjectWrap<Tensor> {
   Napi::Value Disposed(const Napi::CallbackInfo& info);
   Napi::Value ToArray(const Napi::CallbackInfo& info);
   Napi::Value ToFloat32(const Napi::CallbackInfo& info);
+  Napi::Value Write(const Napi::CallbackInfo& info);
   Napi::Value To(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 
