@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cstdint>
 #include <mutex>
 #include <string>
 
@@ -135,22 +136,54 @@ CudaInfo cuda_info() {
   return info;
 }
 
+namespace {
+// The device's default memory pool keeps up to 256 MiB of freed memory
+// instead of returning it to the driver at every synchronisation, so the
+// per-step tensors of a decode loop reuse it (raised once, never lowered).
+void keep_pool_memory(int device) {
+  static std::once_flag once[64];
+  if (device < 0 || device >= 64) return;
+  std::call_once(once[device], [device] {
+    cudaMemPool_t pool;
+    if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
+      uint64_t cur = 0, want = uint64_t(256) << 20;
+      if (cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &cur) == cudaSuccess && cur < want)
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &want);
+    }
+    cudaGetLastError();  // best effort
+  });
+}
+}  // namespace
+
+// Stream-ordered on the legacy default stream, where every kernel of this
+// library runs: neither call blocks the host, and a free takes effect after
+// the work launched before it (a tensor disposed right after the op that
+// reads it is safe).
 Status device_alloc(int device, size_t bytes, void** ptr) {
   Status s = enter(device);
   if (s != Status::Ok) return s;
-  return record(device, cudaMalloc(ptr, bytes));
+  keep_pool_memory(device);
+  return record(device, cudaMallocAsync(ptr, bytes, nullptr));
 }
 
 Status device_free(int device, void* ptr) {
   Status s = enter(device);
   if (s != Status::Ok) return s;
-  return record(device, cudaFree(ptr));
+  return record(device, cudaFreeAsync(ptr, nullptr));
 }
+
+Status device_select(int device) { return enter(device); }
 
 Status copy_host_to_device(int device, void* dst, const void* src, size_t bytes) {
   Status s = enter(device);
   if (s != Status::Ok) return s;
   return record(device, cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+
+Status copy_host_to_device_async(int device, void* dst, const void* src, size_t bytes) {
+  Status s = enter(device);
+  if (s != Status::Ok) return s;
+  return record(device, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, nullptr));
 }
 
 Status copy_device_to_host(int device, void* dst, const void* src, size_t bytes) {
@@ -168,7 +201,7 @@ Status copy_device_to_device(int device, void* dst, const void* src, size_t byte
 Status device_memset(int device, void* dst, int value, size_t bytes) {
   Status s = enter(device);
   if (s != Status::Ok) return s;
-  return record(device, cudaMemset(dst, value, bytes));
+  return record(device, cudaMemsetAsync(dst, value, bytes, nullptr));
 }
 
 Status device_synchronize(int device) {

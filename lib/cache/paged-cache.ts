@@ -1045,16 +1045,18 @@ export class PagedKVCache {
    * step, fresh tracked ones for a mixed batch's further groups.
    */
   private positionBuffers(total: number, lists: number, first: boolean, track: (t: Tensor) => Tensor): { host: Int32Array; pos: Tensor; max: Tensor } {
+    // Host tensors whatever the cache's device: index arrays are read on the
+    // host by the binding anyway (and uploaded with the step's page tables).
     if (!first) {
-      return { host: new Int32Array(total), pos: track(Tensor.zeros([Math.max(total, 1)], { dtype: 'i32', device: this.device })), max: track(Tensor.zeros([lists], { dtype: 'i32', device: this.device })) };
+      return { host: new Int32Array(total), pos: track(Tensor.zeros([Math.max(total, 1)], { dtype: 'i32' })), max: track(Tensor.zeros([lists], { dtype: 'i32' })) };
     }
     const cur = this.posBuf;
     if (cur && cur.host.length >= total && cur.max.numel === lists) return cur;
     const n = Math.max(total, cur && cur.host.length >= total ? cur.host.length : 2 * (cur?.host.length ?? 0), 1024);
-    const pos = Tensor.zeros([n], { dtype: 'i32', device: this.device });
+    const pos = Tensor.zeros([n], { dtype: 'i32' });
     let max: Tensor;
     try {
-      max = Tensor.zeros([lists], { dtype: 'i32', device: this.device });
+      max = Tensor.zeros([lists], { dtype: 'i32' });
     } catch (e) {
       pos.dispose();
       throw e;

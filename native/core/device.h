@@ -36,9 +36,19 @@ int cuda_device_count();
 // Device memory. Return Status::Cuda with last_cuda_error() set on failure,
 // Status::OOM when the device is out of memory, Status::Device when the
 // device index is invalid, Status::Unsupported in a CPU-only build.
+// Everything is ordered on the device's legacy default stream, where every
+// kernel of the library runs: device_alloc / device_free are stream-ordered
+// (a free takes effect after the work launched before it; neither blocks the
+// host), device_memset and copy_host_to_device_async are asynchronous (the
+// host buffer may be reused when the call returns: pageable memory is staged
+// by the driver), copy_host_to_device / copy_device_to_host / _to_device wait
+// for the copy. Kernel errors therefore surface at the next waiting call.
 Status device_alloc(int device, size_t bytes, void** ptr);
 Status device_free(int device, void* ptr);
+// Makes `device` current on this thread, failing fast if it is unusable.
+Status device_select(int device);
 Status copy_host_to_device(int device, void* dst, const void* src, size_t bytes);
+Status copy_host_to_device_async(int device, void* dst, const void* src, size_t bytes);
 Status copy_device_to_host(int device, void* dst, const void* src, size_t bytes);
 Status copy_device_to_device(int device, void* dst, const void* src, size_t bytes);
 Status device_memset(int device, void* dst, int value, size_t bytes);

@@ -15,7 +15,9 @@ CudaInfo cuda_info() {
 int cuda_device_count() { return 0; }
 Status device_alloc(int, size_t, void**) { return Status::Unsupported; }
 Status device_free(int, void*) { return Status::Unsupported; }
+Status device_select(int) { return Status::Unsupported; }
 Status copy_host_to_device(int, void*, const void*, size_t) { return Status::Unsupported; }
+Status copy_host_to_device_async(int, void*, const void*, size_t) { return Status::Unsupported; }
 Status copy_device_to_host(int, void*, const void*, size_t) { return Status::Unsupported; }
 Status copy_device_to_device(int, void*, const void*, size_t) { return Status::Unsupported; }
 Status device_memset(int, void*, int, size_t) { return Status::Unsupported; }

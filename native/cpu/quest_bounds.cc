@@ -88,10 +88,8 @@ void pages_portable(const Ctx& c, int64_t list, int p0, int p1) {
       const float* qn = qp + Dp;
       float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
       for (int d0 = 0; d0 < Dp; d0 += 8)
-        for (int r = 0; r < 8; ++r) {
-          const float q = qp[d0 + r] + qn[d0 + r];  // exact: one of them is zero
-          acc[r] += std::max(q * hi[d0 + r], q * lo[d0 + r]);
-        }
+        for (int r = 0; r < 8; ++r)  // = max(q*hi, q*lo) exactly (one term is a zero), and NaN
+          acc[r] += qp[d0 + r] * hi[d0 + r] + qn[d0 + r] * lo[d0 + r];  // propagates as on the SIMD path
       const float u = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
       if (a.share) best = std::max(best, u);
       else a.out[(h0 + h) * a.out_stride + p] = u;

@@ -359,18 +359,19 @@ const int32_t* host_i32(const Opts& a, Job& job, Tensor* t) {
 #ifdef KVSQ_WITH_CUDA
 // The device half of a run, after the host index checks passed: upload the
 // staged index arrays (the device layer selects the job's device in each of
-// its calls; with nothing staged, a synchronize is that call, so the launch on
-// an async worker thread goes to the right device), launch on the default
-// stream (nullptr), then wait for the device so kernel errors surface in this
-// call and the sync form returns finished data. After a failed launch nothing
-// is awaited here: freeing the outputs and the staging (cudaFree) waits.
+// its calls; with nothing staged, device_select makes it current, so a launch
+// on an async worker thread goes to the right device), then launch on the
+// legacy default stream (nullptr). Nothing waits for the device here: the
+// outputs are stream-ordered after the kernels, the next op's kernels after
+// those, and reading a tensor on the host waits for them (core/device.h), so
+// a decode step synchronises only where data comes back to JavaScript. A
+// kernel fault therefore surfaces at that read (KVSQ_CUDA; sticky faults
+// poison the device for every later call). Launch errors surface here.
 template <class Launch>
 Status on_device(Job* j, Launch&& launch) {
-  Status s = j->staging && !j->staging->empty() ? j->staging->upload() : device_synchronize(j->device);
+  Status s = j->staging && !j->staging->empty() ? j->staging->upload() : device_select(j->device);
   if (s != Status::Ok) return s;
-  s = launch();
-  if (s != Status::Ok) return s;
-  return device_synchronize(j->device);
+  return launch();
 }
 size_t i32_bytes(Tensor* t) { return size_t(S(t).numel()) * sizeof(int32_t); }
 #endif

@@ -16,8 +16,7 @@ size_t padded(size_t bytes) { return std::max(kAlign, (bytes + kAlign - 1) / kAl
 }  // namespace
 
 Staging::~Staging() {
-  // device_free waits for the device (cudaFree synchronises), so a kernel
-  // still reading the arrays after a failed launch sequence is done first.
+  // Stream-ordered: the arrays are released after the kernels that read them.
   if (buf_) device_free(device_, buf_);
 }
 
@@ -68,9 +67,12 @@ Status Staging::upload() {
     buf_ = nullptr;
     return s;
   }
-  // A synchronous copy on the legacy default stream: complete (and ordered
-  // before the kernels launched next on that stream) when it returns.
-  return copy_host_to_device(device_, buf_, host.data(), total);
+  // An asynchronous copy on the legacy default stream, ordered before the
+  // kernels launched next on it. The host block is kept with the staging
+  // (until the job ends) although the driver has staged pageable memory by
+  // the time the call returns.
+  host_ = std::move(host);
+  return copy_host_to_device_async(device_, buf_, host_.data(), total);
 }
 
 }  // namespace napi

@@ -15,11 +15,12 @@
 // The kernel therefore sees exactly the values that were validated, even if
 // the index tensor changes meanwhile.
 //
-// Cost (kept simple on purpose): per call one cudaMalloc, one host-to-device
-// copy and, in the destructor, one cudaFree, each of which synchronises with
-// the device; a device index tensor adds one device-to-host copy. Index arrays
-// are small (a few KB per decode step), so this is latency, not bandwidth; a
-// pooled pinned staging buffer would remove it if decode latency ever needs it.
+// Cost: per call one stream-ordered allocation, one asynchronous
+// host-to-device copy of the (pageable) block and, in the destructor, one
+// stream-ordered free: none waits for the device (core/device.h), except that
+// the driver may wait while it stages pageable memory; a pooled pinned
+// staging buffer would rule that out. A device index tensor adds one
+// device-to-host copy, which waits: keep index tensors on the host.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -72,6 +73,7 @@ class Staging {
   std::vector<Pending> pending_;
   std::vector<size_t> offsets_;
   void* buf_ = nullptr;
+  std::vector<uint8_t> host_;  // the uploaded block, kept until the job ends
 };
 
 
