@@ -70,5 +70,40 @@ for (const [name, mk] of [['H2O', () => new k.H2O({ heavy: 256, recent: 256 })],
     console.log(`SMOKE FAIL SnapKV + ${name}: ${e.code || ''} ${e.message}`);
   }
 }
+// 3. A Quest selection made on the device is used there as it is; once
+// written to, it is read back and checked like any other (a bad page:
+// KVSQ_RANGE, nothing launched).
+try {
+  const dev = 'cuda:0', P = 16, n = 40; // pages per list
+  const q = k.Tensor.from(randArr(Hq * D), [1, Hq, D], { dtype: 'bf16', device: dev });
+  const meta = k.Tensor.from(randArr(Hkv * n * 2 * D), [Hkv * n, 2, D], { dtype: 'bf16', device: dev });
+  const kPool = k.Tensor.from(randArr(Hkv * n * P * D), [Hkv * n, P, D], { dtype: 'bf16', device: dev });
+  const vPool = k.Tensor.from(randArr(Hkv * n * P * D), [Hkv * n, P, D], { dtype: 'bf16', device: dev });
+  const i32 = (a) => k.Tensor.from(Int32Array.from(a), [a.length]);
+  const pageIndptr = i32(Array.from({ length: Hkv + 1 }, (_, j) => j * n));
+  const pageIds = i32(Array.from({ length: Hkv * n }, (_, i) => i));
+  const kvLen = i32(Array(Hkv).fill(n * P));
+  const sel = k.ops.questSelect({ q, metaPool: meta, pageIndptr, pageIds, kvLen, numKvHeads: Hkv, pageSize: P, budgetPages: 8 });
+  const base = { q, kPool, vPool, pageIndptr, pageIds, kvLen, numKvHeads: Hkv };
+  const onDev = k.ops.decodeAttention({ ...base, selIndptr: sel.selIndptr, selPages: sel.selPages }).o.toFloat32();
+  const viaHost = k.ops.decodeAttention({ ...base, selIndptr: sel.selIndptr.to('cpu'), selPages: sel.selPages.to('cpu') }).o.toFloat32();
+  close('Quest selection used on the device = the same selection checked on the host', onDev, viaHost, 0);
+  const bad = Int32Array.from(sel.selPages.toArray());
+  bad[0] = n + 5;
+  sel.selPages.write(bad);
+  let code = 'none';
+  try {
+    k.ops.decodeAttention({ ...base, selIndptr: sel.selIndptr, selPages: sel.selPages });
+  } catch (e) {
+    code = e.code;
+  }
+  const ok = code === 'KVSQ_RANGE';
+  if (!ok) failures++;
+  console.log(`SMOKE ${ok ? 'PASS' : 'FAIL'} a written selection is checked again: ${code}`);
+} catch (e) {
+  failures++;
+  console.log(`SMOKE FAIL Quest selection on the device: ${e.code || ''} ${e.message}`);
+}
+
 console.log(`${failures === 0 ? 'SMOKE OK' : 'SMOKE FAILED'} (${failures} failures)`);
 process.exit(failures ? 1 : 0);

@@ -387,6 +387,25 @@ constexpr int64_t kMaxI32 = 0x7fffffff;
 
 // ------------------------------------------------------------------ ops
 
+// The per-list page counts of a batch's lists (ceil(kv_len / P); -1 for a
+// negative length, which the checks reject later anyway).
+std::vector<int64_t> list_pages(const int32_t* len, int64_t lists, int64_t P) {
+  std::vector<int64_t> n(static_cast<size_t>(lists));
+  for (int64_t l = 0; l < lists; ++l) n[l] = len[l] < 0 ? -1 : (int64_t(len[l]) + P - 1) / P;
+  return n;
+}
+
+// True when selIndptr / selPages are the untouched outputs of one questSelect
+// call for exactly these lists (same batch, heads, page size and page counts):
+// then every row is ascending and inside its list, as decode attention requires,
+// and a device selection need not be read back to be checked.
+bool selection_fits(const Storage& ind, const Storage& pages, int64_t B, int64_t Hq, int64_t Hkv, int64_t P, const int32_t* len) {
+  const SelectionTag* t = ind.selection.get();
+  if (!t || ind.selection != pages.selection) return false;
+  if (t->batch != B || t->q_heads != Hq || t->kv_heads != Hkv || t->page_size != P) return false;
+  return t->pages == list_pages(len, B * Hkv, P);
+}
+
 std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
   Opts a(info, "decodeAttention");
   Tensor* q = a.tensor("q");
@@ -423,12 +442,17 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
   const int32_t* h_indptr = host_i32(a, *job, indptr);
   const int32_t* h_ids = host_i32(a, *job, ids);
   const int32_t* h_len = host_i32(a, *job, len);
-  const int32_t* h_sel_indptr = host_i32(a, *job, sel_indptr);
-  const int32_t* h_sel_pages = host_i32(a, *job, sel_pages);
   need_numel(a, len, "kvLen", B * Hkv);
-  check_indptr(a, indptr, h_indptr, "pageIndptr", B * Hkv, S(ids).numel());
   if (bool(sel_indptr) != bool(sel_pages)) throw_error(a.env, "KVSQ_ARG", a.op + ": selIndptr and selPages go together");
-  if (sel_indptr) check_indptr(a, sel_indptr, h_sel_indptr, "selIndptr", B * Hq, S(sel_pages).numel());
+  // A device selection made by questSelect for these very lists stays on the
+  // device (no read-back): it is valid by construction. Anything else is read
+  // and checked on the host, as on the CPU.
+  const bool sel_on_device = sel_indptr && dev != kCpu && S(sel_indptr).device == dev && S(sel_pages).device == dev &&
+                             selection_fits(S(sel_indptr), S(sel_pages), B, Hq, Hkv, P, h_len);
+  const int32_t* h_sel_indptr = sel_on_device ? nullptr : host_i32(a, *job, sel_indptr);
+  const int32_t* h_sel_pages = sel_on_device ? nullptr : host_i32(a, *job, sel_pages);
+  check_indptr(a, indptr, h_indptr, "pageIndptr", B * Hkv, S(ids).numel());
+  if (sel_indptr && !sel_on_device) check_indptr(a, sel_indptr, h_sel_indptr, "selIndptr", B * Hq, S(sel_pages).numel());
   if (score) {
     need_dtype(a, score, "scorePool", {DType::F32});
     need_shape(a, score, "scorePool", {N, P});
@@ -515,20 +539,24 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
     Staging& st = job->stage();
     const size_t s_indptr = st.add(h_indptr, i32_bytes(indptr)), s_ids = st.add(h_ids, i32_bytes(ids)),
                  s_len = st.add(h_len, i32_bytes(len));
-    const size_t s_sel_indptr = sel_indptr ? st.add(h_sel_indptr, i32_bytes(sel_indptr)) : 0;
-    const size_t s_sel_pages = sel_pages ? st.add(h_sel_pages, i32_bytes(sel_pages)) : 0;
+    const bool stage_sel = sel_indptr && !sel_on_device;
+    const size_t s_sel_indptr = stage_sel ? st.add(h_sel_indptr, i32_bytes(sel_indptr)) : 0;
+    const size_t s_sel_pages = stage_sel ? st.add(h_sel_pages, i32_bytes(sel_pages)) : 0;
+    const int32_t* d_sel_indptr = sel_on_device ? static_cast<const int32_t*>(S(sel_indptr).data) : nullptr;
+    const int32_t* d_sel_pages = sel_on_device ? static_cast<const int32_t*>(S(sel_pages).data) : nullptr;
     const size_t s_epos = want_evict ? st.add(h_epos, i32_bytes(epos)) : 0, s_emax = want_evict ? st.add(h_emax, i32_bytes(emax)) : 0;
-    const bool sel = sel_indptr != nullptr;
-    job->run = [j, args, bind_outputs, s_indptr, s_ids, s_len, s_sel_indptr, s_sel_pages, sel, s_epos, s_emax, want_evict]() mutable {
+    job->run = [j, args, bind_outputs, s_indptr, s_ids, s_len, s_sel_indptr, s_sel_pages, stage_sel, d_sel_indptr, d_sel_pages,
+                s_epos, s_emax, want_evict]() mutable {
       bind_outputs(args);
-      if (Status s = validate_decode_attention(args); s != Status::Ok) return s;  // host index pointers
+      // host index pointers (a device-resident selection is valid by construction: not read here)
+      if (Status s = validate_decode_attention(args); s != Status::Ok) return s;
       return on_device(j, [&] {
         const Staging& sg = *j->staging;
         args.page_indptr = sg.dev<int32_t>(s_indptr);
         args.page_ids = sg.dev<int32_t>(s_ids);
         args.kv_len = sg.dev<int32_t>(s_len);
-        args.sel_indptr = sel ? sg.dev<int32_t>(s_sel_indptr) : nullptr;
-        args.sel_pages = sel ? sg.dev<int32_t>(s_sel_pages) : nullptr;
+        args.sel_indptr = stage_sel ? sg.dev<int32_t>(s_sel_indptr) : d_sel_indptr;
+        args.sel_pages = stage_sel ? sg.dev<int32_t>(s_sel_pages) : d_sel_pages;
         args.evict_pos = want_evict ? sg.dev<int32_t>(s_epos) : nullptr;
         args.evict_max_pos = want_evict ? sg.dev<int32_t>(s_emax) : nullptr;
         return cuda_decode_attention(args, nullptr);
@@ -916,15 +944,23 @@ std::unique_ptr<Job> parse_quest_select(const Napi::CallbackInfo& info) {
     x.sel_indptr = static_cast<int32_t*>(j->out_ptr(ind_i));
     x.sel_pages = static_cast<int32_t*>(j->out_ptr(pages_i));
   };
-  job->run = [args, bind_outputs]() mutable {
+  // What the selection is valid for (decodeAttention then trusts it on the device).
+  auto tag = std::make_shared<SelectionTag>();
+  tag->batch = qa.batch, tag->q_heads = qa.num_q_heads, tag->kv_heads = qa.num_kv_heads, tag->page_size = qa.page_size;
+  tag->pages = list_pages(qa.kv_len, int64_t(qa.batch) * qa.num_kv_heads, qa.page_size);
+  auto mark = [j, ind_i, pages_i, tag](Status s) {
+    if (s == Status::Ok) j->outputs[ind_i].selection = j->outputs[pages_i].selection = tag;
+    return s;
+  };
+  job->run = [args, bind_outputs, mark]() mutable {
     if (args.bounds.batch == 0) return Status::Ok;  // outputs are zeroed: selIndptr = [0]
     bind_outputs(args);
-    return cpu_quest_select(args);
+    return mark(cpu_quest_select(args));
   };
 #ifdef KVSQ_WITH_CUDA
   if (in.dev != kCpu) {
     const QuestStaged sq = stage_quest(*job, in);
-    job->run = [j, args, bind_outputs, sq]() mutable {
+    job->run = [j, args, bind_outputs, sq, mark]() mutable {
       if (args.bounds.batch == 0) return Status::Ok;
       // Host checks first, on the host copies of the tables and a host
       // stand-in for the outputs (validation reads no output).
@@ -934,10 +970,10 @@ std::unique_ptr<Job> parse_quest_select(const Napi::CallbackInfo& info) {
       h.sel_pages = &probe;
       if (Status s = validate_quest_select(h); s != Status::Ok) return s;
       bind_outputs(args);
-      return on_device(j, [&] {
+      return mark(on_device(j, [&] {
         sq.bind(*j->staging, args.bounds);
         return cuda_quest_select(args, nullptr);
-      });
+      }));
     };
   }
 #endif

@@ -303,6 +303,7 @@ Napi::Value Tensor::Write(const Napi::CallbackInfo& info) {
   if (n > size_t(s_.numel()))
     throw_error(env, "KVSQ_SHAPE", "Tensor.write: " + std::to_string(n) + " values for a tensor of " + std::to_string(s_.numel()));
   if (n == 0) return info.This();
+  s_.selection.reset();  // no longer what questSelect made
   const void* src = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
   const size_t bytes = n * dtype_size(s_.dtype);
   if (s_.device == kCpu) {

@@ -9,6 +9,7 @@
 #include <napi.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,14 @@ namespace napi {
 
 constexpr int kCpu = -1;
 
+// What a Quest selection (questSelect's selIndptr / selPages) was built for:
+// decode attention may then use it on the device without reading it back to
+// check it. Set only by questSelect on its outputs; cleared by any write.
+struct SelectionTag {
+  int64_t batch = 0, q_heads = 0, kv_heads = 0, page_size = 0;
+  std::vector<int64_t> pages;  // per list: ceil(kv_len / P) at selection time
+};
+
 struct Storage {
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
@@ -27,6 +36,7 @@ struct Storage {
   void* data = nullptr;
   size_t nbytes = 0;
   bool disposed = false;
+  std::shared_ptr<const SelectionTag> selection;
 
   int64_t numel() const {
     int64_t n = 1;
