@@ -18,6 +18,8 @@ export type {
   TopkOptions,
   TopkResult,
   QuestBoundsArgs,
+  QuestSelectArgs,
+  QuestSelectResult,
   AppendArgs,
   GatherArgs,
   PageMetaArgs,
