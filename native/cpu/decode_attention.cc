@@ -932,6 +932,20 @@ void score_item(const Ctx& c, int64_t item, Workspace& w) {
     for (int h = 0; h < c.g; ++h)
       scale[h] = bm[h] == kNegInf || lse2[h] == kNegInf ? 0.f : std::exp2(bm[h] - lse2[h]);
     c.k.scores(c.logits.data() + L.loff + u, L.ulen, scale, c.g, n, c.a->reduce, r);
+    if (!c.subset && (c.a->score_before || c.a->score_after)) {
+      // Dense lists: union slot u is slot u, so the before/after records are
+      // written in this same pass over the pool (see score_list).
+      float* before = c.a->score_before ? c.a->score_before + L.foff + u : nullptr;
+      float* after = c.a->score_after ? c.a->score_after + L.foff + u : nullptr;
+      for (int t = 0; t < n; ++t) {
+        float& p = c.a->score_pool[cur.phys()];
+        if (before) before[t] = p;
+        p += r[t];
+        if (after) after[t] = p;
+        cur.next();
+      }
+      continue;
+    }
     for (int t = 0; t < n; ++t) {
       c.a->score_pool[cur.phys()] += r[t];
       cur.next();
@@ -985,9 +999,12 @@ void evict_list(const Ctx& c, int64_t l) {
 // lists' slots are disjoint, so no atomics.
 void score_list(const Ctx& c, int64_t l, Workspace& w) {
   const ListInfo& L = c.lists[l];
-  if (c.a->score_before) copy_list_scores(c, l, c.a->score_before);
+  // A dense list's items cover every slot: score_item writes the records as
+  // it adds. A subset touches only the union's slots: copy around instead.
+  const bool copies = c.subset;
+  if (copies && c.a->score_before) copy_list_scores(c, l, c.a->score_before);
   for (int32_t i = 0; i < L.nitems; ++i) score_item(c, L.item0 + i, w);
-  if (c.a->score_after) copy_list_scores(c, l, c.a->score_after);
+  if (copies && c.a->score_after) copy_list_scores(c, l, c.a->score_after);
   if (c.a->evict_slot) evict_list(c, l);
 }
 
