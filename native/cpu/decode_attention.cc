@@ -733,6 +733,10 @@ struct Cursor {
 
 struct Workspace {
   std::vector<float> lbuf, pbuf, alpha, ws, r, scale;
+  // The eviction candidate of the list being scored (dense lists: tracked in
+  // the score pass; see score_list).
+  int32_t ev_slot = -1, ev_pos = 0;
+  float ev_score = 0.f;
   void init(int g, int D) {
     scale.resize(g);
     lbuf.resize(size_t(g) * kT);
@@ -932,16 +936,22 @@ void score_item(const Ctx& c, int64_t item, Workspace& w) {
     for (int h = 0; h < c.g; ++h)
       scale[h] = bm[h] == kNegInf || lse2[h] == kNegInf ? 0.f : std::exp2(bm[h] - lse2[h]);
     c.k.scores(c.logits.data() + L.loff + u, L.ulen, scale, c.g, n, c.a->reduce, r);
-    if (!c.subset && (c.a->score_before || c.a->score_after)) {
-      // Dense lists: union slot u is slot u, so the before/after records are
-      // written in this same pass over the pool (see score_list).
+    if (!c.subset && (c.a->score_before || c.a->score_after || c.a->evict_slot)) {
+      // Dense lists: union slot u is slot u, so the before/after records and
+      // the eviction candidate (evict_list's rule) come out of this same pass
+      // over the pool (see score_list).
       float* before = c.a->score_before ? c.a->score_before + L.foff + u : nullptr;
       float* after = c.a->score_after ? c.a->score_after + L.foff + u : nullptr;
+      const int32_t* pos = c.a->evict_slot ? c.a->evict_pos + L.foff + u : nullptr;
+      const int32_t limit = c.a->evict_slot ? c.a->evict_max_pos[it.list] : 0;
       for (int t = 0; t < n; ++t) {
         float& p = c.a->score_pool[cur.phys()];
         if (before) before[t] = p;
         p += r[t];
         if (after) after[t] = p;
+        if (pos && pos[t] <= limit && p == p &&
+            (w.ev_slot < 0 || p < w.ev_score || (p == w.ev_score && pos[t] < w.ev_pos)))
+          w.ev_slot = int32_t(u + t), w.ev_score = p, w.ev_pos = pos[t];
         cur.next();
       }
       continue;
@@ -1003,9 +1013,13 @@ void score_list(const Ctx& c, int64_t l, Workspace& w) {
   // it adds. A subset touches only the union's slots: copy around instead.
   const bool copies = c.subset;
   if (copies && c.a->score_before) copy_list_scores(c, l, c.a->score_before);
+  w.ev_slot = -1;
   for (int32_t i = 0; i < L.nitems; ++i) score_item(c, L.item0 + i, w);
   if (copies && c.a->score_after) copy_list_scores(c, l, c.a->score_after);
-  if (c.a->evict_slot) evict_list(c, l);
+  if (c.a->evict_slot) {
+    if (copies) evict_list(c, l);
+    else c.a->evict_slot[l] = w.ev_slot;
+  }
 }
 
 
