@@ -83,6 +83,18 @@ interface StepScores {
 
 const INT32_MIN = -(2 ** 31);
 
+/**
+ * A per-step buffer reused across decode steps: `cur` when it holds at least
+ * n elements, else a new one grown by doubling (the old one disposed), so a
+ * step allocates nothing once the buffers have grown.
+ */
+function grown(cur: Tensor | null | undefined, n: number, dtype: DType, device: string): Tensor {
+  if (cur && cur.numel >= n) return cur;
+  const t = Tensor.zeros([Math.max(n, 2 * (cur?.numel ?? 0), 1024)], { dtype, device });
+  cur?.dispose();
+  return t;
+}
+
 class HeadList {
   pages: number[] = [];
   /** Bumped at every change of `pages` (push, undo, replacement): keys the typed copy below. */
@@ -279,8 +291,8 @@ export class PagedKVCache {
   }
   private nextId = 0;
   private disposed = false;
-  private scoreRec: { before: Tensor; after: Tensor; host: Float32Array } | null = null;
-  private posBuf: { host: Int32Array; pos: Tensor; max: Tensor } | null = null;
+  private scoreRec: { before: Tensor | null; after: Tensor | null; host: Float32Array } | null = null;
+  private posBuf: { host: Int32Array; pos: Tensor | null; max: Tensor | null } | null = null;
 
   constructor(o: PagedKVCacheOptions) {
     if (o === null || typeof o !== 'object') throw new ArgumentError('PagedKVCache: expected an options object');
@@ -984,7 +996,7 @@ export class PagedKVCache {
       // The first group of a step uses the cache's reusable record; a mixed
       // batch's further groups get their own (the first one's undo record
       // must survive until the step ends).
-      rec = step.undo.length === 0 ? this.scoreRecord(total) : { before: track(Tensor.zeros([total], { device: this.device })), after: track(Tensor.zeros([total], { device: this.device })), host: new Float32Array(total) };
+      rec = this.scoreRecord(total, step.undo.length === 0, track);
       // Policies with an eviction limit get their candidate from the kernel;
       // the others scan the scores after the add in evict().
       const Hkv = this.numKvHeads;
@@ -1041,52 +1053,39 @@ export class PagedKVCache {
 
   /**
    * The flat slot positions and per-list maxima a step hands to the kernel:
-   * the cache's reusable ones (grown by doubling) for the first group of a
-   * step, fresh tracked ones for a mixed batch's further groups.
+   * the cache's reusable ones for the first group of a step, fresh tracked
+   * ones for a mixed batch's further groups. Host tensors whatever the
+   * cache's device: index arrays are read on the host by the binding anyway
+   * (and uploaded with the step's page tables).
    */
   private positionBuffers(total: number, lists: number, first: boolean, track: (t: Tensor) => Tensor): { host: Int32Array; pos: Tensor; max: Tensor } {
-    // Host tensors whatever the cache's device: index arrays are read on the
-    // host by the binding anyway (and uploaded with the step's page tables).
-    if (!first) {
-      return { host: new Int32Array(total), pos: track(Tensor.zeros([Math.max(total, 1)], { dtype: 'i32' })), max: track(Tensor.zeros([lists], { dtype: 'i32' })) };
+    if (!first) return { host: new Int32Array(total), pos: track(grown(null, total, 'i32', 'cpu')), max: track(Tensor.zeros([lists], { dtype: 'i32' })) };
+    const b = (this.posBuf ??= { host: new Int32Array(0), pos: null, max: null });
+    b.pos = grown(b.pos, total, 'i32', 'cpu');
+    if (b.host.length < b.pos.numel) b.host = new Int32Array(b.pos.numel);
+    if (b.max?.numel !== lists) {
+      const max = Tensor.zeros([lists], { dtype: 'i32' });
+      b.max?.dispose();
+      b.max = max;
     }
-    const cur = this.posBuf;
-    if (cur && cur.host.length >= total && cur.max.numel === lists) return cur;
-    const n = Math.max(total, cur && cur.host.length >= total ? cur.host.length : 2 * (cur?.host.length ?? 0), 1024);
-    const pos = Tensor.zeros([n], { dtype: 'i32' });
-    let max: Tensor;
-    try {
-      max = Tensor.zeros([lists], { dtype: 'i32' });
-    } catch (e) {
-      pos.dispose();
-      throw e;
-    }
-    cur?.pos.dispose();
-    cur?.max.dispose();
-    this.posBuf = { host: new Int32Array(n), pos, max };
-    return this.posBuf;
+    return { host: b.host, pos: b.pos, max: b.max };
   }
 
   /**
-   * The reusable before/after score record of a decode step (at least `total`
-   * values each, grown by doubling), so that a step allocates nothing for it.
+   * The before/after score record of a decode step: the cache's reusable one
+   * for the first group of a step, fresh tracked ones for a mixed batch's
+   * further groups (the first group's undo record must survive the step).
    */
-  private scoreRecord(total: number): { before: Tensor; after: Tensor; host: Float32Array } {
-    const cur = this.scoreRec;
-    if (cur && cur.host.length >= total) return cur;
-    const n = Math.max(total, 2 * (cur?.host.length ?? 0), 1024);
-    const before = Tensor.zeros([n], { device: this.device });
-    let after: Tensor;
-    try {
-      after = Tensor.zeros([n], { device: this.device });
-    } catch (e) {
-      before.dispose();
-      throw e;
+  private scoreRecord(total: number, first: boolean, track: (t: Tensor) => Tensor): { before: Tensor; after: Tensor; host: Float32Array } {
+    if (!first) {
+      const after = track(grown(null, total, 'f32', this.device));
+      return { before: track(grown(null, total, 'f32', this.device)), after, host: new Float32Array(after.numel) };
     }
-    cur?.before.dispose();
-    cur?.after.dispose();
-    this.scoreRec = { before, after, host: new Float32Array(n) };
-    return this.scoreRec;
+    const r = (this.scoreRec ??= { before: null, after: null, host: new Float32Array(0) });
+    r.before = grown(r.before, total, 'f32', this.device);
+    r.after = grown(r.after, total, 'f32', this.device);
+    if (r.host.length < r.after.numel) r.host = new Float32Array(r.after.numel);
+    return { before: r.before, after: r.after, host: r.host };
   }
 
   /**
@@ -1166,11 +1165,8 @@ export class PagedKVCache {
     this.sequences.clear();
     this.pool.dispose();
     this.clearLastSelection();
-    this.posBuf?.pos.dispose();
-    this.posBuf?.max.dispose();
+    for (const t of [this.posBuf?.pos, this.posBuf?.max, this.scoreRec?.before, this.scoreRec?.after]) t?.dispose();
     this.posBuf = null;
-    this.scoreRec?.before.dispose();
-    this.scoreRec?.after.dispose();
     this.scoreRec = null;
     this.disposed = true;
   }

@@ -146,7 +146,7 @@ struct Kern {
   // acc[h*D + d] = alpha[h] * acc[h*D + d] + sum_t p[h*ps + t] * V(rows[t])[d]
   void (*vacc)(const float* p, int64_t ps, const float* alpha, int g, int D,
                const char* const* rows, const char* const* pf, int n, float* acc, float* ws);
-  // r[t] = reduce_h exp2(l[h*ls + t] - m[h]) (heads with m = -inf contribute 0), t < n
+  // r[t] = reduce_h p[h*ps + t] * sc[h] (heads with sc = 0 contribute 0), t < n
   void (*scores)(const float* p, int64_t ps, const float* sc, int g, int n, Reduce mode, float* r);
 };
 
@@ -731,12 +731,20 @@ struct Cursor {
   }
 };
 
+// The eviction candidate rule (DecodeAttnArgs::evict_slot): the lowest score
+// among the offered slots, ties to the lower position; NaN never wins.
+struct EvictBest {
+  int32_t slot = -1, pos = 0;
+  float score = 0.f;
+  void offer(int32_t s, float v, int32_t p) {
+    if (v != v) return;
+    if (slot < 0 || v < score || (v == score && p < pos)) slot = s, score = v, pos = p;
+  }
+};
+
 struct Workspace {
   std::vector<float> lbuf, pbuf, alpha, ws, r, scale;
-  // The eviction candidate of the list being scored (dense lists: tracked in
-  // the score pass; see score_list).
-  int32_t ev_slot = -1, ev_pos = 0;
-  float ev_score = 0.f;
+  EvictBest ev;  // the list being scored (dense lists: tracked in the score pass; see score_list)
   void init(int g, int D) {
     scale.resize(g);
     lbuf.resize(size_t(g) * kT);
@@ -949,9 +957,7 @@ void score_item(const Ctx& c, int64_t item, Workspace& w) {
         if (before) before[t] = p;
         p += r[t];
         if (after) after[t] = p;
-        if (pos && pos[t] <= limit && p == p &&
-            (w.ev_slot < 0 || p < w.ev_score || (p == w.ev_score && pos[t] < w.ev_pos)))
-          w.ev_slot = int32_t(u + t), w.ev_score = p, w.ev_pos = pos[t];
+        if (pos && pos[t] <= limit) w.ev.offer(int32_t(u + t), p, pos[t]);
         cur.next();
       }
       continue;
@@ -976,31 +982,22 @@ void copy_list_scores(const Ctx& c, int64_t l, float* out) {
   }
 }
 
-// The eviction candidate of list l (DecodeAttnArgs::evict_slot): the
-// lowest pool score among slots whose position is <= evict_max_pos[l], ties
-// to the lower position; -1 if none. Strict compares, so NaN never wins.
+// The eviction candidate of list l (DecodeAttnArgs::evict_slot) from the
+// pool as it is: EvictBest over the slots whose position is <= evict_max_pos[l].
 void evict_list(const Ctx& c, int64_t l) {
   const DecodeAttnArgs& a = *c.a;
   const ListInfo& L = c.lists[l];
   const int32_t limit = a.evict_max_pos[l];
   const int32_t* pos = a.evict_pos + L.foff;
   const int32_t* ids = a.page_ids + L.pbase;
-  int32_t best = -1, best_pos = 0;
-  float best_score = std::numeric_limits<float>::infinity();
+  EvictBest best;
   for (int64_t s0 = 0; s0 < L.len; s0 += c.P) {
     const float* sc = a.score_pool + int64_t(ids[s0 / c.P]) * c.P;
     const int64_t n = std::min<int64_t>(c.P, L.len - s0);
-    for (int64_t i = 0; i < n; ++i) {
-      const int32_t p = pos[s0 + i];
-      if (p > limit) continue;
-      const float v = sc[i];
-      if (v != v) continue;  // NaN
-      if (best < 0 || v < best_score || (v == best_score && p < best_pos)) {
-        best = int32_t(s0 + i), best_score = v, best_pos = p;
-      }
-    }
+    for (int64_t i = 0; i < n; ++i)
+      if (pos[s0 + i] <= limit) best.offer(int32_t(s0 + i), sc[i], pos[s0 + i]);
   }
-  a.evict_slot[l] = best;
+  a.evict_slot[l] = best.slot;
 }
 
 // Score mode, once every split of list l is done (so its lse is known): adds
@@ -1013,12 +1010,12 @@ void score_list(const Ctx& c, int64_t l, Workspace& w) {
   // it adds. A subset touches only the union's slots: copy around instead.
   const bool copies = c.subset;
   if (copies && c.a->score_before) copy_list_scores(c, l, c.a->score_before);
-  w.ev_slot = -1;
+  w.ev = EvictBest{};
   for (int32_t i = 0; i < L.nitems; ++i) score_item(c, L.item0 + i, w);
   if (copies && c.a->score_after) copy_list_scores(c, l, c.a->score_after);
   if (c.a->evict_slot) {
     if (copies) evict_list(c, l);
-    else c.a->evict_slot[l] = w.ev_slot;
+    else c.a->evict_slot[l] = w.ev.slot;
   }
 }
 

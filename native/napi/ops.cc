@@ -22,6 +22,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <unordered_set>
 #include <vector>
 
@@ -192,6 +193,22 @@ void check_lengths(const Opts& a, const int32_t* indptr, const int32_t* len, int
       throw_error(a.env, "KVSQ_RANGE", a.op + ": kvLen[" + std::to_string(l) + "] = " + std::to_string(len[l]) +
                                            " is outside [0, " + std::to_string(cap) + "] (the slots of its pages)");
   }
+}
+
+// The lists' total length (the size of flat per-slot arrays), after
+// check_lengths: sizes come from checked lengths only.
+int64_t checked_total(const Opts& a, const int32_t* indptr, const int32_t* len, int64_t lists, int64_t page_size) {
+  check_lengths(a, indptr, len, lists, page_size);
+  int64_t total = 0;
+  for (int64_t l = 0; l < lists; ++l) total += len[l];
+  return total;
+}
+
+// A flat per-slot array the caller passes in (possibly a reused, larger
+// buffer): it must hold at least the lists' total.
+void need_at_least(const Opts& a, Tensor* t, const std::string& name, int64_t total) {
+  if (S(t).numel() < total)
+    throw_error(a.env, "KVSQ_SHAPE", a.op + ": " + name + " holds " + std::to_string(S(t).numel()) + " values; the lists hold " + std::to_string(total));
 }
 
 // ------------------------------------------------------------------ jobs
@@ -464,33 +481,24 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
   // pool rows of every list before and after the add, flat (readScores'
   // layout): the cache's undo record and eviction view. Caller-owned so a
   // decode step allocates nothing (fresh outputs cost more than the copies).
-  for (auto [k, t] : {std::pair{"scoresBefore", before}, {"scoresAfter", after}}) {
-    if (!t) continue;
-    if (!score) throw_error(a.env, "KVSQ_ARG", a.op + ": " + k + " needs scorePool");
-    need_dtype(a, t, k, {DType::F32});
-    int64_t total = 0;
-    check_lengths(a, h_indptr, h_len, B * Hkv, P);
-    for (int64_t l = 0; l < B * Hkv; ++l) total += h_len[l];
-    if (S(t).numel() < total)
-      throw_error(a.env, "KVSQ_SHAPE", a.op + ": " + k + " holds " + std::to_string(S(t).numel()) + " values; the lists hold " + std::to_string(total));
-  }
-
   // evictPositions + evictMaxPos: each list's eviction candidate after the
   // add (the lowest score among slots at positions <= its max), returned as
   // evictSlots, so a policy with that rule needs no scores on the host.
   const bool want_evict = epos || emax;
+  if (want_evict && (!epos || !emax)) throw_error(a.env, "KVSQ_ARG", a.op + ": evictPositions and evictMaxPos go together");
+  // The flat per-slot arrays (all sized by the lists' total length).
+  int64_t total = -1;
+  for (auto [k, t, dt] : {std::tuple{"scoresBefore", before, DType::F32}, {"scoresAfter", after, DType::F32}, {"evictPositions", epos, DType::I32}}) {
+    if (!t) continue;
+    if (!score) throw_error(a.env, "KVSQ_ARG", a.op + ": " + k + " needs scorePool");
+    need_dtype(a, t, k, {dt});
+    if (total < 0) total = checked_total(a, h_indptr, h_len, B * Hkv, P);
+    need_at_least(a, t, k, total);
+  }
   const int32_t *h_epos = nullptr, *h_emax = nullptr;
   if (want_evict) {
-    if (!epos || !emax) throw_error(a.env, "KVSQ_ARG", a.op + ": evictPositions and evictMaxPos go together");
-    if (!score) throw_error(a.env, "KVSQ_ARG", a.op + ": evictPositions needs scorePool");
-    need_dtype(a, epos, "evictPositions", {DType::I32});
     need_dtype(a, emax, "evictMaxPos", {DType::I32});
     need_numel(a, emax, "evictMaxPos", B * Hkv);
-    check_lengths(a, h_indptr, h_len, B * Hkv, P);
-    int64_t total = 0;
-    for (int64_t l = 0; l < B * Hkv; ++l) total += h_len[l];
-    if (S(epos).numel() < total)
-      throw_error(a.env, "KVSQ_SHAPE", a.op + ": evictPositions holds " + std::to_string(S(epos).numel()) + " values; the lists hold " + std::to_string(total));
     h_epos = host_i32(a, *job, epos);
     h_emax = host_i32(a, *job, emax);
   }
@@ -930,9 +938,12 @@ std::unique_ptr<Job> parse_quest_select(const Napi::CallbackInfo& info) {
   const int32_t budget = a.integer("budgetPages", 0, 1, kMaxI32, true);
   const QuestBoundsArgs& qa = in.args;
   const int64_t rows = int64_t(qa.batch) * qa.num_q_heads, g = qa.num_q_heads / qa.num_kv_heads;
+  // What the selection is valid for (decodeAttention then trusts it on the device).
+  auto tag = std::make_shared<SelectionTag>();
+  tag->batch = qa.batch, tag->q_heads = qa.num_q_heads, tag->kv_heads = qa.num_kv_heads, tag->page_size = qa.page_size;
+  tag->pages = list_pages(qa.kv_len, int64_t(qa.batch) * qa.num_kv_heads, qa.page_size);
   int64_t total = 0;  // the selection's size, from the (checked) lengths
-  for (int64_t l = 0; l < int64_t(qa.batch) * qa.num_kv_heads; ++l)
-    total += g * std::min<int64_t>((int64_t(qa.kv_len[l]) + qa.page_size - 1) / qa.page_size, budget);
+  for (int64_t n : tag->pages) total += g * std::min<int64_t>(n, budget);
   size_t ind_i = job->output(a.env, DType::I32, {rows + 1}, in.dev);
   size_t pages_i = job->output(a.env, DType::I32, {total}, in.dev);
   QuestSelectArgs args;
@@ -944,10 +955,6 @@ std::unique_ptr<Job> parse_quest_select(const Napi::CallbackInfo& info) {
     x.sel_indptr = static_cast<int32_t*>(j->out_ptr(ind_i));
     x.sel_pages = static_cast<int32_t*>(j->out_ptr(pages_i));
   };
-  // What the selection is valid for (decodeAttention then trusts it on the device).
-  auto tag = std::make_shared<SelectionTag>();
-  tag->batch = qa.batch, tag->q_heads = qa.num_q_heads, tag->kv_heads = qa.num_kv_heads, tag->page_size = qa.page_size;
-  tag->pages = list_pages(qa.kv_len, int64_t(qa.batch) * qa.num_kv_heads, qa.page_size);
   auto mark = [j, ind_i, pages_i, tag](Status s) {
     if (s == Status::Ok) j->outputs[ind_i].selection = j->outputs[pages_i].selection = tag;
     return s;
@@ -1264,13 +1271,10 @@ std::unique_ptr<Job> parse_scores(const Napi::CallbackInfo& info, bool write) {
   const int64_t lists = S(len).numel();
   check_indptr(a, indptr, h_indptr, "pageIndptr", lists, S(ids).numel());
   // The output size is the sum of the lengths: check them first (see questBounds).
-  check_lengths(a, h_indptr, h_len, lists, S(score).shape[1]);
-  int64_t total = 0;
-  for (int64_t l = 0; l < lists; ++l) total += h_len[l];
+  const int64_t total = checked_total(a, h_indptr, h_len, lists, S(score).shape[1]);
   if (values) {  // at least the lists' values (a reused, larger buffer is fine): the first `total` are read
     need_dtype(a, values, "values", {DType::F32});
-    if (S(values).numel() < total)
-      throw_error(a.env, "KVSQ_SHAPE", a.op + ": values holds " + std::to_string(S(values).numel()) + " values; the lists hold " + std::to_string(total));
+    need_at_least(a, values, "values", total);
   }
   for (Tensor* t : {score, indptr, ids, len, values}) job->use(t);
   size_t out_i = write ? 0 : job->output(a.env, DType::F32, {total}, dev);
