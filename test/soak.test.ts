@@ -206,10 +206,15 @@ describe('soak', () => {
     // would grow by 200 MB after the first round. Finalizers run late and
     // glibc keeps some freed blocks, so the bound here is looser than the
     // soak's: most of it must come back.
+    // The property is that the memory comes back, not when: V8 may defer a
+    // collection's finalizers past one settle, so a round above the bound is
+    // settled again (up to 10 times) before it counts.
     const samples = [await settledRss()];
     for (let r = 0; r < 3; r++) {
       for (let i = 0; i < 100; i++) Tensor.from(big, [256, 1024]);
-      samples.push(await settledRss());
+      let s = await settledRss();
+      for (let tries = 0; r > 0 && tries < 10 && (s - samples[1]) / MB >= 80; tries++) s = await settledRss();
+      samples.push(s);
     }
     const growth = (Math.max(...samples.slice(2)) - samples[1]) / MB;
     figures.push(`finalizers: 3 x 100 x 1 MB tensors never disposed: RSS per round (MB): ${samples.map((x) => (x / MB).toFixed(1)).join(' ')}`);
