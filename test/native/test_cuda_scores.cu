@@ -618,6 +618,7 @@ KVSQ_TEST(cuda_quest_bounds_vs_cpu) {
         std::iota(perm.begin(), perm.end(), 0);
         std::shuffle(perm.begin(), perm.end(), kvsqtest::rng());
         std::vector<int32_t> ids(perm.begin(), perm.begin() + indptr.back());
+        ids.reserve(1);  // every list empty: still a valid (non-null) page_ids pointer
         HBuf q(qt, size_t(B) * Hkv * g * D), meta(kt, size_t(num_pages) * 2 * D);
         for (size_t i = 0; i < size_t(B) * Hkv * g * D; ++i) q.set(i, normal());
         for (int64_t p = 0; p < num_pages; ++p)
@@ -898,6 +899,7 @@ KVSQ_TEST(cuda_quest_select_vs_cpu) {
     std::iota(perm.begin(), perm.end(), 0);
     std::shuffle(perm.begin(), perm.end(), kvsqtest::rng());
     std::vector<int32_t> ids(perm.begin(), perm.begin() + indptr.back());
+    ids.reserve(1);  // every list empty: still a valid (non-null) page_ids pointer
     HBuf q(qt, size_t(B) * Hq * D), meta(kt, size_t(num_pages) * 2 * D);
     for (size_t i = 0; i < size_t(B) * Hq * D; ++i) q.set(i, normal());
     for (int64_t p = 0; p < num_pages; ++p)
