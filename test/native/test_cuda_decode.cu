@@ -639,7 +639,11 @@ KVSQ_TEST(cuda_decode_bench) {
   std::printf("BENCH copy D2D %zu MB: %.3f ms, %.0f GB/s (read+write)\n", cb >> 20, copy_ms, copy_gbs);
 
   const int Hq = 32, Hkv = 8, D = 128, P = 16, ctx = 32768;
+  // KVSQ_CUDA_BENCH_ONLY=quest: only the 128K Quest case (profiling runs)
+  const char* only = std::getenv("KVSQ_CUDA_BENCH_ONLY");
+  const bool quest_only = only && std::strcmp(only, "quest") == 0;
   for (int B : {1, 4}) {
+    if (quest_only) break;
     const int nl = B * Hkv, npl = ctx / P;
     const int64_t num_pages = int64_t(nl) * npl;
     std::vector<int32_t> indptr(1, 0), ids(num_pages), len(nl, ctx);
