@@ -133,15 +133,29 @@ __device__ __forceinline__ void store_o(void* o, DType t, int64_t i, float v) {
 }
 
 // ---------------------------------------------------------------- plan
-// One block. Items: list l with np_l = ceil(kv_len/P) pages is cut into
-// n_l = ceil(np_l / chunk) near-equal page ranges, chunk = max(min pages,
-// ceil(total pages / target)); so sum n_l <= target + nl = items_max.
+// One block. Items: list l with np_l = ceil(kv_len/P) pages and work w_l
+// (list_work) is cut into n_l = ceil(w_l / chunk) near-equal page ranges,
+// chunk = max(min pages, ceil(sum w / target)); so sum n_l <= target + nl =
+// items_max.
 // Lists with no pages get their outputs here (zeros, lse -inf).
 // Two phases: a scan of the per-list counts (each thread a contiguous
 // segment of lists) writes first[l]; then every thread writes items, found by
 // binary search over first[] (the 64-bit divisions of the page ranges are
 // spread over the block: done serially by one thread per list they took
 // ~13 us for 8 lists of 66 items on an H200).
+// Work of list l in pages: its pages, or with Quest subsets the at most
+// sum_h |S_h| union pages it will read (an item is a logical page range, so
+// sizing items by logical pages would give mostly empty ones: at 128K with
+// 128 selected pages per head, ~8 union pages per item). 0 = nothing to attend.
+__device__ __forceinline__ long long list_work(const Params& p, int l) {
+  const long long np = (p.kv_len[l] + p.P - 1) / p.P;
+  if (!p.sel_indptr || np == 0) return np;
+  const int r0 = (l / p.Hkv) * p.Hq + (l % p.Hkv) * p.g;
+  long long sel = 0;
+  for (int h = 0; h < p.g; ++h) sel += min(np, (long long)(p.sel_indptr[r0 + h + 1] - p.sel_indptr[r0 + h]));
+  return min(np, sel);
+}
+
 __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
   __shared__ unsigned long long s_total;
   __shared__ int s_warp[32];
@@ -150,7 +164,7 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
   if (tid == 0) s_total = 0;
   __syncthreads();
   long long local = 0;
-  for (int l = tid; l < p.nl; l += nt) local += (p.kv_len[l] + p.P - 1) / p.P;
+  for (int l = tid; l < p.nl; l += nt) local += list_work(p, l);
   if (local) atomicAdd(&s_total, (unsigned long long)local);
   __syncthreads();
   if (tid == 0) {
@@ -165,10 +179,7 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
   const int seg = (p.nl + nt - 1) / nt;
   const int l0 = min(p.nl, tid * seg), l1 = min(p.nl, l0 + seg);
   int cnt = 0;
-  for (int l = l0; l < l1; ++l) {
-    const long long np = (p.kv_len[l] + p.P - 1) / p.P;
-    cnt += int((np + chunk - 1) / chunk);
-  }
+  for (int l = l0; l < l1; ++l) cnt += int((list_work(p, l) + chunk - 1) / chunk);
   // block exclusive scan
   const int lane = tid & 31, wid = tid >> 5;
   int incl = cnt;
@@ -196,8 +207,7 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
     p.first[p.nl] = n_items;
   }
   for (int l = l0; l < l1; ++l) {
-    const int np = (p.kv_len[l] + p.P - 1) / p.P;
-    const int n = int((np + chunk - 1) / chunk);
+    const int n = int((list_work(p, l) + chunk - 1) / chunk);
     p.counters[l] = 0;
     p.first[l] = off;
     if (n == 0) {  // nothing to attend
@@ -729,9 +739,14 @@ Status attn_blocks_per_sm(int dev, AttnFn fn, size_t smem, int* out) {
   for (const Key& k : seen)
     if (k.dev == dev && k.fn == fn && k.smem == smem) return *out = k.bps, Status::Ok;
   KVSQ_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(96 * 1024)));
+  // A hint only: a failed or implausible answer (seen under compute-sanitizer
+  // racecheck, which made the grid look oversized) falls back to 1..32.
   int bps = 0;
-  KVSQ_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, fn, kThreads, smem));
-  if (bps < 1) bps = 1;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, fn, kThreads, smem) != cudaSuccess) {
+    cudaGetLastError();
+    bps = 1;
+  }
+  bps = std::min(32, std::max(1, bps));
   seen.push_back({dev, fn, smem, bps});
   *out = bps;
   return Status::Ok;
