@@ -66,7 +66,7 @@ else
   result[torch]="skipped (no torch)"
 fi
 step memcheck 100 "$CS" --tool memcheck --error-exitcode 9 "$tests" cuda_
-step racecheck 60 "$CS" --tool racecheck --error-exitcode 9 "$tests" cuda_
+step racecheck 120 "$CS" --tool racecheck --error-exitcode 9 "$tests" cuda_
 
 echo
 echo "== kvsqueeze GPU check: $(head -1 "$log/gpu.txt"), $((SECONDS - t_start)) s"
