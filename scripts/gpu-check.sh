@@ -5,8 +5,8 @@
 # memcheck and racecheck on the CUDA tests; a short table last. Needs
 # .gpu-carry from scripts/gpu-prepare.sh.
 #
-# Each step has its own time limit (at most 8 minutes in all; a passing run
-# takes about 3). The steps that say the most come first, so a run cut short
+# Each step has its own time limit (at most 10 minutes in all; a passing run
+# on an H200 takes about 3). The steps that say the most come first, so a run cut short
 # still reports them; logs go to $OUT/gpu-check (or /tmp/gpu-check).
 # If the carried test binary cannot start there (other system libraries),
 # it is rebuilt on the spot from the carried sources with that machine's nvcc.
@@ -60,17 +60,22 @@ step() { # name, time limit in seconds, command...
 step native 100 "$tests"
 step smoke 60 env KVSQ_ADDON="$carry/kvsqueeze.node" KVSQ_DIST="$carry/dist" "$NODE" scripts/gpu-smoke.js
 step bench 90 env KVSQ_CUDA_BENCH=1 "$tests" bench
+# The same kernels through the library, as a user runs them (L2 flushed
+# between launches by the bench itself).
+step cli-bench 90 env KVSQ_ADDON="$carry/kvsqueeze.node" NODE_PATH="$PWD/$carry/node_modules" "$NODE" -e \
+  "require('./$carry/dist/cli.js').main(['node', 'kvsqueeze', 'bench', '--backend', 'cuda', '--no-ort', '--kernel', 'decode-f16,decode-f32,topk,window,quest,quest-share,quest-select,quest-select-share,pool1d-max,pool1d-avg,chunk,append,gather']).then((c) => { process.exitCode = c; })"
 if python3 -c 'import torch' 2>/dev/null; then
   step torch 60 env PYTHONUNBUFFERED=1 python3 scripts/torch-baseline.py
 else
   result[torch]="skipped (no torch)"
 fi
 step memcheck 100 "$CS" --tool memcheck --error-exitcode 9 "$tests" cuda_
-step racecheck 120 "$CS" --tool racecheck --error-exitcode 9 "$tests" cuda_
+step racecheck 100 "$CS" --tool racecheck --error-exitcode 9 "$tests" cuda_
 
 echo
 echo "== kvsqueeze GPU check: $(head -1 "$log/gpu.txt"), $((SECONDS - t_start)) s"
-for k in native smoke bench torch memcheck racecheck; do printf '%-10s %s\n' "$k" "${result[$k]:-not run}"; done
+for k in native smoke bench cli-bench torch memcheck racecheck; do printf '%-10s %s\n' "$k" "${result[$k]:-not run}"; done
 grep -hE 'FAIL|ERROR SUMMARY|RACECHECK SUMMARY' "$log/native.txt" "$log/smoke.txt" "$log/memcheck.txt" "$log/racecheck.txt" 2>/dev/null | head -20 || true
 grep -hE '^(BENCH|TORCH|SMOKE)' "$log/bench.txt" "$log/torch.txt" "$log/smoke.txt" 2>/dev/null || true
+grep -hE '^[a-zA-Z]+ +(f16|bf16|f32) ' "$log/cli-bench.txt" 2>/dev/null | cut -c1-160 || true
 grep -hE 'passed, [0-9]+ failed' "$log/native.txt" || true

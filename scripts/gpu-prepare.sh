@@ -2,7 +2,8 @@
 # Builds, on a machine with nvcc (no GPU needed), everything scripts/gpu-check.sh
 # runs on a GPU machine without network access, into .gpu-carry/ (ignored by git):
 #   kvsq_native_tests, kvsqueeze.node   native suite and addon, CUDA sm_90 (KVSQ_CUDA_ARCHS to change)
-#   dist/           the compiled TypeScript (the smoke test loads it)
+#   dist/           the compiled TypeScript (the smoke test and the CLI load it)
+#   node_modules/   the CLI's runtime packages (commander, cli-progress + deps)
 #   node.xz         this machine's node binary, for GPU machines without node
 # Carry .gpu-carry with the working tree, then run: bash scripts/gpu-check.sh
 set -euo pipefail
@@ -21,6 +22,12 @@ strip --strip-unneeded "$out/kvsqueeze.node" "$out/kvsq_native_tests" 2>/dev/nul
 rm -rf "$out/build"
 npx tsc -p tsconfig.build.json --outDir "$out/dist"
 cp package.json "$out/package.json"
+# The CLI's runtime packages (for `kvsqueeze bench --backend cuda` there):
+# commander, cli-progress and what cli-progress needs.
+rm -rf "$out/node_modules" && mkdir -p "$out/node_modules"
+for m in commander cli-progress string-width strip-ansi ansi-regex emoji-regex is-fullwidth-code-point; do
+  cp -r "node_modules/$m" "$out/node_modules/$m"
+done
 [ -f "$out/node.xz" ] || xz -T2 -6 -c "$(command -v node)" > "$out/node.xz"
 du -sh "$out"
 echo "carry: .gpu-carry    run: bash scripts/gpu-check.sh"
