@@ -729,6 +729,11 @@ struct Cursor {
       if (up < (c->subset ? L->nu : (int64_t(L->len) + c->P - 1) / c->P)) set_page_rows();
     }
   }
+  // m slots on (m <= rows_in_page - row: at most to the next page)
+  void skip(int64_t m) {
+    row += m - 1;
+    next();
+  }
 };
 
 // The eviction candidate rule (DecodeAttnArgs::evict_slot): the lowest score
@@ -952,19 +957,39 @@ void score_item(const Ctx& c, int64_t item, Workspace& w) {
       float* after = c.a->score_after ? c.a->score_after + L.foff + u : nullptr;
       const int32_t* pos = c.a->evict_slot ? c.a->evict_pos + L.foff + u : nullptr;
       const int32_t limit = c.a->evict_slot ? c.a->evict_max_pos[it.list] : 0;
-      for (int t = 0; t < n; ++t) {
-        float& p = c.a->score_pool[cur.phys()];
-        if (before) before[t] = p;
-        p += r[t];
-        if (after) after[t] = p;
-        if (pos && pos[t] <= limit) w.ev.offer(int32_t(u + t), p, pos[t]);
-        cur.next();
+      // Runs of slots inside one page are contiguous in the pool: copies,
+      // adds and a branch-free minimum per run; the exact candidate rule
+      // (EvictBest: ties to the lower position, NaN never wins) is replayed
+      // slot by slot only on a run that holds a slot at or below the best
+      // score so far. (Slot by slot throughout, this pass cost H2O's step
+      // about a quarter of a plain step's attention.)
+      for (int t = 0; t < n;) {
+        const int m = int(std::min<int64_t>(cur.rows_in_page - cur.row, n - t));
+        float* p = c.a->score_pool + cur.phys();
+        if (before) std::copy(p, p + m, before + t);
+        for (int i = 0; i < m; ++i) p[i] += r[t + i];
+        if (after) std::copy(p, p + m, after + t);
+        if (pos) {
+          float mn = std::numeric_limits<float>::infinity();
+          for (int i = 0; i < m; ++i) {
+            const float v = pos[t + i] <= limit && p[i] == p[i] ? p[i] : std::numeric_limits<float>::infinity();
+            mn = v < mn ? v : mn;
+          }
+          if (w.ev.slot < 0 || mn <= w.ev.score)
+            for (int i = 0; i < m; ++i)
+              if (pos[t + i] <= limit) w.ev.offer(int32_t(u + t + i), p[i], pos[t + i]);
+        }
+        t += m;
+        cur.skip(m);
       }
       continue;
     }
-    for (int t = 0; t < n; ++t) {
-      c.a->score_pool[cur.phys()] += r[t];
-      cur.next();
+    for (int t = 0; t < n;) {
+      const int m = int(std::min<int64_t>(cur.rows_in_page - cur.row, n - t));
+      float* p = c.a->score_pool + cur.phys();
+      for (int i = 0; i < m; ++i) p[i] += r[t + i];
+      t += m;
+      cur.skip(m);
     }
   }
 }
