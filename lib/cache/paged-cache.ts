@@ -79,6 +79,16 @@ interface StepScores {
   views: Map<HeadList, Float32Array>;
   /** The kernel's eviction candidate, per list (policies with evictionLimit()). */
   fast: Map<HeadList, number>;
+  /** Whether a group of this step already holds the cache's reusable page tables. */
+  tablesTaken?: boolean;
+}
+
+/** Reusable page-table tensors (host, i32) and the host copy of the ids they are filled from. */
+interface TableBuffers {
+  hostIds: Int32Array;
+  indptr: Tensor | null;
+  ids: Tensor | null;
+  len: Tensor | null;
 }
 
 const INT32_MIN = -(2 ** 31);
@@ -293,6 +303,7 @@ export class PagedKVCache {
   private disposed = false;
   private scoreRec: { before: Tensor | null; after: Tensor | null; host: Float32Array } | null = null;
   private posBuf: { host: Int32Array; pos: Tensor | null; max: Tensor | null } | null = null;
+  private tableBuf: TableBuffers | null = null;
 
   constructor(o: PagedKVCacheOptions) {
     if (o === null || typeof o !== 'object') throw new ArgumentError('PagedKVCache: expected an options object');
@@ -494,8 +505,15 @@ export class PagedKVCache {
 
   // ---------------------------------------------------------------- page tables
 
-  /** @internal i32 tensors describing the lists of `seqs` at `layer` (b * Hkv + j order). */
-  pageTables(seqs: readonly Sequence[], layer: number): { indptr: Tensor; ids: Tensor; len: Tensor; lists: HeadList[] } {
+  /**
+   * @internal i32 tensors describing the lists of `seqs` at `layer` (b * Hkv + j
+   * order): fresh ones (the caller disposes them), or with `reuse` the cache's
+   * own, refilled in place (`ids` may then be longer than the lists need: the
+   * ops read it through `indptr`). Three fresh tensors per step cost a decode
+   * step 50-70 us on this stack (the 64 KB id array's allocation, freed and
+   * faulted in again every step), as much as a short list's attention.
+   */
+  pageTables(seqs: readonly Sequence[], layer: number, reuse?: TableBuffers): { indptr: Tensor; ids: Tensor; len: Tensor; lists: HeadList[] } {
     const lists: HeadList[] = [];
     for (const s of seqs) {
       const st = s.layers[layer];
@@ -504,15 +522,25 @@ export class PagedKVCache {
     }
     const indptr = new Int32Array(lists.length + 1);
     lists.forEach((h, i) => (indptr[i + 1] = indptr[i] + h.pages.length));
-    const ids = new Int32Array(indptr[lists.length]);
-    lists.forEach((h, i) => ids.set(h.pageIds(), indptr[i]));
+    const total = indptr[lists.length];
     const len = Int32Array.from(lists.map((h) => h.len));
-    return {
-      indptr: Tensor.from(indptr, [indptr.length]),
-      ids: Tensor.from(ids, [ids.length]),
-      len: Tensor.from(len, [len.length]),
-      lists,
+    if (!reuse) {
+      const ids = new Int32Array(total);
+      lists.forEach((h, i) => ids.set(h.pageIds(), indptr[i]));
+      return { indptr: Tensor.from(indptr, [indptr.length]), ids: Tensor.from(ids, [ids.length]), len: Tensor.from(len, [len.length]), lists };
+    }
+    if (reuse.hostIds.length < total) reuse.hostIds = new Int32Array(Math.max(total, 2 * reuse.hostIds.length));
+    lists.forEach((h, i) => reuse.hostIds.set(h.pageIds(), indptr[i]));
+    reuse.ids = grown(reuse.ids, total, 'i32', 'cpu');
+    if (total) reuse.ids.write(reuse.hostIds.subarray(0, total));
+    const exact = (cur: Tensor | null, src: Int32Array): Tensor => {
+      if (cur?.numel === src.length) return cur.write(src);
+      cur?.dispose();
+      return Tensor.from(src, [src.length]);
     };
+    reuse.indptr = exact(reuse.indptr, indptr);
+    reuse.len = exact(reuse.len, len);
+    return { indptr: reuse.indptr, ids: reuse.ids, len: reuse.len, lists };
   }
 
   private checkBatch(seqs: readonly Sequence[], what: string): void {
@@ -976,8 +1004,17 @@ export class PagedKVCache {
 
   private attendGroup(layer: number, seqs: readonly Sequence[], q: Tensor, track: (t: Tensor) => Tensor, step: StepScores): Tensor {
     const pol = seqs[0].decodePolicy(layer);
-    const t = this.pageTables(seqs, layer);
-    [t.indptr, t.ids, t.len].forEach(track);
+    // The first group of a step fills the cache's reusable tables; a mixed
+    // batch's further groups get fresh ones (the first group's undo record
+    // holds its tables until the step ends).
+    let t: ReturnType<PagedKVCache['pageTables']>;
+    if (!step.tablesTaken) {
+      step.tablesTaken = true;
+      t = this.pageTables(seqs, layer, (this.tableBuf ??= { hostIds: new Int32Array(0), indptr: null, ids: null, len: null }));
+    } else {
+      t = this.pageTables(seqs, layer);
+      [t.indptr, t.ids, t.len].forEach(track);
+    }
     const reduce: Reduce | undefined = pol?.accumulate ?? undefined;
     let selIndptr: Tensor | undefined;
     let selPages: Tensor | undefined;
@@ -1165,9 +1202,10 @@ export class PagedKVCache {
     this.sequences.clear();
     this.pool.dispose();
     this.clearLastSelection();
-    for (const t of [this.posBuf?.pos, this.posBuf?.max, this.scoreRec?.before, this.scoreRec?.after]) t?.dispose();
+    for (const t of [this.posBuf?.pos, this.posBuf?.max, this.scoreRec?.before, this.scoreRec?.after, this.tableBuf?.indptr, this.tableBuf?.ids, this.tableBuf?.len]) t?.dispose();
     this.posBuf = null;
     this.scoreRec = null;
+    this.tableBuf = null;
     this.disposed = true;
   }
 }
