@@ -524,15 +524,12 @@ export class PagedKVCache {
     lists.forEach((h, i) => (indptr[i + 1] = indptr[i] + h.pages.length));
     const total = indptr[lists.length];
     const len = Int32Array.from(lists.map((h) => h.len));
-    if (!reuse) {
-      const ids = new Int32Array(total);
-      lists.forEach((h, i) => ids.set(h.pageIds(), indptr[i]));
-      return { indptr: Tensor.from(indptr, [indptr.length]), ids: Tensor.from(ids, [ids.length]), len: Tensor.from(len, [len.length]), lists };
-    }
-    if (reuse.hostIds.length < total) reuse.hostIds = new Int32Array(Math.max(total, 2 * reuse.hostIds.length));
-    lists.forEach((h, i) => reuse.hostIds.set(h.pageIds(), indptr[i]));
+    if (reuse && reuse.hostIds.length < total) reuse.hostIds = new Int32Array(Math.max(total, 2 * reuse.hostIds.length));
+    const ids = reuse ? reuse.hostIds : new Int32Array(total);
+    lists.forEach((h, i) => ids.set(h.pageIds(), indptr[i]));
+    if (!reuse) return { indptr: Tensor.from(indptr, [indptr.length]), ids: Tensor.from(ids, [ids.length]), len: Tensor.from(len, [len.length]), lists };
     reuse.ids = grown(reuse.ids, total, 'i32', 'cpu');
-    if (total) reuse.ids.write(reuse.hostIds.subarray(0, total));
+    if (total) reuse.ids.write(ids.subarray(0, total));
     const exact = (cur: Tensor | null, src: Int32Array): Tensor => {
       if (cur?.numel === src.length) return cur.write(src);
       cur?.dispose();

@@ -949,45 +949,24 @@ void score_item(const Ctx& c, int64_t item, Workspace& w) {
     for (int h = 0; h < c.g; ++h)
       scale[h] = bm[h] == kNegInf || lse2[h] == kNegInf ? 0.f : std::exp2(bm[h] - lse2[h]);
     c.k.scores(c.logits.data() + L.loff + u, L.ulen, scale, c.g, n, c.a->reduce, r);
-    if (!c.subset && (c.a->score_before || c.a->score_after || c.a->evict_slot)) {
-      // Dense lists: union slot u is slot u, so the before/after records and
-      // the eviction candidate (evict_list's rule) come out of this same pass
-      // over the pool (see score_list).
-      float* before = c.a->score_before ? c.a->score_before + L.foff + u : nullptr;
-      float* after = c.a->score_after ? c.a->score_after + L.foff + u : nullptr;
-      const int32_t* pos = c.a->evict_slot ? c.a->evict_pos + L.foff + u : nullptr;
-      const int32_t limit = c.a->evict_slot ? c.a->evict_max_pos[it.list] : 0;
-      // Runs of slots inside one page are contiguous in the pool: copies,
-      // adds and a branch-free minimum per run; the exact candidate rule
-      // (EvictBest: ties to the lower position, NaN never wins) is replayed
-      // slot by slot only on a run that holds a slot at or below the best
-      // score so far. (Slot by slot throughout, this pass cost H2O's step
-      // about a quarter of a plain step's attention.)
-      for (int t = 0; t < n;) {
-        const int m = int(std::min<int64_t>(cur.rows_in_page - cur.row, n - t));
-        float* p = c.a->score_pool + cur.phys();
-        if (before) std::copy(p, p + m, before + t);
-        for (int i = 0; i < m; ++i) p[i] += r[t + i];
-        if (after) std::copy(p, p + m, after + t);
-        if (pos) {
-          float mn = std::numeric_limits<float>::infinity();
-          for (int i = 0; i < m; ++i) {
-            const float v = pos[t + i] <= limit && p[i] == p[i] ? p[i] : std::numeric_limits<float>::infinity();
-            mn = v < mn ? v : mn;
-          }
-          if (w.ev.slot < 0 || mn <= w.ev.score)
-            for (int i = 0; i < m; ++i)
-              if (pos[t + i] <= limit) w.ev.offer(int32_t(u + t + i), p[i], pos[t + i]);
-        }
-        t += m;
-        cur.skip(m);
-      }
-      continue;
-    }
+    // Dense lists: union slot u is slot u, so the before/after records and
+    // the eviction candidate (evict_list's rule) come out of this same pass
+    // over the pool (see score_list). A subset list copies around instead.
+    const bool rec = !c.subset;
+    float* before = rec && c.a->score_before ? c.a->score_before + L.foff + u : nullptr;
+    float* after = rec && c.a->score_after ? c.a->score_after + L.foff + u : nullptr;
+    const int32_t* pos = rec && c.a->evict_slot ? c.a->evict_pos + L.foff + u : nullptr;
+    const int32_t limit = pos ? c.a->evict_max_pos[it.list] : 0;
+    // Runs of slots inside one page are contiguous in the pool.
     for (int t = 0; t < n;) {
       const int m = int(std::min<int64_t>(cur.rows_in_page - cur.row, n - t));
       float* p = c.a->score_pool + cur.phys();
+      if (before) std::copy(p, p + m, before + t);
       for (int i = 0; i < m; ++i) p[i] += r[t + i];
+      if (after) std::copy(p, p + m, after + t);
+      if (pos)
+        for (int i = 0; i < m; ++i)
+          if (pos[t + i] <= limit) w.ev.offer(int32_t(u + t + i), p[i], pos[t + i]);
       t += m;
       cur.skip(m);
     }

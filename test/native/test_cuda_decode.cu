@@ -623,6 +623,29 @@ double median_ms(F&& f, void* flush, size_t flush_bytes, int reps) {
   return ms[ms.size() / 2];
 }
 
+// The benchmark's lists: nl full lists of npl pages each, scattered over the
+// pool (shuffled page ids), as a real cache's would be.
+struct BenchLists {
+  std::vector<int32_t> indptr, ids, len;
+  BenchLists(int nl, int npl, int P) : indptr(1, 0), ids(size_t(nl) * npl), len(nl, npl * P) {
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), kvsqtest::rng());
+    for (int l = 0; l < nl; ++l) indptr.push_back(indptr.back() + npl);
+  }
+};
+
+// bf16 decode attention over device buffers, the benchmark's shape.
+DecodeAttnArgs bench_args(int B, int Hq, int Hkv, int D, int P, int64_t num_pages, const Dev& q, const Dev& o,
+                          const Dev& k, const Dev& v, const Dev& ind, const Dev& ids, const Dev& len, const Dev& lse) {
+  DecodeAttnArgs a;
+  a.batch = B, a.num_q_heads = Hq, a.num_kv_heads = Hkv, a.head_dim = D, a.page_size = P;
+  a.q_dtype = DType::BF16, a.kv_dtype = DType::BF16, a.scale = 1.f / std::sqrt(float(D));
+  a.q = q.p, a.o = o.p, a.k_pool = k.p, a.v_pool = v.p, a.num_pages = num_pages;
+  a.page_indptr = ind.as<int32_t>(), a.page_ids = ids.as<int32_t>(), a.kv_len = len.as<int32_t>();
+  a.lse = lse.as<float>();
+  return a;
+}
+
 }  // namespace
 
 KVSQ_TEST(cuda_decode_bench) {
@@ -646,16 +669,13 @@ KVSQ_TEST(cuda_decode_bench) {
     if (quest_only) break;
     const int nl = B * Hkv, npl = ctx / P;
     const int64_t num_pages = int64_t(nl) * npl;
-    std::vector<int32_t> indptr(1, 0), ids(num_pages), len(nl, ctx);
-    std::iota(ids.begin(), ids.end(), 0);
-    std::shuffle(ids.begin(), ids.end(), kvsqtest::rng());  // scattered pages
-    for (int l = 0; l < nl; ++l) indptr.push_back(indptr.back() + npl);
+    const BenchLists lists(nl, npl, P);
     const size_t pool_el = size_t(num_pages) * P * D;
     Dev k(pool_el * 2), v(pool_el * 2), q(size_t(B) * Hq * D * 2), o(size_t(B) * Hq * D * 2);
     fill_bf16<<<1024, 256>>>(k.as<uint16_t>(), pool_el, 1);
     fill_bf16<<<1024, 256>>>(v.as<uint16_t>(), pool_el, 2);
     fill_bf16<<<64, 256>>>(q.as<uint16_t>(), size_t(B) * Hq * D, 3);
-    Dev dind(indptr), dids(ids), dlen(len), score(size_t(num_pages) * P * 4), lse(size_t(B) * Hq * 4);
+    Dev dind(lists.indptr), dids(lists.ids), dlen(lists.len), score(size_t(num_pages) * P * 4), lse(size_t(B) * Hq * 4);
     CU_OK(cudaMemset(score.p, 0, score.n));
     // Quest: each head selects 1/8 of the pages (random, sorted), plus the last
     std::vector<int32_t> si(1, 0), sp;
@@ -666,12 +686,7 @@ KVSQ_TEST(cuda_decode_bench) {
     }
     Dev dsi(si), dsp(sp);
     sync_ok();
-    DecodeAttnArgs a;
-    a.batch = B, a.num_q_heads = Hq, a.num_kv_heads = Hkv, a.head_dim = D, a.page_size = P;
-    a.q_dtype = DType::BF16, a.kv_dtype = DType::BF16, a.scale = 1.f / std::sqrt(float(D));
-    a.q = q.p, a.o = o.p, a.k_pool = k.p, a.v_pool = v.p, a.num_pages = num_pages;
-    a.page_indptr = dind.as<int32_t>(), a.page_ids = dids.as<int32_t>(), a.kv_len = dlen.as<int32_t>();
-    a.lse = lse.as<float>();
+    const DecodeAttnArgs a = bench_args(B, Hq, Hkv, D, P, num_pages, q, o, k, v, dind, dids, dlen, lse);
     const double bytes = 2.0 * pool_el * 2;  // K + V read once
     Status st = Status::Ok;
     auto run = [&](const DecodeAttnArgs& x) { st = cuda_decode_attention(x, nullptr); };
@@ -700,10 +715,7 @@ KVSQ_TEST(cuda_decode_bench) {
     const int B = 1, ctx = 131072, npl = ctx / P, budget = 2048 / P;
     const int nl = B * Hkv;
     const int64_t num_pages = int64_t(nl) * npl;
-    std::vector<int32_t> indptr(1, 0), ids(num_pages), len(nl, ctx);
-    std::iota(ids.begin(), ids.end(), 0);
-    std::shuffle(ids.begin(), ids.end(), kvsqtest::rng());
-    for (int l = 0; l < nl; ++l) indptr.push_back(indptr.back() + npl);
+    const BenchLists lists(nl, npl, P);
     const size_t pool_el = size_t(num_pages) * P * D;
     Dev k(pool_el * 2), v(pool_el * 2), meta(size_t(num_pages) * 2 * D * 2), q(size_t(B) * Hq * D * 2),
         o(size_t(B) * Hq * D * 2);
@@ -711,15 +723,10 @@ KVSQ_TEST(cuda_decode_bench) {
     fill_bf16<<<1024, 256>>>(v.as<uint16_t>(), pool_el, 5);
     fill_bf16<<<1024, 256>>>(meta.as<uint16_t>(), size_t(num_pages) * 2 * D, 6);
     fill_bf16<<<64, 256>>>(q.as<uint16_t>(), size_t(B) * Hq * D, 7);
-    Dev dind(indptr), dids(ids), dlen(len), lse(size_t(B) * Hq * 4);
+    Dev dind(lists.indptr), dids(lists.ids), dlen(lists.len), lse(size_t(B) * Hq * 4);
     Dev dsi(size_t(B * Hq + 1) * 4), dsp(size_t(B * Hq) * budget * 4);
     sync_ok();
-    DecodeAttnArgs a;
-    a.batch = B, a.num_q_heads = Hq, a.num_kv_heads = Hkv, a.head_dim = D, a.page_size = P;
-    a.q_dtype = DType::BF16, a.kv_dtype = DType::BF16, a.scale = 1.f / std::sqrt(float(D));
-    a.q = q.p, a.o = o.p, a.k_pool = k.p, a.v_pool = v.p, a.num_pages = num_pages;
-    a.page_indptr = dind.as<int32_t>(), a.page_ids = dids.as<int32_t>(), a.kv_len = dlen.as<int32_t>();
-    a.lse = lse.as<float>();
+    const DecodeAttnArgs a = bench_args(B, Hq, Hkv, D, P, num_pages, q, o, k, v, dind, dids, dlen, lse);
     QuestSelectArgs s;
     s.bounds.batch = B, s.bounds.num_q_heads = Hq, s.bounds.num_kv_heads = Hkv, s.bounds.head_dim = D;
     s.bounds.page_size = P, s.bounds.q_dtype = DType::BF16, s.bounds.kv_dtype = DType::BF16;
