@@ -13,6 +13,7 @@
 //   cu::warp_sum / warp_max<W>()         butterfly reductions over W lanes (power of 2, <= 32)
 //   cu::block_sum / block_max            whole-block reductions through 32 floats of shared memory
 //   cu::with_float_dtype(DType, f)       calls f(T{}) for the storage type of a float DType
+//   cu::ldsm_x4 / ldsm_x4_trans, mma16816<F16>, pack_bf16   tensor-core fragments (sm_80+)
 //   cu::neg_inf(), cu::kLog2e, cu::kLn2
 //
 // Conversions match native/core/dtype.h: f16/bf16 -> f32 exact; f32 -> f16/bf16
@@ -178,6 +179,42 @@ __device__ inline float block_max(float v, float* red) {
   __syncthreads();
   v = lane < nw ? red[lane] : neg_inf();
   return warp_max(v);
+}
+
+// ---------------------------------------------------------------- tensor cores
+// ldmatrix x4 (four 8x8 b16 matrices; lanes 8i..8i+7 give matrix i's row
+// addresses), its transposing form, and mma.sync m16n8k16 with f32
+// accumulators (A row-major 16x16, B col-major 16x8, bf16 or f16 operands).
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+template <bool F16>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (F16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (low 16 bits)
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
 }
 
 // ---------------------------------------------------------------- dtype dispatch

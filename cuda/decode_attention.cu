@@ -156,15 +156,26 @@ __device__ __forceinline__ long long list_work(const Params& p, int l) {
   return min(np, sel);
 }
 
-__global__ void __launch_bounds__(1024) plan_kernel(Params p) {
+// With nl <= kPlanSmemLists the per-list work and first[] live in dynamic
+// shared memory (32 KB at most): each global round trip of this 1-block
+// kernel is on the critical path of every decode step.
+constexpr int kPlanSmemLists = 2048;
+__global__ void __launch_bounds__(1024) plan_kernel(Params p, int in_smem) {
   __shared__ unsigned long long s_total;
   __shared__ int s_warp[32];
   __shared__ long long s_chunk;
+  extern __shared__ long long s_dyn[];  // [nl] work, [nl + 1] first (as long long for alignment)
+  long long* s_work = s_dyn;
+  long long* s_first = s_dyn + p.nl;
   const int tid = threadIdx.x, nt = blockDim.x;
   if (tid == 0) s_total = 0;
   __syncthreads();
   long long local = 0;
-  for (int l = tid; l < p.nl; l += nt) local += list_work(p, l);
+  for (int l = tid; l < p.nl; l += nt) {
+    const long long w = list_work(p, l);
+    if (in_smem) s_work[l] = w;
+    local += w;
+  }
   if (local) atomicAdd(&s_total, (unsigned long long)local);
   __syncthreads();
   if (tid == 0) {
@@ -174,12 +185,14 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
   }
   __syncthreads();
   const long long chunk = s_chunk;
+  auto work = [&](int l) { return in_smem ? s_work[l] : list_work(p, l); };
+  auto first = [&](int l) -> int { return in_smem ? int(s_first[l]) : p.first[l]; };
 
   // Contiguous segment of lists per thread, exclusive scan of item counts.
   const int seg = (p.nl + nt - 1) / nt;
   const int l0 = min(p.nl, tid * seg), l1 = min(p.nl, l0 + seg);
   int cnt = 0;
-  for (int l = l0; l < l1; ++l) cnt += int((list_work(p, l) + chunk - 1) / chunk);
+  for (int l = l0; l < l1; ++l) cnt += int((work(l) + chunk - 1) / chunk);
   // block exclusive scan
   const int lane = tid & 31, wid = tid >> 5;
   int incl = cnt;
@@ -204,12 +217,14 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
   const int n_items = s_warp[(nt >> 5) - 1];
   if (tid == 0) {
     *p.n_items = n_items;
-    p.first[p.nl] = n_items;
+    if (in_smem) s_first[p.nl] = n_items;
+    else p.first[p.nl] = n_items;
   }
   for (int l = l0; l < l1; ++l) {
-    const int n = int((list_work(p, l) + chunk - 1) / chunk);
+    const int n = int((work(l) + chunk - 1) / chunk);
     p.counters[l] = 0;
-    p.first[l] = off;
+    if (in_smem) s_first[l] = off;
+    else p.first[l] = off;
     if (n == 0) {  // nothing to attend
       const int b = l / p.Hkv, j = l % p.Hkv;
       for (int h = 0; h < p.g; ++h) {
@@ -226,10 +241,10 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
     int lo = 0, hi = p.nl;  // the last l with first[l] <= x: a non-empty list
     while (hi - lo > 1) {
       const int mid = (lo + hi) >> 1;
-      if (p.first[mid] <= x) lo = mid;
+      if (first(mid) <= x) lo = mid;
       else hi = mid;
     }
-    const int f = p.first[lo], n = p.first[lo + 1] - f, i = x - f;
+    const int f = first(lo), n = first(lo + 1) - f, i = x - f;
     const long long np = (p.kv_len[lo] + p.P - 1) / p.P;
     Item it;
     it.list = lo;
@@ -245,12 +260,15 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
 // ---------------------------------------------------------------- union walk
 // Warp-cooperative cursor over the union of the sorted page selections of the
 // g heads of a list (lane h < g owns head h's cursor).
+// The cursor's page is loaded when the cursor moves, one call ahead of its
+// use, so a step of the walk waits on one load (the page's id), not two.
 struct Walker {
-  int ptr, end;
+  int ptr, end, cand;
 };
 __device__ __forceinline__ void walker_init(Walker& w, const Params& p, int list, int p0, int lane) {
   w.ptr = 0;
   w.end = 0;
+  w.cand = INT_MAX;
   if (lane < p.g) {
     const int b = list / p.Hkv, j = list % p.Hkv;
     const int r = b * p.Hq + j * p.g + lane;
@@ -262,16 +280,19 @@ __device__ __forceinline__ void walker_init(Walker& w, const Params& p, int list
       else hi = mid;
     }
     w.ptr = lo;
+    w.cand = lo < w.end ? p.sel_pages[lo] : INT_MAX;
   }
 }
 // Next union page < p1 (or -1); *mask = heads that selected it. Whole warp.
 __device__ __forceinline__ int walker_next(Walker& w, const int* sel_pages, int p1, unsigned* mask) {
-  const int cand = w.ptr < w.end ? sel_pages[w.ptr] : INT_MAX;
-  const int m = __reduce_min_sync(kFull, cand);
+  const int m = __reduce_min_sync(kFull, w.cand);
   if (m >= p1) return -1;
-  const bool hit = cand == m;
+  const bool hit = w.cand == m;
   *mask = __ballot_sync(kFull, hit);
-  if (hit) ++w.ptr;
+  if (hit) {
+    ++w.ptr;
+    w.cand = w.ptr < w.end ? sel_pages[w.ptr] : INT_MAX;
+  }
   return m;
 }
 
@@ -280,6 +301,7 @@ __device__ __forceinline__ int walker_next(Walker& w, const int* sel_pages, int 
 struct Producer {
   Walker w;
   int next;      // dense: next logical page
+  int win0, idw; // dense: lane x holds ids[win0 + x] (one load per 32 pages, not one per page)
   int p1, len;
   int64_t phys;  // physical slot of row 0 of the current page
   int row, rows; // rows consumed / valid in the current page
@@ -294,19 +316,27 @@ __device__ __forceinline__ void produce(Producer& pr, const Params& p, const int
   while (n < kTR) {
     if (pr.row == pr.rows) {
       if (pr.done) break;
-      int pg;
+      int pg, id = 0;
       if (subset) {
         pg = walker_next(pr.w, p.sel_pages, pr.p1, &pr.mask);
+        if (pg >= 0) id = ids[pg];
       } else {
         pg = pr.next < pr.p1 ? pr.next : -1;
         ++pr.next;
         pr.mask = kFull;
+        if (pg >= 0) {
+          if (pg - pr.win0 >= 32) {  // warp-uniform; pages only move forward
+            pr.win0 = pg;
+            pr.idw = pg + lane < pr.p1 ? ids[pg + lane] : 0;
+          }
+          id = __shfl_sync(kFull, pr.idw, pg - pr.win0);
+        }
       }
       if (pg < 0) {
         pr.done = true;
         break;
       }
-      pr.phys = int64_t(ids[pg]) * p.P;
+      pr.phys = int64_t(id) * p.P;
       pr.row = 0;
       pr.rows = min(p.P, pr.len - pg * p.P);
     }
@@ -324,6 +354,11 @@ __device__ __forceinline__ void produce(Producer& pr, const Params& p, const int
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+// 16 zero bytes to shared memory (src-size 0: nothing is read from gmem).
+__device__ __forceinline__ void cp_async16_zero(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, 0;\n" ::"r"(s), "l"(gmem) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
@@ -358,7 +393,22 @@ struct TRed {
 // ---------------------------------------------------------------- attention
 // T: K/V storage type; LPR: lanes per row (pow2 >= 16-byte vectors per row);
 // G: group size rounded up to a power of two (heads >= g are zero padding).
-template <class T, int LPR, int G>
+//
+// MMA (bf16 K/V, D in {64, 128, 256}: LPR = nvr): q.k and p.V on tensor
+// cores (mma.sync m16n8k16, f32 accumulators), the group's heads as N = 8.
+// Phase A: warps 0-1 take 16 rows each, A = K rows (ldmatrix), B = the
+// query vectors, unscaled (a bf16 q is exact; f16 or f32 q is split into
+// bf16 hi + lo, two mma, ~2^-17 relative), z = qs * (q.k): the CPU twin
+// rounds q * qs first, a difference far inside the tolerance. Phase C: O^T
+// [d, h] += V^T [d, rows] P^T [rows, h], each warp a quarter of D, A = V
+// (ldmatrix.trans), B = p split into bf16 hi + lo (p is not rounded to bf16:
+// the two products sum to p within ~2^-17). K and V rows sit in shared memory
+// with their 16-byte chunks XOR-swizzled by row % 8, so the 8 row addresses
+// of an ldmatrix fall in distinct banks; rows past the tile's end are
+// zero-filled so a 0 weight never meets stale (possibly non-finite) data.
+// On CUDA cores the same tile cost ~250 instructions per warp for q.k and
+// ~200 for p.V (Nsight Compute: 58% issue-slot use at 55% of copy bandwidth).
+template <class T, int LPR, int G, bool MMA>
 __global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
   constexpr int E = cu::Vec16<T>::N;       // elements per 16-byte vector
   constexpr int RGW = 32 / LPR;            // row groups per warp
@@ -372,8 +422,8 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
   __shared__ int64_t s_slot[kStages][kTR];
   __shared__ unsigned s_mask[kStages][kTR];
   __shared__ int s_n[kStages];
-  __shared__ float s_z[kMaxG][kTR];
-  __shared__ float s_p[kMaxG][kTR];
+  __shared__ float s_z[kMaxG][kTR + 1];
+  __shared__ __align__(16) float s_p[kMaxG][kTR + 8];  // +8: the MMA path's float2 reads of 8 heads fall in distinct bank pairs
   __shared__ float s_m[kMaxG], s_s[kMaxG], s_alpha[kMaxG];
   __shared__ int s_last;
 
@@ -398,20 +448,48 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
     s_s[tid] = 0.f;
     s_alpha[tid] = 1.f;
   }
-  for (int i = tid; i < kMaxG * kTR; i += kThreads) (&s_p[0][0])[i] = 0.f;
+  for (int i = tid; i < kMaxG * (kTR + 8); i += kThreads) (&s_p[0][0])[i] = 0.f;
 
-  // This lane's 16-byte slice of every query vector, pre-scaled into base 2.
-  float qv[G][E];
+  // CUDA cores: this lane's 16-byte slice of every query vector, pre-scaled
+  // into base 2. MMA: the B fragments of head lane/4 (unscaled), hi and lo.
+  constexpr int QE = MMA ? 1 : E;
+  constexpr int QG = MMA ? 1 : G;
+  float qv[QG][QE];
+  constexpr int KS = MMA ? LPR / 2 : 1;  // 16-element k steps of D
+  uint32_t qh[KS][2], ql[KS][2];
+  bool qsplit = false;
+  if constexpr (MMA) {
+    const int h = lane >> 2, c0 = 2 * (lane & 3);
+    qsplit = p.q_dtype != DType::BF16;
 #pragma unroll
-  for (int h = 0; h < G; ++h)
+    for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
-    for (int e = 0; e < E; ++e)
-      qv[h][e] = (h < g && vec_ok) ? load_q(p.q, p.q_dtype, (qrow0 + h) * D + vec * E + e) * p.qs : 0.f;
+      for (int half = 0; half < 2; ++half) {
+        float x[2] = {0.f, 0.f};
+        if (h < g)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) x[e] = load_q(p.q, p.q_dtype, (qrow0 + h) * D + ks * 16 + half * 8 + c0 + e);
+        const float h0 = __bfloat162float(__float2bfloat16_rn(x[0]));
+        const float h1 = __bfloat162float(__float2bfloat16_rn(x[1]));
+        qh[ks][half] = cu::pack_bf16(h0, h1);
+        ql[ks][half] = cu::pack_bf16(x[0] - h0, x[1] - h1);
+      }
+  } else {
+#pragma unroll
+    for (int h = 0; h < G; ++h)
+#pragma unroll
+      for (int e = 0; e < E; ++e)
+        qv[h][e] = (h < g && vec_ok) ? load_q(p.q, p.q_dtype, (qrow0 + h) * D + vec * E + e) * p.qs : 0.f;
+  }
+  (void)qv; (void)qh; (void)ql; (void)qsplit;
 
   Producer pr;
   pr.w.ptr = pr.w.end = 0;
+  pr.w.cand = INT_MAX;
   {
     pr.next = it.p0;
+    pr.win0 = -64;  // pages are >= 0: the first page loads a window
+    pr.idw = 0;
     pr.p1 = it.p1;
     pr.len = p.kv_len[list];
     pr.row = pr.rows = 0;
@@ -423,13 +501,31 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
 
   auto issue = [&](int st) {
     const int n = s_n[st];
-    const int chunks = n * nvr;
-    for (int c = tid; c < chunks; c += kThreads) {
-      const int r = c / nvr, v = c - r * nvr;
-      const int64_t off = s_slot[st][r] * rb + v * 16;
-      const int so = (st * kTR + r) * rb + v * 16;
-      cp_async16(sK + so, p.k_pool + off);
-      cp_async16(sV + so, p.v_pool + off);
+    if constexpr (MMA) {
+      // every row of the tile: rows >= n are zero-filled (n == 0: nothing)
+      const int chunks = n > 0 ? kTR * LPR : 0;
+      for (int c = tid; c < chunks; c += kThreads) {
+        const int r = c / LPR, v = c % LPR;
+        const int so = (st * kTR + r) * rb + ((v ^ (r & 7)) << 4);
+        if (r < n) {
+          const int64_t off = s_slot[st][r] * rb + v * 16;
+          cp_async16(sK + so, p.k_pool + off);
+          cp_async16(sV + so, p.v_pool + off);
+        } else {
+          cp_async16_zero(sK + so, p.k_pool);
+          cp_async16_zero(sV + so, p.v_pool);
+        }
+      }
+    } else {
+      const int chunks = n * LPR;  // LPR is a power of two >= nvr: shifts, not a division
+      for (int c = tid; c < chunks; c += kThreads) {
+        const int r = c / LPR, v = c % LPR;
+        if (v >= nvr) continue;
+        const int64_t off = s_slot[st][r] * rb + v * 16;
+        const int so = (st * kTR + r) * rb + v * 16;
+        cp_async16(sK + so, p.k_pool + off);
+        cp_async16(sV + so, p.v_pool + off);
+      }
     }
   };
 
@@ -442,63 +538,103 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
     cp_async_commit();
   }
 
-  float acc[G][E];
+  float acc[QG][QE];
 #pragma unroll
-  for (int h = 0; h < G; ++h)
+  for (int h = 0; h < QG; ++h)
 #pragma unroll
-    for (int e = 0; e < E; ++e) acc[h][e] = 0.f;
+    for (int e = 0; e < QE; ++e) acc[h][e] = 0.f;
+  constexpr int MTW = MMA ? LPR / 8 : 1;  // 16-dim m tiles of D per warp in phase C (D / 16 / kNW)
+  float oc[MTW][4];
+#pragma unroll
+  for (int mt = 0; mt < MTW; ++mt) oc[mt][0] = oc[mt][1] = oc[mt][2] = oc[mt][3] = 0.f;
+  const uint32_t sK32 = static_cast<uint32_t>(__cvta_generic_to_shared(sK));
+  const uint32_t sV32 = static_cast<uint32_t>(__cvta_generic_to_shared(sV));
+  (void)oc; (void)sK32; (void)sV32;
 
+  // Three block barriers per tile. Iteration i: warp 0 writes the row table
+  // of stage i+2 (last read in phase A of i-1, before that iteration's second
+  // barrier); barrier 1 makes stage i's copies and that table visible and
+  // ends everyone's phase C of i-1, so stage i+2's buffers (i-1's) are free
+  // to refill; barriers 2 and 3 separate the phases. (The previous order had
+  // two more barriers per tile.)
   for (int i = 0;; ++i) {
     const int st = i % kStages;
     const int pst = (i + kStages - 1) % kStages;
     if (warp == 0) produce(pr, p, ids, subset, s_slot[pst], s_mask[pst], &s_n[pst], lane);
+    cp_async_wait<kStages - 2>();  // this thread's copies of stage i (stage i+1 may still fly)
     __syncthreads();
     issue(pst);
     cp_async_commit();
-    cp_async_wait<kStages - 1>();
-    __syncthreads();
     const int n = s_n[st];
     if (n == 0) break;  // uniform; every later tile is empty too
     const unsigned char* kt = sK + st * kTR * rb;
     const unsigned char* vt = sV + st * kTR * rb;
 
     // Phase A: logits of the tile's rows for all heads.
+    if constexpr (MMA) {
+      if (warp < kTR / 16) {
+        float c[4] = {0.f, 0.f, 0.f, 0.f};
+        const int lr = (lane & 7) + ((lane >> 3) & 1) * 8;  // ldmatrix row of this lane's address
+        const int row = st * kTR + warp * 16 + lr;
+        const uint32_t base = sK32 + uint32_t(row * rb);
 #pragma unroll
-    for (int kb = 0; kb < RPL / RB; ++kb) {
-      float v[NV];
-#pragma unroll
-      for (int k = 0; k < RB; ++k) {
-        const int r = warp * kRowsPerWarp + rgl + (kb * RB + k) * RGW;
-        float kf[E];
-        if (vec_ok && r < n) {
-          cu::unpack16<T>(*reinterpret_cast<const uint4*>(kt + r * rb + vec * 16), kf);
-        } else {
-#pragma unroll
-          for (int e = 0; e < E; ++e) kf[e] = 0.f;
+        for (int ks = 0; ks < KS; ++ks) {
+          const int chunk = 2 * ks + (lane >> 4);
+          uint32_t a[4];
+          cu::ldsm_x4(base + uint32_t((chunk ^ (lr & 7)) << 4), a[0], a[1], a[2], a[3]);
+          cu::mma16816<false>(c, a, qh[ks][0], qh[ks][1]);
+          if (qsplit) cu::mma16816<false>(c, a, ql[ks][0], ql[ks][1]);
         }
+        // c[0], c[1]: row lane/4, heads 2*(lane%4) + {0, 1}; c[2], c[3]: row + 8
 #pragma unroll
-        for (int h = 0; h < G; ++h) {
-          float s = 0.f;
-#pragma unroll
-          for (int e = 0; e < E; ++e) s = fmaf(qv[h][e], kf[e], s);
-          v[k * G + h] = s;
-        }
-      }
-      TRed<NV, LPR / 2>::run(v, lane);
-      constexpr int NF = NV >= LPR ? NV / LPR : 1;
-      constexpr int DUP = NV >= LPR ? 1 : LPR / NV;
-      if (vec % DUP == 0) {
-        const int base = NV >= LPR ? vec * NF : vec / DUP;
-#pragma unroll
-        for (int f = 0; f < NF; ++f) {
-          const int idx = base + f;
-          const int k = idx / G, h = idx % G;
-          const int r = warp * kRowsPerWarp + rgl + (kb * RB + k) * RGW;
+        for (int e = 0; e < 4; ++e) {
+          const int r = warp * 16 + (lane >> 2) + (e >> 1) * 8, h = 2 * (lane & 3) + (e & 1);
           if (h < g) {
             const bool on = r < n && ((s_mask[st][r] >> h) & 1u);
-            const float z = on ? v[f] : cu::neg_inf();
+            const float z = on ? c[e] * p.qs : cu::neg_inf();
             s_z[h][r] = z;
             if (p.logits && r < n) p.logits[s_slot[st][r] * g + h] = z;
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int kb = 0; kb < RPL / RB; ++kb) {
+        float v[NV];
+#pragma unroll
+        for (int k = 0; k < RB; ++k) {
+          const int r = warp * kRowsPerWarp + rgl + (kb * RB + k) * RGW;
+          float kf[E];
+          if (vec_ok && r < n) {
+            cu::unpack16<T>(*reinterpret_cast<const uint4*>(kt + r * rb + vec * 16), kf);
+          } else {
+#pragma unroll
+            for (int e = 0; e < E; ++e) kf[e] = 0.f;
+          }
+#pragma unroll
+          for (int h = 0; h < G; ++h) {
+            float s = 0.f;
+#pragma unroll
+            for (int e = 0; e < E; ++e) s = fmaf(qv[h][e], kf[e], s);
+            v[k * G + h] = s;
+          }
+        }
+        TRed<NV, LPR / 2>::run(v, lane);
+        constexpr int NF = NV >= LPR ? NV / LPR : 1;
+        constexpr int DUP = NV >= LPR ? 1 : LPR / NV;
+        if (vec % DUP == 0) {
+          const int base = NV >= LPR ? vec * NF : vec / DUP;
+#pragma unroll
+          for (int f = 0; f < NF; ++f) {
+            const int idx = base + f;
+            const int k = idx / G, h = idx % G;
+            const int r = warp * kRowsPerWarp + rgl + (kb * RB + k) * RGW;
+            if (h < g) {
+              const bool on = r < n && ((s_mask[st][r] >> h) & 1u);
+              const float z = on ? v[f] : cu::neg_inf();
+              s_z[h][r] = z;
+              if (p.logits && r < n) p.logits[s_slot[st][r] * g + h] = z;
+            }
           }
         }
       }
@@ -528,56 +664,106 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
     __syncthreads();
 
     // Phase C: acc = alpha * acc + sum_rows p * V.
+    if constexpr (MMA) {
+      const int h0 = 2 * (lane & 3);
+      const float a0 = s_alpha[h0], a1 = s_alpha[h0 + 1];
 #pragma unroll
-    for (int h = 0; h < G; ++h) {
-      const float a = s_alpha[h];
+      for (int mt = 0; mt < MTW; ++mt) {
+        oc[mt][0] *= a0;
+        oc[mt][1] *= a1;
+        oc[mt][2] *= a0;
+        oc[mt][3] *= a1;
+      }
+      const int hb = lane >> 2, rb0 = 2 * (lane & 3);
+      const int mi = lane >> 3, mj = lane & 7;  // ldmatrix: matrix, row within it
 #pragma unroll
-      for (int e = 0; e < E; ++e) acc[h][e] *= a;
-    }
-    if (vec_ok) {
+      for (int ks = 0; ks < kTR / 16; ++ks) {
+        // B = P^T (rows x heads): head lane/4, rows 16ks + 2(lane%4) + {0, 1} and + 8
+        const float2 p0 = *reinterpret_cast<const float2*>(&s_p[hb][ks * 16 + rb0]);
+        const float2 p1 = *reinterpret_cast<const float2*>(&s_p[hb][ks * 16 + 8 + rb0]);
+        float hi[4], lo[4];
+        const float pv[4] = {p0.x, p0.y, p1.x, p1.y};
 #pragma unroll
-      for (int k = 0; k < RPL; ++k) {
-        const int r = warp * kRowsPerWarp + rgl + k * RGW;
-        if (r < n) {
-          float vf[E];
-          cu::unpack16<T>(*reinterpret_cast<const uint4*>(vt + r * rb + vec * 16), vf);
+        for (int e = 0; e < 4; ++e) {
+          hi[e] = __bfloat162float(__float2bfloat16_rn(pv[e]));
+          lo[e] = pv[e] - hi[e];
+        }
+        const uint32_t bh0 = cu::pack_bf16(hi[0], hi[1]), bh1 = cu::pack_bf16(hi[2], hi[3]);
+        const uint32_t bl0 = cu::pack_bf16(lo[0], lo[1]), bl1 = cu::pack_bf16(lo[2], lo[3]);
+        // A = V^T (dims x rows) by ldmatrix.trans of V rows: matrix mi holds
+        // rows 16ks + (mi >> 1) * 8 + 0..7 at dims d0 + (mi & 1) * 8 + 0..7
+        const int r = st * kTR + ks * 16 + (mi >> 1) * 8 + mj;
 #pragma unroll
-          for (int h = 0; h < G; ++h) {
-            const float pw = s_p[h][r];
+        for (int mt = 0; mt < MTW; ++mt) {
+          const int chunk = (warp * MTW + mt) * 2 + (mi & 1);
+          uint32_t a[4];
+          cu::ldsm_x4_trans(sV32 + uint32_t(r * rb + ((chunk ^ (r & 7)) << 4)), a[0], a[1], a[2], a[3]);
+          cu::mma16816<false>(oc[mt], a, bh0, bh1);
+          cu::mma16816<false>(oc[mt], a, bl0, bl1);
+        }
+      }
+    } else {
 #pragma unroll
-            for (int e = 0; e < E; ++e) acc[h][e] = fmaf(pw, vf[e], acc[h][e]);
+      for (int h = 0; h < G; ++h) {
+        const float a = s_alpha[h];
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[h][e] *= a;
+      }
+      if (vec_ok) {
+#pragma unroll
+        for (int k = 0; k < RPL; ++k) {
+          const int r = warp * kRowsPerWarp + rgl + k * RGW;
+          if (r < n) {
+            float vf[E];
+            cu::unpack16<T>(*reinterpret_cast<const uint4*>(vt + r * rb + vec * 16), vf);
+#pragma unroll
+            for (int h = 0; h < G; ++h) {
+              const float pw = s_p[h][r];
+#pragma unroll
+              for (int e = 0; e < E; ++e) acc[h][e] = fmaf(pw, vf[e], acc[h][e]);
+            }
           }
         }
       }
     }
-    __syncthreads();  // the next iteration refills this stage's row table
   }
   cp_async_wait<0>();
   __syncthreads();
 
-  // Sum the row groups: inside the warp by shuffles, across warps in shared
-  // memory (the stage buffers are free now: kNW*G*D*4 <= stage bytes).
-#pragma unroll
-  for (int o = LPR; o < 32; o <<= 1)
-#pragma unroll
-    for (int h = 0; h < G; ++h)
-#pragma unroll
-      for (int e = 0; e < E; ++e) acc[h][e] += __shfl_xor_sync(kFull, acc[h][e], o);
-  float* red = reinterpret_cast<float*>(smem);  // [kNW][g][D]
-  if (rgl == 0 && vec_ok) {
-#pragma unroll
-    for (int h = 0; h < G; ++h)
-      if (h < g)
-#pragma unroll
-        for (int e = 0; e < E; ++e) red[(warp * g + h) * D + vec * E + e] = acc[h][e];
-  }
-  __syncthreads();
   float* pacc = p.part_acc + int64_t(item_idx) * g * D;
-  for (int i = tid; i < g * D; i += kThreads) {
-    float s = 0.f;
+  if constexpr (MMA) {
+    // each warp holds its quarter of D for all heads: no reduction
 #pragma unroll
-    for (int w = 0; w < kNW; ++w) s += red[w * g * D + i];
-    pacc[i] = s;
+    for (int mt = 0; mt < MTW; ++mt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int d = (warp * MTW + mt) * 16 + (lane >> 2) + (e >> 1) * 8, h = 2 * (lane & 3) + (e & 1);
+        if (h < g) pacc[h * D + d] = oc[mt][e];
+      }
+  } else {
+    // Sum the row groups: inside the warp by shuffles, across warps in shared
+    // memory (the stage buffers are free now: kNW*G*D*4 <= stage bytes).
+#pragma unroll
+    for (int o = LPR; o < 32; o <<= 1)
+#pragma unroll
+      for (int h = 0; h < G; ++h)
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[h][e] += __shfl_xor_sync(kFull, acc[h][e], o);
+    float* red = reinterpret_cast<float*>(smem);  // [kNW][g][D]
+    if (rgl == 0 && vec_ok) {
+#pragma unroll
+      for (int h = 0; h < G; ++h)
+        if (h < g)
+#pragma unroll
+          for (int e = 0; e < E; ++e) red[(warp * g + h) * D + vec * E + e] = acc[h][e];
+    }
+    __syncthreads();
+    for (int i = tid; i < g * D; i += kThreads) {
+      float s = 0.f;
+#pragma unroll
+      for (int w = 0; w < kNW; ++w) s += red[w * g * D + i];
+      pacc[i] = s;
+    }
   }
   if (tid < g) {
     p.part_ms[(int64_t(item_idx) * kMaxG + tid) * 2] = s_m[tid];
@@ -593,27 +779,30 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
   __threadfence();
 
   // Per head: M = max m_i, S = sum s_i 2^(m_i - M) (warp per head, lanes over
-  // items), and the items' weights 2^(m_i - M) kept in the (now free) stage
-  // buffers when they fit, so the output loop below is a chain of independent
-  // loads instead of a load, a test and an exp2 per item.
-  float* wts = reinterpret_cast<float*>(smem);  // [g][count]
-  const bool wfit = int64_t(it.count) * g * 4 <= int64_t(kStages) * kTR * rb * 2;
+  // items). When they fit, the items' (m_i, s_i) pairs are loaded once into
+  // the (now free) stage buffers and turned into weights 2^(m_i - M) there,
+  // so the output loop below is a stream of independent 16-byte loads: one
+  // thread per 4 outputs, 8 items in flight. (A chain of scalar loads, two in
+  // flight, made the merging block of a 66-item list a ~20 us tail.)
+  float2* wts = reinterpret_cast<float2*>(smem);  // [g][count]: (weight, unused)
+  const bool wfit = int64_t(it.count) * g * 8 <= int64_t(kStages) * kTR * rb * 2;
+  const float2* ms = reinterpret_cast<const float2*>(p.part_ms);  // [item][kMaxG]: (m, s)
   for (int h = warp; h < g; h += kNW) {
     float M = cu::neg_inf();
-    for (int i = lane; i < it.count; i += 32) M = fmaxf(M, __ldcg(&p.part_ms[(int64_t(it.first + i) * kMaxG + h) * 2]));
+    for (int i = lane; i < it.count; i += 32) {
+      const float2 v = __ldcg(&ms[int64_t(it.first + i) * kMaxG + h]);
+      if (wfit) wts[h * it.count + i] = v;
+      M = fmaxf(M, v.x);
+    }
     M = cu::warp_max(M);
     float S = 0.f;
-    if (M != cu::neg_inf())
-      for (int i = lane; i < it.count; i += 32) {
-        const float mi = __ldcg(&p.part_ms[(int64_t(it.first + i) * kMaxG + h) * 2]);
-        if (mi != cu::neg_inf()) S += __ldcg(&p.part_ms[(int64_t(it.first + i) * kMaxG + h) * 2 + 1]) * exp2f(mi - M);
-      }
+    for (int i = lane; i < it.count; i += 32) {
+      const float2 v = wfit ? wts[h * it.count + i] : __ldcg(&ms[int64_t(it.first + i) * kMaxG + h]);
+      const float w = (M == cu::neg_inf() || v.x == cu::neg_inf()) ? 0.f : exp2f(v.x - M);
+      if (w != 0.f) S += v.y * w;
+      if (wfit) wts[h * it.count + i].x = w;
+    }
     S = cu::warp_sum(S);
-    if (wfit)
-      for (int i = lane; i < it.count; i += 32) {
-        const float mi = __ldcg(&p.part_ms[(int64_t(it.first + i) * kMaxG + h) * 2]);
-        wts[h * it.count + i] = (M == cu::neg_inf() || mi == cu::neg_inf()) ? 0.f : exp2f(mi - M);
-      }
     if (lane == 0) {
       s_m[h] = M;
       s_s[h] = S;
@@ -623,25 +812,56 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
     }
   }
   __syncthreads();
-  for (int i = tid; i < g * D; i += kThreads) {
-    const int h = i / D;
+  const int gd = g * D;  // a multiple of 4: D * sizeof(kv) is a multiple of 16 bytes
+  for (int i4 = tid; i4 < gd / 4; i4 += kThreads) {
+    const int h = i4 * 4 / D;
     const float M = s_m[h], S = s_s[h];
-    float out = 0.f;
+    float4 out = make_float4(0.f, 0.f, 0.f, 0.f);
     if (wfit) {
-      const float* wh = wts + h * it.count;
-      const float* src = p.part_acc + int64_t(it.first) * g * D + i;
-#pragma unroll 2  // more unrolling spills registers in the G <= 2 kernels
-      for (int t = 0; t < it.count; ++t) out += wh[t] * __ldcg(src + int64_t(t) * g * D);
+      const float2* wh = wts + h * it.count;
+      const float4* src = reinterpret_cast<const float4*>(p.part_acc + int64_t(it.first) * gd) + i4;
+      const int64_t st4 = gd / 4;
+      int t = 0;
+      for (; t + 8 <= it.count; t += 8) {
+        float4 a[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) a[u] = __ldcg(src + (t + u) * st4);
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const float w = wh[t + u].x;
+          out.x += w * a[u].x;
+          out.y += w * a[u].y;
+          out.z += w * a[u].z;
+          out.w += w * a[u].w;
+        }
+      }
+      for (; t < it.count; ++t) {
+        const float4 a = __ldcg(src + t * st4);
+        const float w = wh[t].x;
+        out.x += w * a.x;
+        out.y += w * a.y;
+        out.z += w * a.z;
+        out.w += w * a.w;
+      }
     } else if (M != cu::neg_inf()) {
       for (int t = 0; t < it.count; ++t) {
         const int64_t ii = it.first + t;
         const float mi = __ldcg(&p.part_ms[(ii * kMaxG + h) * 2]);
         if (mi == cu::neg_inf()) continue;
-        out += exp2f(mi - M) * __ldcg(&p.part_acc[ii * g * D + i]);
+        const float w = exp2f(mi - M);
+        const float4 a = __ldcg(reinterpret_cast<const float4*>(p.part_acc + ii * gd) + i4);
+        out.x += w * a.x;
+        out.y += w * a.y;
+        out.z += w * a.z;
+        out.w += w * a.w;
       }
     }
-    if (S > 0.f) out *= 1.f / S;
-    store_o(p.o, p.q_dtype, qrow0 * D + i, out);
+    const float inv = S > 0.f ? 1.f / S : 1.f;
+    const int64_t o0 = qrow0 * D + int64_t(i4) * 4;
+    store_o(p.o, p.q_dtype, o0, out.x * inv);
+    store_o(p.o, p.q_dtype, o0 + 1, out.y * inv);
+    store_o(p.o, p.q_dtype, o0 + 2, out.z * inv);
+    store_o(p.o, p.q_dtype, o0 + 3, out.w * inv);
   }
 }
 
@@ -710,10 +930,10 @@ using AttnFn = void (*)(Params);
 
 template <class T, int LPR>
 AttnFn pick_g(int g) {
-  if (g <= 1) return attn_kernel<T, LPR, 1>;
-  if (g <= 2) return attn_kernel<T, LPR, 2>;
-  if (g <= 4) return attn_kernel<T, LPR, 4>;
-  return attn_kernel<T, LPR, 8>;
+  if (g <= 1) return attn_kernel<T, LPR, 1, false>;
+  if (g <= 2) return attn_kernel<T, LPR, 2, false>;
+  if (g <= 4) return attn_kernel<T, LPR, 4, false>;
+  return attn_kernel<T, LPR, 8, false>;
 }
 
 template <class T>
@@ -721,6 +941,16 @@ AttnFn pick_lpr(int nvr, int g) {
   if (nvr <= 8) return pick_g<T, 8>(g);
   if (nvr <= 16) return pick_g<T, 16>(g);
   return pick_g<T, 32>(g);
+}
+
+// bf16 K/V with D in {64, 128, 256} (16-byte chunks per row a power of two,
+// >= 8 for the swizzle): the tensor-core kernels; else CUDA cores.
+// (The MMA kernels do not depend on G: heads are the mma's N = 8 columns.)
+AttnFn pick_bf16(int nvr, int g) {
+  if (nvr == 8) return attn_kernel<__nv_bfloat16, 8, kMaxG, true>;
+  if (nvr == 16) return attn_kernel<__nv_bfloat16, 16, kMaxG, true>;
+  if (nvr == 32) return attn_kernel<__nv_bfloat16, 32, kMaxG, true>;
+  return pick_lpr<__nv_bfloat16>(nvr, g);
 }
 
 // Resident blocks per SM of an attention kernel with this much dynamic shared
@@ -886,7 +1116,7 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   p.reduce = int(a.reduce);
   p.lse = a.lse;
   const AttnFn fn = a.kv_dtype == DType::F16    ? pick_lpr<__half>(p.nvr, g)
-                    : a.kv_dtype == DType::BF16 ? pick_lpr<__nv_bfloat16>(p.nvr, g)
+                    : a.kv_dtype == DType::BF16 ? pick_bf16(p.nvr, g)
                                                 : pick_lpr<float>(p.nvr, g);
   const size_t smem = size_t(kStages) * kTR * row_bytes * 2;
   int bps = 1;
@@ -926,7 +1156,8 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   p.logits = a.score_pool ? reinterpret_cast<float*>(w + o_logits) : nullptr;
 
   Status s = Status::Ok;
-  plan_kernel<<<1, 1024, 0, st>>>(p);
+  const int plan_smem = nl64 <= kPlanSmemLists;
+  plan_kernel<<<1, 1024, plan_smem ? size_t(2 * nl64 + 1) * sizeof(long long) : 0, st>>>(p, plan_smem);
   s = cuda_launch_status();
   if (s == Status::Ok) {
     fn<<<int(items_max), kThreads, smem, st>>>(p);
