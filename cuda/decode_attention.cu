@@ -160,6 +160,17 @@ __device__ __forceinline__ long long list_work(const Params& p, int l) {
 // shared memory (32 KB at most): each global round trip of this 1-block
 // kernel is on the critical path of every decode step.
 constexpr int kPlanSmemLists = 2048;
+// Outputs of a list with nothing to attend: zeros, lse -inf.
+__device__ __forceinline__ void write_empty(const Params& p, int l) {
+  const int b = l / p.Hkv, j = l % p.Hkv;
+  for (int h = 0; h < p.g; ++h) {
+    const int64_t row = int64_t(b) * p.Hq + j * p.g + h;
+    for (int d = 0; d < p.D; ++d) store_o(p.o, p.q_dtype, row * p.D + d, 0.f);
+    if (p.lse) p.lse[row] = cu::neg_inf();
+    p.lse2[int64_t(l) * p.g + h] = cu::neg_inf();
+  }
+}
+
 __global__ void __launch_bounds__(1024) plan_kernel(Params p, int in_smem) {
   __shared__ unsigned long long s_total;
   __shared__ int s_warp[32];
@@ -225,15 +236,7 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p, int in_smem) {
     p.counters[l] = 0;
     if (in_smem) s_first[l] = off;
     else p.first[l] = off;
-    if (n == 0) {  // nothing to attend
-      const int b = l / p.Hkv, j = l % p.Hkv;
-      for (int h = 0; h < p.g; ++h) {
-        const int64_t row = int64_t(b) * p.Hq + j * p.g + h;
-        for (int d = 0; d < p.D; ++d) store_o(p.o, p.q_dtype, row * p.D + d, 0.f);
-        if (p.lse) p.lse[row] = cu::neg_inf();
-        p.lse2[int64_t(l) * p.g + h] = cu::neg_inf();
-      }
-    }
+    if (n == 0) write_empty(p, l);
     off += n;
   }
   __syncthreads();  // first[] visible to the block
@@ -894,8 +897,40 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
     p.score_pool[phys] += p.reduce == int(Reduce::Mean) ? acc / float(g) : acc;
   };
   if (!p.sel_indptr) {
+    // 4 slots per thread, their loads issued before any use (ids, then the
+    // logits and pool scores): one slot at a time was a chain of three
+    // dependent reads per slot, and the pass cost ~12% of a plain step.
+    constexpr int U = 4;
     const int u0 = it.p0 * P, u1 = min(it.p1 * P, len);
-    for (int u = u0 + tid; u < u1; u += kScoreThreads) one(int64_t(ids[u / P]) * P + u % P);
+    for (int ub = u0 + tid; ub < u1; ub += U * kScoreThreads) {
+      int64_t ph[U];
+#pragma unroll
+      for (int k = 0; k < U; ++k) {
+        const int u = ub + k * kScoreThreads;
+        ph[k] = u < u1 ? int64_t(__ldg(ids + u / P)) * P + u % P : -1;
+      }
+      float lg[U][kMaxG], sp[U];
+#pragma unroll
+      for (int k = 0; k < U; ++k) {
+#pragma unroll
+        for (int h = 0; h < kMaxG; ++h) lg[k][h] = ph[k] >= 0 && h < g ? __ldg(p.logits + ph[k] * g + h) : 0.f;
+        sp[k] = ph[k] >= 0 ? p.score_pool[ph[k]] : 0.f;
+      }
+#pragma unroll
+      for (int k = 0; k < U; ++k) {
+        if (ph[k] < 0) continue;
+        float acc = 0.f;
+#pragma unroll
+        for (int h = 0; h < kMaxG; ++h) {
+          if (h >= g) break;
+          const float m = s_l2[h];
+          if (m == cu::neg_inf()) continue;
+          const float v = exp2f(lg[k][h] - m);
+          acc = p.reduce == int(Reduce::Max) ? fmaxf(acc, v) : acc + v;
+        }
+        p.score_pool[ph[k]] = sp[k] + (p.reduce == int(Reduce::Mean) ? acc / float(g) : acc);
+      }
+    }
     return;
   }
   Walker w;
@@ -1073,8 +1108,11 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   if ((!a.k_pool || !a.v_pool || !a.page_ids) && a.num_pages > 0) return Status::Shape;
   if (a.score_pool && a.reduce != Reduce::Mean && a.reduce != Reduce::Sum && a.reduce != Reduce::Max)
     return Status::Shape;
-  if ((a.score_before || a.score_after) && !a.score_pool) return Status::Shape;
-  if (bool(a.evict_pos) != bool(a.evict_slot) || bool(a.evict_max_pos) != bool(a.evict_slot) || (a.evict_slot && !a.score_pool))
+  // An empty pool (num_pages 0: every list is empty) may come with null
+  // score and page-id pointers, the data of empty tensors.
+  const bool pool_ok = a.score_pool || a.num_pages == 0;
+  if ((a.score_before || a.score_after) && !pool_ok) return Status::Shape;
+  if (bool(a.evict_pos) != bool(a.evict_slot) || bool(a.evict_max_pos) != bool(a.evict_slot) || (a.evict_slot && !pool_ok))
     return Status::Shape;
   const int g = a.num_q_heads / a.num_kv_heads;
   if (g > kMaxG) return Status::Shape;

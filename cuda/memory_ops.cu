@@ -210,7 +210,10 @@ Status cuda_page_meta(const PageMetaArgs& a, void* stream) {
 Status cuda_read_scores(const ReadScoresArgs& a, void* stream) {
   if (a.lists < 0 || a.page_size <= 0 || a.num_pages < 0) return Status::Shape;
   if (a.lists == 0) return Status::Ok;
-  if (!a.score_pool || !a.page_indptr || !a.page_ids || !a.kv_len || (a.write_back ? !a.in : !a.out)) return Status::Shape;
+  if (!a.page_indptr || !a.kv_len || (a.write_back ? !a.in : !a.out)) return Status::Shape;
+  // score_pool and page_ids may be null only for an empty pool (no page can
+  // be listed: the CPU twin's rule, checked without reading device indptr).
+  if ((!a.score_pool || !a.page_ids) && a.num_pages > 0) return Status::Shape;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   read_scores_kernel<<<a.lists, 256, 0, st>>>(a);
   return cuda_launch_status();

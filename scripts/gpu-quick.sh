@@ -22,8 +22,8 @@ grep -E "FAIL|passed|SUMMARY|^rc=" "$log/racecheck.txt"
 export KVSQ_CUDA_BENCH=1
 { timeout 60 "$tests" cuda_decode_bench; timeout 60 "$tests" cuda_bench_scores; } > "$log/bench.txt" 2>&1
 echo "bench rc=$?"; grep BENCH "$log/bench.txt"
-# durations: the first 12 launches of each kernel of the benchmark's B=1 plain step
-timeout 60 "$NCU" --clock-control none --metrics gpu__time_duration.sum -k 'regex:^(?!fill)' -c 12 "$tests" cuda_decode_bench > /tmp/dd.txt 2>&1
+# durations: two plain then two H2O steps of the benchmark's B=1 case (53 plain steps come first)
+timeout 60 "$NCU" --clock-control none --metrics gpu__time_duration.sum -k 'regex:plan|attn|score_kernel|read_scores' -s 102 -c 10 "$tests" cuda_decode_bench > /tmp/dd.txt 2>&1
 short /tmp/dd.txt > "$log/durations.txt"; head -12 "$log/durations.txt"
 sections="--section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis"
 # attention launches before batch 4's plain step: 3 + 50 for each of B=1's plain, H2O and Quest runs

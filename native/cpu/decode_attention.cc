@@ -1141,8 +1141,9 @@ Status validate_decode_attention(const DecodeAttnArgs& a) {
   if ((!a.k_pool || !a.v_pool) && a.num_pages > 0) return Status::Shape;
   if (a.score_pool && a.reduce != Reduce::Mean && a.reduce != Reduce::Sum && a.reduce != Reduce::Max)
     return Status::Shape;
-  if ((a.score_before || a.score_after) && !a.score_pool) return Status::Shape;
-  if (bool(a.evict_pos) != bool(a.evict_slot) || bool(a.evict_max_pos) != bool(a.evict_slot) || (a.evict_slot && !a.score_pool))
+  const bool pool_ok = a.score_pool || a.num_pages == 0;  // an empty pool's scores may be null too
+  if ((a.score_before || a.score_after) && !pool_ok) return Status::Shape;
+  if (bool(a.evict_pos) != bool(a.evict_slot) || bool(a.evict_max_pos) != bool(a.evict_slot) || (a.evict_slot && !pool_ok))
     return Status::Shape;
   const int64_t nl = int64_t(a.batch) * a.num_kv_heads;
   const int g = a.num_q_heads / a.num_kv_heads;

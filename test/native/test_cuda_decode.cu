@@ -385,6 +385,20 @@ KVSQ_TEST(cuda_decode_ragged_empty) {
   Problem(n).run_and_compare();
 }
 
+// More lists than the attention blocks plan for themselves (128): the
+// 1-block plan kernel's path, with empty lists, Quest subsets and scores.
+KVSQ_TEST(cuda_decode_many_lists) {
+  need_device();
+  for (bool subset : {false, true}) {
+    Config c;
+    c.B = pick({67, 80}), c.Hkv = 2, c.Hq = 8, c.D = pick({64, 128}), c.P = pick({16, 7});
+    c.qdt = kDts[randint(0, 2)], c.kvdt = kDts[randint(0, 2)];
+    c.subset = subset, c.score = true;
+    for (int l = 0; l < c.B * c.Hkv; ++l) c.lens.push_back(randint(0, 4) == 0 ? 0 : randint(1, 300));
+    Problem(c).run_and_compare();
+  }
+}
+
 KVSQ_TEST(cuda_decode_subset_scores) {
   need_device();
   int it = 0;
@@ -752,4 +766,29 @@ KVSQ_TEST(cuda_decode_bench) {
                 "select %.3f ms; select + sparse attention %.3f ms = %.1fx faster than dense (target 6x)\n",
                 Hq, Hkv, D, ctx, dense, 2.0 * pool_el * 2 / dense / 1e6, sel, both, dense / both);
   }
+}
+
+// The CPU twin's empty-pool rule: num_pages 0 with null K/V, page ids and
+// scores is accepted even with score records and an eviction candidate asked
+// for (the random ragged test reaches this case once in ~256 runs).
+KVSQ_TEST(cuda_decode_empty_pool_null_pointers) {
+  need_device();
+  const int B = 2, Hq = 4, Hkv = 2, D = 16;
+  Dev q(std::vector<float>(size_t(B) * Hq * D, 0.5f)), o(std::vector<float>(size_t(B) * Hq * D, 7.f));
+  Dev lse(std::vector<float>(size_t(B) * Hq, 7.f)), rec(std::vector<float>(1, 3.f));
+  Dev ind(std::vector<int32_t>(B * Hkv + 1, 0)), len(std::vector<int32_t>(B * Hkv, 0));
+  Dev epos(std::vector<int32_t>(1, 0)), emax(std::vector<int32_t>(B * Hkv, 100)), slot(std::vector<int32_t>(B * Hkv, 5));
+  DecodeAttnArgs a;
+  a.batch = B, a.num_q_heads = Hq, a.num_kv_heads = Hkv, a.head_dim = D, a.page_size = 4;
+  a.q_dtype = DType::F32, a.kv_dtype = DType::F32, a.scale = 0.25f;
+  a.q = q.p, a.o = o.p, a.lse = lse.as<float>(), a.num_pages = 0;
+  a.page_indptr = ind.as<int32_t>(), a.kv_len = len.as<int32_t>();
+  a.score_before = rec.as<float>(), a.score_after = rec.as<float>();
+  a.evict_pos = epos.as<int32_t>(), a.evict_max_pos = emax.as<int32_t>(), a.evict_slot = slot.as<int32_t>();
+  CHECK(cuda_decode_attention(a, nullptr) == Status::Ok);
+  sync_ok();
+  for (float x : o.get<float>(size_t(B) * Hq * D)) CHECK(x == 0.f);
+  for (float x : lse.get<float>(size_t(B) * Hq)) CHECK(x == -std::numeric_limits<float>::infinity());
+  for (int32_t s : slot.get<int32_t>(B * Hkv)) CHECK(s == -1);
+  CHECK(rec.get<float>(1)[0] == 3.f);
 }

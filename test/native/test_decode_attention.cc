@@ -573,3 +573,31 @@ KVSQ_TEST(decode_attention_invalid_args) {
     a = good; a.sel_pages = sp.data(); expect("sel pages duplicate", Status::Range, a);
   }
 }
+
+// An empty pool (every list empty, num_pages 0) may come with null K/V, page
+// ids and scores, the data of empty tensors, even when score records and an
+// eviction candidate are asked for; with pages, null scores stay an error.
+KVSQ_TEST(decode_attention_empty_pool_null_pointers) {
+  const int B = 2, Hq = 4, Hkv = 2, D = 16;
+  std::vector<float> q(size_t(B) * Hq * D, 0.5f), o(q.size(), 7.f), lse(size_t(B) * Hq, 7.f);
+  std::vector<int32_t> indptr(B * Hkv + 1, 0), len(B * Hkv, 0), epos(1, 0), emax(B * Hkv, 100), slot(B * Hkv, 5);
+  std::vector<float> rec(1, 3.f);
+  DecodeAttnArgs a;
+  a.batch = B, a.num_q_heads = Hq, a.num_kv_heads = Hkv, a.head_dim = D, a.page_size = 4;
+  a.q_dtype = DType::F32, a.kv_dtype = DType::F32, a.scale = 0.25f;
+  a.q = q.data(), a.o = o.data(), a.lse = lse.data(), a.num_pages = 0;
+  a.page_indptr = indptr.data(), a.kv_len = len.data();
+  a.score_before = rec.data(), a.score_after = rec.data();
+  a.evict_pos = epos.data(), a.evict_max_pos = emax.data(), a.evict_slot = slot.data();
+  CHECK(cpu_decode_attention(a) == Status::Ok);
+  for (float x : o) CHECK(x == 0.f);
+  for (float x : lse) CHECK(x == -std::numeric_limits<float>::infinity());
+  for (int32_t s : slot) CHECK(s == -1);
+  CHECK(rec[0] == 3.f);
+  DecodeAttnArgs b = a;  // a non-empty pool needs its scores
+  std::vector<float> pool(16, 0.f);
+  b.num_pages = 4, b.k_pool = pool.data(), b.v_pool = pool.data();
+  std::vector<int32_t> ids(1, 0);
+  b.page_ids = ids.data();
+  CHECK(cpu_decode_attention(b) == Status::Shape);
+}
