@@ -27,9 +27,14 @@
 //   vectors in registers. The g*rows partial dot products are reduced with a
 //   transposed butterfly (each step halves the values a lane holds), so a
 //   tile of 32 rows costs ~g*LPR/32 shuffles per row instead of g*log2(LPR).
+//   bf16 K/V with D in {64, 128, 256} use tensor cores instead (q.k and p.V
+//   as mma.sync with the group's heads as N; see attn_kernel's MMA notes):
+//   on an H200 that took the 32K batch-4 step from 55% to 69% of copy
+//   bandwidth and one sequence from 39% to 47% (docs/perf.md).
 // * Online softmax per 32-row tile (one warp per head: lane = row), V
-//   accumulated with each lane owning a 16-byte column slice for all g heads;
-//   the running-max rescale is one multiply per accumulator per tile.
+//   accumulated with each lane owning a 16-byte column slice for all g heads
+//   (MMA: each warp a quarter of D for all heads); the running-max rescale is
+//   one multiply per accumulator per tile. Three block barriers per tile.
 // * Partials (m, s, acc) of each item go to a workspace; the last block of a
 //   list to finish (atomic counter, threadfence pattern) merges them, writes o,
 //   lse and the base-2 lse used by the score pass. No separate merge launch.
@@ -56,7 +61,9 @@
 // the same requirement). Index contents are validated by the caller (launchers.h).
 //
 // Tolerance vs the CPU twin: both are fp32 with different summation orders and
-// exp2 implementations (CUDA exp2f: 2 ulp), so each is within the bound derived
+// exp2 implementations (CUDA exp2f: 2 ulp; the MMA kernels' bf16 hi + lo
+// splits of q and p add at most 2^-18 relative per term, inside the same
+// bound), so each is within the bound derived
 // in native/cpu/decode_attention.cc of the exact result and the two differ by
 // at most twice that bound (test/native/test_cuda_decode.cu asserts this).
 // Scores of slots outside the union are untouched (bit-identical).
