@@ -906,7 +906,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
   if (!p.sel_indptr) {
     // 4 slots per thread, their loads issued before any use (ids, then the
     // logits and pool scores): one slot at a time was a chain of three
-    // dependent reads per slot, and the pass cost ~12% of a plain step.
+    // dependent reads per slot. (7-9 us for one 32K sequence on an H200.)
     constexpr int U = 4;
     const int u0 = it.p0 * P, u1 = min(it.p1 * P, len);
     for (int ub = u0 + tid; ub < u1; ub += U * kScoreThreads) {
