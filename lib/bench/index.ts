@@ -559,7 +559,8 @@ export function formatReport(r: BenchReport): string {
   }
   if (r.ratios.length) {
     L.push('');
-    for (const x of r.ratios) L.push(`${x.what}: ${fmt(x.value, 2)}x (target ${x.target}): ${x.met ? 'met' : 'NOT met'}`);
+    for (const x of r.ratios)
+      L.push(`${x.what}: ${fmt(x.value, 2)}x ${x.target === undefined ? '(for comparison: no target)' : `(target ${x.target}): ${x.met ? 'met' : 'NOT met'}`}`);
   }
   if (r.notes.length) {
     L.push('');
