@@ -1,0 +1,53 @@
+// The worker pool (native/core/threadpool.cc): every index of [0, n) is
+// visited exactly once per parallel_for, whatever the part count (workers
+// outside a job), the gaps between jobs (shorter and longer than the 300 us
+// polling window, so workers are found both polling and asleep), nested calls and
+// two caller threads at once (serialised).
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+#include <vector>
+
+#include "../../native/core/threadpool.h"
+#include "harness.h"
+
+using namespace kvsq;
+
+KVSQ_TEST(threadpool_each_index_once) {
+  for (int threads : {2, 5}) {
+    set_pool_threads(threads);
+    CHECK(pool_threads() == threads);
+    std::atomic<long> bad{0}, calls{0};
+    auto one = [&](int64_t n, int64_t minp) {
+      std::vector<std::atomic<int>> hit(static_cast<size_t>(n));
+      for (auto& h : hit) h.store(0);
+      parallel_for(n, [&](int64_t b, int64_t e, int part) {
+        if (part < 0 || part >= threads) bad++;
+        for (int64_t i = b; i < e; ++i) hit[size_t(i)]++;
+        // nested: inline inside a pool job (a single-part outer call runs on
+        // the caller without being a job, so its nested call may split)
+        std::atomic<int64_t> covered{0};
+        parallel_for(3, [&](int64_t b2, int64_t e2, int) { covered += e2 - b2; });
+        if (covered.load() != 3) bad++;
+      }, minp);
+      for (auto& h : hit) bad += h.load() != 1;
+      calls++;
+    };
+    const uint64_t seeds[2] = {kvsqtest::rng()(), kvsqtest::rng()()};  // rng() is not shared across threads
+    std::vector<std::thread> callers;
+    for (int t = 0; t < 2; ++t)
+      callers.emplace_back([&, t] {
+        uint64_t x = seeds[t];
+        for (int i = 0; i < 400; ++i) {
+          x = x * 6364136223846793005ull + 1442695040888963407ull;
+          one(1 + int64_t((x >> 33) % 40), 1 + int64_t((x >> 50) % 4));
+          if ((x >> 20) % 50 == 0) std::this_thread::sleep_for(std::chrono::microseconds((x >> 40) % 1500));
+        }
+      });
+    for (auto& c : callers) c.join();
+    CHECK(calls.load() == 800);
+    CHECK_MSG(bad.load() == 0, bad.load() << " wrong visits with " << threads << " threads");
+  }
+  set_pool_threads(0);
+}
