@@ -183,22 +183,17 @@ interface Prompt {
   v: Tensor;
   dispose(): void;
 }
-/**
- * Random q [Hq, L, D] and k, v [Hkv, L, D] (f16); with `repeat`, k and v with
- * each KV head repeated Hq / Hkv times ([Hq, L, D]: the same values, the
- * layout of research code that repeats K/V for GQA).
- */
-function prompt(s: MethodShape, L: number, repeat = false): Prompt {
+function prompt(s: MethodShape, L: number): Prompt {
   const q = f16([s.Hq, L, s.D]);
-  const k = randomKv(s, [L, s.D], repeat);
-  const v = randomKv(s, [L, s.D], repeat);
+  const k = f16([s.Hkv, L, s.D]);
+  const v = f16([s.Hkv, L, s.D]);
   return { q, k, v, dispose: () => [q, k, v].forEach((t) => t.dispose()) };
 }
 
 /**
  * Random f16 K or V of shape [...lead, Hkv, ...rest], or with `repeat`
  * [...lead, Hq, ...rest] with each KV head's values repeated Hq / Hkv times
- * (lead is [] or [1]).
+ * (the layout of research code that repeats K/V for GQA; lead is [] or [1]).
  */
 function randomKv(s: MethodShape, rest: number[], repeat: boolean, lead: number[] = []): Tensor {
   const n = rest.reduce((a, b) => a * b, 1);
@@ -474,11 +469,13 @@ export function decodeRows(s: MethodShape, ids: readonly string[], log: (x: stri
       built.push({ c, cache, seq: cache.addSequence({ prefill: c.prefill, decode: c.decode }), times: [] });
       const b = built[built.length - 1];
       if (c.repeatKv) {
-        const r = prompt(s, s.L, true);
+        const rk = randomKv(s, [s.L, s.D], true);
+        const rv = randomKv(s, [s.L, s.D], true);
         try {
-          b.seq.prefill(0, p.q, r.k, r.v);
+          b.seq.prefill(0, p.q, rk, rv);
         } finally {
-          r.dispose();
+          rk.dispose();
+          rv.dispose();
         }
       } else b.seq.prefill(0, p.q, p.k, p.v);
     }
