@@ -13,7 +13,7 @@
 //   cu::warp_sum / warp_max<W>()         butterfly reductions over W lanes (power of 2, <= 32)
 //   cu::block_sum / block_max            whole-block reductions through 32 floats of shared memory
 //   cu::with_float_dtype(DType, f)       calls f(T{}) for the storage type of a float DType
-//   cu::ldsm_x4 / ldsm_x4_trans, mma16816<F16>, pack_bf16   tensor-core fragments (sm_80+)
+//   cu::ldsm_x4 / ldsm_x4_trans, mma16816<F16>, pack_bf16, split_bf16   tensor-core fragments (sm_80+)
 //   cu::neg_inf(), cu::kLog2e, cu::kLn2
 //
 // Conversions match native/core/dtype.h: f16/bf16 -> f32 exact; f32 -> f16/bf16
@@ -210,6 +210,11 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (low 16 bits)
   return *reinterpret_cast<const uint32_t*>(&v);
+}
+// x -> (hi, lo) bf16 pair with hi + lo ~ x to ~2^-16 relative.
+__device__ __forceinline__ void split_bf16(float x, float& hi, float& lo) {
+  hi = __bfloat162float(__float2bfloat16_rn(x));
+  lo = x - hi;  // exact in f32
 }
 __device__ __forceinline__ void ldsm_x4_trans(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"

@@ -479,10 +479,11 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
         if (h < g)
 #pragma unroll
           for (int e = 0; e < 2; ++e) x[e] = load_q(p.q, p.q_dtype, (qrow0 + h) * D + ks * 16 + half * 8 + c0 + e);
-        const float h0 = __bfloat162float(__float2bfloat16_rn(x[0]));
-        const float h1 = __bfloat162float(__float2bfloat16_rn(x[1]));
+        float h0, l0, h1, l1;
+        cu::split_bf16(x[0], h0, l0);
+        cu::split_bf16(x[1], h1, l1);
         qh[ks][half] = cu::pack_bf16(h0, h1);
-        ql[ks][half] = cu::pack_bf16(x[0] - h0, x[1] - h1);
+        ql[ks][half] = cu::pack_bf16(l0, l1);
       }
   } else {
 #pragma unroll
@@ -694,10 +695,7 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
         float hi[4], lo[4];
         const float pv[4] = {p0.x, p0.y, p1.x, p1.y};
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          hi[e] = __bfloat162float(__float2bfloat16_rn(pv[e]));
-          lo[e] = pv[e] - hi[e];
-        }
+        for (int e = 0; e < 4; ++e) cu::split_bf16(pv[e], hi[e], lo[e]);
         const uint32_t bh0 = cu::pack_bf16(hi[0], hi[1]), bh1 = cu::pack_bf16(hi[2], hi[3]);
         const uint32_t bl0 = cu::pack_bf16(lo[0], lo[1]), bl1 = cu::pack_bf16(lo[2], lo[3]);
         // A = V^T (dims x rows) by ldmatrix.trans of V rows: matrix mi holds

@@ -127,12 +127,8 @@ __device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_g
 using cu::ldsm_x4;
 using cu::mma16816;
 using cu::pack_bf16;
+using cu::split_bf16;
 
-// x -> (hi, lo) bf16 pair with hi + lo ~ x to ~2^-16 relative.
-__device__ __forceinline__ void split_bf16(float x, float& hi, float& lo) {
-  hi = __bfloat162float(__float2bfloat16_rn(x));
-  lo = x - hi;  // exact in f32
-}
 
 // Two consecutive elements (columns c, c+1) of a q row as one 32-bit MMA
 // operand; for f32 the hi and lo halves.
