@@ -163,37 +163,15 @@ __device__ __forceinline__ long long list_work(const Params& p, int l) {
   return min(np, sel);
 }
 
-// With nl <= kPlanSmemLists the per-list work and first[] live in dynamic
-// shared memory (32 KB at most): each global round trip of this 1-block
-// kernel is on the critical path of every decode step.
-constexpr int kPlanSmemLists = 2048;
-// Outputs of a list with nothing to attend: zeros, lse -inf.
-__device__ __forceinline__ void write_empty(const Params& p, int l) {
-  const int b = l / p.Hkv, j = l % p.Hkv;
-  for (int h = 0; h < p.g; ++h) {
-    const int64_t row = int64_t(b) * p.Hq + j * p.g + h;
-    for (int d = 0; d < p.D; ++d) store_o(p.o, p.q_dtype, row * p.D + d, 0.f);
-    if (p.lse) p.lse[row] = cu::neg_inf();
-    p.lse2[int64_t(l) * p.g + h] = cu::neg_inf();
-  }
-}
-
-__global__ void __launch_bounds__(1024) plan_kernel(Params p, int in_smem) {
+__global__ void __launch_bounds__(1024) plan_kernel(Params p) {
   __shared__ unsigned long long s_total;
   __shared__ int s_warp[32];
   __shared__ long long s_chunk;
-  extern __shared__ long long s_dyn[];  // [nl] work, [nl + 1] first (as long long for alignment)
-  long long* s_work = s_dyn;
-  long long* s_first = s_dyn + p.nl;
   const int tid = threadIdx.x, nt = blockDim.x;
   if (tid == 0) s_total = 0;
   __syncthreads();
   long long local = 0;
-  for (int l = tid; l < p.nl; l += nt) {
-    const long long w = list_work(p, l);
-    if (in_smem) s_work[l] = w;
-    local += w;
-  }
+  for (int l = tid; l < p.nl; l += nt) local += list_work(p, l);
   if (local) atomicAdd(&s_total, (unsigned long long)local);
   __syncthreads();
   if (tid == 0) {
@@ -203,14 +181,12 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p, int in_smem) {
   }
   __syncthreads();
   const long long chunk = s_chunk;
-  auto work = [&](int l) { return in_smem ? s_work[l] : list_work(p, l); };
-  auto first = [&](int l) -> int { return in_smem ? int(s_first[l]) : p.first[l]; };
 
   // Contiguous segment of lists per thread, exclusive scan of item counts.
   const int seg = (p.nl + nt - 1) / nt;
   const int l0 = min(p.nl, tid * seg), l1 = min(p.nl, l0 + seg);
   int cnt = 0;
-  for (int l = l0; l < l1; ++l) cnt += int((work(l) + chunk - 1) / chunk);
+  for (int l = l0; l < l1; ++l) cnt += int((list_work(p, l) + chunk - 1) / chunk);
   // block exclusive scan
   const int lane = tid & 31, wid = tid >> 5;
   int incl = cnt;
@@ -235,15 +211,21 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p, int in_smem) {
   const int n_items = s_warp[(nt >> 5) - 1];
   if (tid == 0) {
     *p.n_items = n_items;
-    if (in_smem) s_first[p.nl] = n_items;
-    else p.first[p.nl] = n_items;
+    p.first[p.nl] = n_items;
   }
   for (int l = l0; l < l1; ++l) {
-    const int n = int((work(l) + chunk - 1) / chunk);
+    const int n = int((list_work(p, l) + chunk - 1) / chunk);
     p.counters[l] = 0;
-    if (in_smem) s_first[l] = off;
-    else p.first[l] = off;
-    if (n == 0) write_empty(p, l);
+    p.first[l] = off;
+    if (n == 0) {  // nothing to attend
+      const int b = l / p.Hkv, j = l % p.Hkv;
+      for (int h = 0; h < p.g; ++h) {
+        const int64_t row = int64_t(b) * p.Hq + j * p.g + h;
+        for (int d = 0; d < p.D; ++d) store_o(p.o, p.q_dtype, row * p.D + d, 0.f);
+        if (p.lse) p.lse[row] = cu::neg_inf();
+        p.lse2[int64_t(l) * p.g + h] = cu::neg_inf();
+      }
+    }
     off += n;
   }
   __syncthreads();  // first[] visible to the block
@@ -251,10 +233,10 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p, int in_smem) {
     int lo = 0, hi = p.nl;  // the last l with first[l] <= x: a non-empty list
     while (hi - lo > 1) {
       const int mid = (lo + hi) >> 1;
-      if (first(mid) <= x) lo = mid;
+      if (p.first[mid] <= x) lo = mid;
       else hi = mid;
     }
-    const int f = first(lo), n = first(lo + 1) - f, i = x - f;
+    const int f = p.first[lo], n = p.first[lo + 1] - f, i = x - f;
     const long long np = (p.kv_len[lo] + p.P - 1) / p.P;
     Item it;
     it.list = lo;
@@ -1199,8 +1181,7 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   p.logits = a.score_pool ? reinterpret_cast<float*>(w + o_logits) : nullptr;
 
   Status s = Status::Ok;
-  const int plan_smem = nl64 <= kPlanSmemLists;
-  plan_kernel<<<1, 1024, plan_smem ? size_t(2 * nl64 + 1) * sizeof(long long) : 0, st>>>(p, plan_smem);
+  plan_kernel<<<1, 1024, 0, st>>>(p);
   s = cuda_launch_status();
   if (s == Status::Ok) {
     fn<<<int(items_max), kThreads, smem, st>>>(p);
