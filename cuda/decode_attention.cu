@@ -871,17 +871,25 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
   const int* ids = p.page_ids + p.page_indptr[list];
   if (tid < g) s_l2[tid] = p.lse2[int64_t(list) * g + tid];
   __syncthreads();
-  auto one = [&](int64_t phys) {
-    const float* l = p.logits + phys * g;
+  // What a slot adds to its pool score, from its g logits lg[h < g].
+  auto slot_add = [&](const float (&lg)[kMaxG]) {
     float acc = 0.f;
-    for (int h = 0; h < g; ++h) {
+#pragma unroll
+    for (int h = 0; h < kMaxG; ++h) {
+      if (h >= g) break;
       const float m = s_l2[h];
       if (m == cu::neg_inf()) continue;
-      const float v = exp2f(l[h] - m);
+      const float v = exp2f(lg[h] - m);
       acc = p.reduce == int(Reduce::Max) ? fmaxf(acc, v) : acc + v;
     }
     // CPU: acc / float(g); divide (not multiply by 1/g) to round the same way
-    p.score_pool[phys] += p.reduce == int(Reduce::Mean) ? acc / float(g) : acc;
+    return p.reduce == int(Reduce::Mean) ? acc / float(g) : acc;
+  };
+  auto one = [&](int64_t phys) {
+    float lg[kMaxG];
+#pragma unroll
+    for (int h = 0; h < kMaxG; ++h) lg[h] = h < g ? p.logits[phys * g + h] : 0.f;
+    p.score_pool[phys] += slot_add(lg);
   };
   if (!p.sel_indptr) {
     // 4 slots per thread, their loads issued before any use (ids, then the
@@ -904,19 +912,8 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
         sp[k] = ph[k] >= 0 ? p.score_pool[ph[k]] : 0.f;
       }
 #pragma unroll
-      for (int k = 0; k < U; ++k) {
-        if (ph[k] < 0) continue;
-        float acc = 0.f;
-#pragma unroll
-        for (int h = 0; h < kMaxG; ++h) {
-          if (h >= g) break;
-          const float m = s_l2[h];
-          if (m == cu::neg_inf()) continue;
-          const float v = exp2f(lg[k][h] - m);
-          acc = p.reduce == int(Reduce::Max) ? fmaxf(acc, v) : acc + v;
-        }
-        p.score_pool[ph[k]] = sp[k] + (p.reduce == int(Reduce::Mean) ? acc / float(g) : acc);
-      }
+      for (int k = 0; k < U; ++k)
+        if (ph[k] >= 0) p.score_pool[ph[k]] = sp[k] + slot_add(lg[k]);
     }
     return;
   }
