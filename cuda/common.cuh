@@ -14,7 +14,7 @@
 //   cu::block_sum / block_max            whole-block reductions through 32 floats of shared memory
 //   cu::with_float_dtype(DType, f)       calls f(T{}) for the storage type of a float DType
 //   cu::ldsm_x4 / ldsm_x4_trans, mma16816<F16>, pack_bf16, split_bf16   tensor-core fragments (sm_80+)
-//   cu::neg_inf(), cu::kLog2e, cu::kLn2
+//   cu::neg_inf(), cu::pos_inf(), cu::kLog2e, cu::kLn2
 //
 // Conversions match native/core/dtype.h: f16/bf16 -> f32 exact; f32 -> f16/bf16
 // round to nearest even (NaN stays NaN; its payload may differ from the CPU's).
@@ -67,6 +67,13 @@ __host__ __device__ inline float neg_inf() {
   return __int_as_float(0xff800000u);
 #else
   return -__builtin_inff();
+#endif
+}
+__host__ __device__ inline float pos_inf() {
+#ifdef __CUDA_ARCH__
+  return __int_as_float(0x7f800000u);
+#else
+  return __builtin_inff();
 #endif
 }
 

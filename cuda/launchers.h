@@ -25,7 +25,8 @@ Status cuda_topk_enqueue(const TopkArgs& a, unsigned* flag, void* stream);
 Status topk_flag_status(unsigned host_flag);
 Status cuda_quest_bounds(const QuestBoundsArgs& a, void* stream);
 // Bounds, top-k and the selection on the device (no host copy of the bounds);
-// synchronises the stream at the end, as cuda_topk, to report a NaN bound.
+// unless a.q_checked, synchronises the stream at the end to report a
+// non-finite q (Status::NaN); with q_checked it neither reads back nor waits.
 Status cuda_quest_select(const QuestSelectArgs& a, void* stream);
 Status cuda_append(const AppendArgs& a, void* stream);
 Status cuda_gather(const GatherArgs& a, void* stream);

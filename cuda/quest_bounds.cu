@@ -21,6 +21,10 @@
 // Arithmetic: f32 products and sums (f16/bf16 -> f32 exact). The sum order
 // differs from the CPU twin's; each is within (D + 2) 2^-24 sum_d |q_d| max(|kmin_d|,
 // |kmax_d|) of the exact value, so they are within twice that of each other.
+// Overflow (ops.h): a NaN sum from a finite q row and a finite page row
+// (inf - inf) is stored as +inf, as on the CPU; non-finite inputs propagate.
+// The page row is checked only once the sum is NaN (warp-uniform: every lane
+// ends the butterfly with the same bits).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -86,11 +90,14 @@ __global__ void __launch_bounds__(kWarps * 32) quest_kernel(const QuestBoundsArg
   for (int h = 0; h < g; ++h) {
     const TQ* qh = q + (h0 + h) * D;
     float qd[PER];
+    bool fin = true;
 #pragma unroll
     for (int e = 0; e < PER; ++e) {
       const int d = lane + 32 * e;
       qd[e] = d < D ? cu::to_f32(__ldg(qh + d)) : 0.f;
+      fin = fin && isfinite(qd[e]);
     }
+    const bool q_finite = __all_sync(0xffffffffu, fin);
 #pragma unroll
     for (int i = 0; i < kPPW; ++i) {
       // same per-lane order and butterfly as before: bit-identical bounds
@@ -99,6 +106,12 @@ __global__ void __launch_bounds__(kWarps * 32) quest_kernel(const QuestBoundsArg
       for (int e = 0; e < PER; ++e)
         if (lane + 32 * e < D) s += fmaxf(qd[e] * khi[i][e], qd[e] * klo[i][e]);
       s = cu::warp_sum(s);
+      if (q_finite && s != s) {
+        bool kfin = true;
+#pragma unroll
+        for (int e = 0; e < PER; ++e) kfin = kfin && isfinite(klo[i][e]) && isfinite(khi[i][e]);
+        if (__all_sync(0xffffffffu, kfin)) s = cu::pos_inf();
+      }
       if (a.share) best[i] = fmaxf(best[i], s);
       else if (lane == 0 && i < nv) a.out[(h0 + h) * a.out_stride + p0 + i] = s;
     }

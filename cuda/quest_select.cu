@@ -13,8 +13,13 @@
 //   3. cuda_topk_enqueue (error bits in a device word);
 //   4. assemble kernel (one block): if no error, sel_indptr by a block scan of
 //      min(n, budget_pages) and the pages, a warp per row.
-// The launcher then reads the error word back and synchronises (as cuda_topk)
-// to report a NaN bound as a Status; the pages themselves never leave the device.
+// q must be finite (ops.h; with finite q no bound is NaN). Unless the caller
+// has checked that already (q_checked: the cache checks a decode step's
+// inputs before anything changes), a count of q's non-finite values is
+// enqueued first and the launcher reads it and the error word back, which
+// synchronises the stream, to report Status::NaN. With q_checked nothing is
+// read back and nothing waits: the selection is one more stream-ordered
+// stage of the decode step, and the pages never leave the device.
 //
 // Tolerance vs the CPU twin: the bounds differ by at most twice the bound
 // stated in quest_bounds.cu, so a page whose bound is that close to the k-th
@@ -23,6 +28,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 
 #include "common.cuh"
@@ -42,6 +48,7 @@ struct SelParams {
   int32_t* ks;    // [rows]
   const int32_t* top;  // [rows, k]
   const unsigned* flag;
+  const unsigned long long* nonfinite;  // q's non-finite values (0 unless counted)
   int32_t* sel_indptr;
   int32_t* sel_pages;
 };
@@ -61,7 +68,7 @@ __global__ void prep_kernel(SelParams p) {
 // One block: a scan of the per-row counts gives sel_indptr, then each warp
 // copies rows (the top pages and the last page, or 0 .. n-1).
 __global__ void __launch_bounds__(kAsmThreads) assemble_kernel(SelParams p) {
-  if (*p.flag) return;  // top-k failed (NaN): nothing written
+  if (*p.flag || *p.nonfinite) return;  // non-finite q or a failed top-k: nothing written
   __shared__ int32_t s_carry;
   __shared__ int32_t s_warp[kAsmThreads / 32];
   const int nrows = p.batch * p.hq;
@@ -143,8 +150,13 @@ Status cuda_quest_select(const QuestSelectArgs& a, void* stream) {
   const int k = a.budget_pages - 1;
   const bool sparse = a.max_pages > a.budget_pages && k > 0;
 
+  // The error word and q's non-finite count sit together: one read for both.
+  struct Verdict {
+    unsigned flag, pad;
+    unsigned long long nonfinite;
+  };
   size_t off = 0;
-  const size_t o_flag = off; off = align256(off + sizeof(unsigned));
+  const size_t o_flag = off; off = align256(off + sizeof(Verdict));
   const size_t o_lens = off; off = align256(off + size_t(rows) * sizeof(int32_t));
   const size_t o_ks = off; off = align256(off + size_t(rows) * sizeof(int32_t));
   const size_t o_top = off; off = align256(off + size_t(rows) * size_t(std::max(k, 1)) * sizeof(int32_t));
@@ -168,6 +180,8 @@ Status cuda_quest_select(const QuestSelectArgs& a, void* stream) {
   p.ks = reinterpret_cast<int32_t*>(w + o_ks);
   p.top = reinterpret_cast<int32_t*>(w + o_top);
   p.flag = reinterpret_cast<unsigned*>(w + o_flag);
+  int64_t* nonfinite = reinterpret_cast<int64_t*>(w + o_flag + offsetof(Verdict, nonfinite));
+  p.nonfinite = reinterpret_cast<const unsigned long long*>(nonfinite);
   p.sel_indptr = a.sel_indptr;
   p.sel_pages = a.sel_pages;
 
@@ -175,7 +189,15 @@ Status cuda_quest_select(const QuestSelectArgs& a, void* stream) {
   auto fail = [&](cudaError_t e) {
     if (s == Status::Ok && e != cudaSuccess) s = cuda_status(e);
   };
-  fail(cudaMemsetAsync(w + o_flag, 0, sizeof(unsigned), st));
+  fail(cudaMemsetAsync(w + o_flag, 0, sizeof(Verdict), st));
+  if (s == Status::Ok && !a.q_checked) {
+    NonFiniteArgs nf;
+    nf.dtype = qb.q_dtype;
+    nf.x = qb.q;
+    nf.n = int64_t(qb.batch) * qb.num_q_heads * qb.head_dim;
+    nf.count = nonfinite;
+    s = cuda_count_nonfinite(nf, stream);
+  }
   if (s == Status::Ok && sparse) {
     prep_kernel<<<unsigned((rows + 255) / 256), 256, 0, st>>>(p);
     s = cuda_launch_status();
@@ -201,12 +223,17 @@ Status cuda_quest_select(const QuestSelectArgs& a, void* stream) {
     assemble_kernel<<<1, kAsmThreads, 0, st>>>(p);
     s = cuda_launch_status();
   }
-  unsigned hflag = 0;
-  if (s == Status::Ok) fail(cudaMemcpyAsync(&hflag, w + o_flag, sizeof(unsigned), cudaMemcpyDeviceToHost, st));
+  if (a.q_checked) {  // no read back, no wait (the free is stream-ordered)
+    fail(cudaFreeAsync(ws, st));
+    return s;
+  }
+  Verdict v{};
+  if (s == Status::Ok) fail(cudaMemcpyAsync(&v, w + o_flag, sizeof(Verdict), cudaMemcpyDeviceToHost, st));
   fail(cudaFreeAsync(ws, st));
   fail(cudaStreamSynchronize(st));
   if (s != Status::Ok) return s;
-  return topk_flag_status(hflag);
+  if (v.nonfinite) return Status::NaN;
+  return topk_flag_status(v.flag);
 }
 
 }  // namespace kvsq

@@ -253,6 +253,13 @@ function questArgs(a: QuestBoundsArgs, op = 'questBounds') {
 export interface QuestSelectArgs extends QuestBoundsArgs {
   /** Pages read per query head: floor(budget / pageSize), at least 1. */
   budgetPages: number;
+  /**
+   * @internal The caller has already checked that q is finite (the cache
+   * does for a whole decode step): on a GPU the selection then reads nothing
+   * back and does not wait for the device. Without it a non-finite q is a
+   * KVSQ_NAN error, as on the CPU.
+   */
+  qChecked?: boolean;
 }
 export interface QuestSelectResult {
   /** i32 [B*Hq + 1]: row r's pages are selPages[selIndptr[r] .. selIndptr[r+1]). */
@@ -262,11 +269,21 @@ export interface QuestSelectResult {
 }
 function questSelectArgs(a: QuestSelectArgs) {
   const o = object(a, 'questSelect');
-  return { ...questArgs(a, 'questSelect'), budgetPages: int(o.budgetPages, 'questSelect: budgetPages', 1) };
+  return {
+    ...questArgs(a, 'questSelect'),
+    budgetPages: int(o.budgetPages, 'questSelect: budgetPages', 1),
+    qChecked: o.qChecked === undefined ? undefined : Boolean(o.qChecked),
+  };
 }
 function questSelectResult(r: unknown): QuestSelectResult {
   const x = r as { selIndptr: unknown; selPages: unknown };
   return { selIndptr: wrap(x.selIndptr), selPages: wrap(x.selPages) };
+}
+
+function nonFiniteArg(x: unknown) {
+  if (!Array.isArray(x)) return tensor(x, 'countNonFinite: x', FLOAT).handle;
+  if (x.length < 1 || x.length > 64) throw new ArgumentError('countNonFinite: x must be a Tensor or an array of 1 to 64 Tensors');
+  return x.map((t, i) => tensor(t, `countNonFinite: x[${i}]`, FLOAT).handle);
 }
 
 // ------------------------------------------------------------------ append / gather / page meta
@@ -417,9 +434,12 @@ export const ops = {
   /** Accumulated scores of each list's slots, lists concatenated: f32 [sum kvLen]. */
   readScores: (a: ReadScoresArgs): Tensor => wrap(N.readScores(readScoresArgs(a))),
   readScoresAsync: async (a: ReadScoresArgs): Promise<Tensor> => wrap(await N.readScoresAsync(readScoresArgs(a))),
-  /** Number of NaN and +-Inf elements of a float tensor. */
-  countNonFinite: (x: Tensor): number => N.countNonFinite({ x: tensor(x, 'countNonFinite: x', FLOAT).handle }) as number,
-  countNonFiniteAsync: async (x: Tensor): Promise<number> => (await N.countNonFiniteAsync({ x: tensor(x, 'countNonFinite: x', FLOAT).handle })) as number,
+  /**
+   * Number of NaN and +-Inf elements of a float tensor, or their total over
+   * several tensors on one device (on a GPU: one wait for all of them).
+   */
+  countNonFinite: (x: Tensor | readonly Tensor[]): number => N.countNonFinite({ x: nonFiniteArg(x) }) as number,
+  countNonFiniteAsync: async (x: Tensor | readonly Tensor[]): Promise<number> => (await N.countNonFiniteAsync({ x: nonFiniteArg(x) })) as number,
   /** The inverse of readScores: writes the lists' scores back into the pool (in place). */
   writeScores: (a: WriteScoresArgs): void => void N.writeScores(writeScoresArgs(a)),
   writeScoresAsync: async (a: WriteScoresArgs): Promise<void> => void (await N.writeScoresAsync(writeScoresArgs(a))),

@@ -237,6 +237,91 @@ describe.each(MODES)('append / pageMeta with NaN keys (%s)', (_m, mode) => {
   });
 });
 
+// ---------------------------------------------------------------- Quest bounds and selection
+
+describe.each(MODES)('questBounds / questSelect (%s)', (_m, mode) => {
+  beforeAll(() => backend.forceSimd(mode));
+  // Two lists of 3 pages of 4 tokens, D 4, one query head each (g 1).
+  const args = (q: number[], meta: Float32Array) => ({
+    q: F(q, [1, 2, 4]),
+    metaPool: F(meta, [6, 2, 4]),
+    pageIndptr: I([0, 3, 6]),
+    pageIds: I([0, 1, 2, 3, 4, 5]),
+    kvLen: I([10, 12]),
+    numKvHeads: 2,
+    pageSize: 4,
+    budgetPages: 2,
+  });
+  it('finite inputs whose bound overflows both ways (inf - inf): +Inf, not NaN, and the page is chosen', () => {
+    // q . k is +Inf on dim 0 and -Inf on dim 1 for physical pages 1 and 3
+    // (list 0 page 1, list 1 page 0); every other bound is 0.
+    const q = [1e30, -1e30, 0, 0, 1e30, -1e30, 0, 0];
+    const meta = new Float32Array(6 * 2 * 4);
+    for (const page of [1, 3]) meta.set([1e30, 1e30, 0, 0, 1e30, 1e30, 0, 0], page * 8);
+    const a = args(q, meta);
+    expect(Array.from(keep(ops.questBounds(a)).toFloat32())).toEqual([0, Infinity, Infinity, 0]);
+    for (const share of [false, true]) {
+      const r = ops.questSelect({ ...a, share });
+      expect(Array.from(keep(r.selIndptr).toArray())).toEqual([0, 2, 4]);
+      expect(Array.from(keep(r.selPages).toArray())).toEqual([1, 2, 0, 2]);
+    }
+  });
+  it('questBounds: a NaN in q[h] makes that head\'s bounds NaN (propagation); questSelect: KVSQ_NAN, also when every list is dense', () => {
+    const meta = rnd(6 * 2 * 4, 7);
+    for (let i = 0; i < meta.length; i += 8)
+      for (let d = 0; d < 4; d++) {
+        const [lo, hi] = [meta[i + d], meta[i + 4 + d]].sort((x, y) => x - y);
+        meta[i + d] = lo;
+        meta[i + 4 + d] = hi;
+      }
+    const q = Array.from(rnd(8, 9));
+    q[5] = NaN;
+    const u = Array.from(keep(ops.questBounds(args(q, meta))).toFloat32());
+    expect(u.slice(0, 2).some(Number.isNaN)).toBe(false);
+    expect(u.slice(2).every(Number.isNaN)).toBe(true);
+    for (const bad of [NaN, Infinity, -Infinity]) {
+      q[5] = bad;
+      for (const budgetPages of [2, 3])
+        for (const qChecked of [undefined, true])
+          expect(codeOf(() => ops.questSelect({ ...args(q, meta), budgetPages, qChecked }))).toBe('KVSQ_NAN');
+    }
+  });
+});
+
+describe('countNonFinite', () => {
+  it('counts NaN and +-Inf in every float dtype at awkward sizes; an array of tensors gives the total', () => {
+    const r = prng(11);
+    for (const dtype of ['f32', 'f16', 'bf16'] as const) {
+      const parts: Tensor[] = [];
+      let total = 0;
+      for (const n of [1, 17, 1000, 4099]) {
+        const x = rnd(n, n);
+        let bad = 0;
+        for (let i = 0; i < n; i++)
+          if (r() < 0.05) {
+            x[i] = [NaN, Infinity, -Infinity][Math.floor(r() * 3)];
+            bad++;
+          }
+        const t = F(x, [n], dtype);
+        expect(ops.countNonFinite(t)).toBe(bad);
+        parts.push(t);
+        total += bad;
+      }
+      expect(ops.countNonFinite(parts)).toBe(total);
+    }
+    // a value beyond f16's range becomes Inf in the tensor, and counts
+    expect(ops.countNonFinite(F([1e6, 1], [2], 'f16'))).toBe(1);
+  });
+  it('bad arguments: typed errors', async () => {
+    const t = F([1, 2], [2]);
+    expect(codeOf(() => ops.countNonFinite([]))).toBe('KVSQ_ARG');
+    expect(codeOf(() => ops.countNonFinite(new Array(65).fill(t)))).toBe('KVSQ_ARG');
+    expect(codeOf(() => ops.countNonFinite([t, 3 as unknown as Tensor]))).toBe('KVSQ_ARG');
+    expect(codeOf(() => ops.countNonFinite([t, I([1])]))).toBe('KVSQ_DTYPE');
+    expect(await ops.countNonFiniteAsync([t, F([NaN], [1])])).toBe(1);
+  });
+});
+
 // ---------------------------------------------------------------- through the cache
 
 const Hkv = 1;

@@ -497,6 +497,9 @@ export class PagedKVCache {
    * propagate instead (docs/reliability.md).
    */
   private checkFinite(ts: Array<[Tensor, string]>, what: string): void {
+    // One count for all of them (on a GPU one wait per step, not one per
+    // tensor); only a failure counts them one by one, for the message.
+    if (ts.every(([t]) => t.device === ts[0][0].device) && !ops.countNonFinite(ts.map(([t]) => t))) return;
     for (const [t, name] of ts) {
       const bad = ops.countNonFinite(t);
       if (bad) throw new NaNError(`${what}: ${name} holds ${bad} NaN or infinite values; the cache accepts finite values only`);
@@ -1138,7 +1141,11 @@ export class PagedKVCache {
     if (t.lists.every((h) => Math.ceil(h.len / P) <= budgetPages)) return null; // all dense
     // Bounds, top pages and the per-head lists in one kernel call (on the
     // cache's device: nothing comes back to the host but the diagnostics).
-    const sel = ops.questSelect({ q, metaPool: this.pool.meta!, pageIndptr: t.indptr, pageIds: t.ids, kvLen: t.len, numKvHeads: this.numKvHeads, pageSize: P, share: cfg.share, budgetPages });
+    // decode() has checked q (qChecked), so on a GPU nothing waits here.
+    const sel = ops.questSelect({
+      q, metaPool: this.pool.meta!, pageIndptr: t.indptr, pageIds: t.ids, kvLen: t.len,
+      numKvHeads: this.numKvHeads, pageSize: P, share: cfg.share, budgetPages, qChecked: true,
+    });
     // Kept (not tracked) until the next step: lastSelection reads them on demand.
     this.clearLastSelection();
     this.lastSel = { indptr: sel.selIndptr, pages: sel.selPages };

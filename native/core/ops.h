@@ -154,7 +154,10 @@ struct TopkArgs {
 // group j: u[p] = sum_d max(q_d * kmax[p][d], q_d * kmin[p][d]) for logical page
 // p < n - 1 (the last page is always attended and gets -inf). With share, one
 // row per KV head: max over the group's query heads. Entries p >= n - 1 of the
-// out_stride are -inf.
+// out_stride are -inf. For a query head whose q is finite a bound is never NaN:
+// f32 products of finite values can overflow to +-inf, and a sum that meets
+// both (inf - inf) is +inf (an overflowed upper bound is unbounded; the page
+// stays eligible). A non-finite q propagates as IEEE arithmetic gives it.
 struct QuestBoundsArgs {
   int32_t batch = 0, num_q_heads = 0, num_kv_heads = 0, head_dim = 0, page_size = 0;
   DType q_dtype = DType::F32, kv_dtype = DType::F32;
@@ -178,8 +181,10 @@ struct QuestBoundsArgs {
 //         the lower page; with share, the bound row of the KV head, so the g
 //         heads of a group get the same pages), ascending, then page n-1.
 // sel_indptr[r+1] - sel_indptr[r] = min(n, budget_pages) (written by the kernel;
-// the caller sizes sel_pages from the lengths). A NaN bound -> Status::NaN with
-// nothing written. bounds.out / bounds.out_stride are ignored (scratch).
+// the caller sizes sel_pages from the lengths). q must be finite: a NaN or
+// infinite q -> Status::NaN with nothing written (with finite q no bound is
+// NaN, see above, so nothing else can fail on the data). bounds.out /
+// bounds.out_stride are ignored (scratch).
 struct QuestSelectArgs {
   QuestBoundsArgs bounds;
   int32_t budget_pages = 0;         // >= 1
@@ -188,6 +193,11 @@ struct QuestSelectArgs {
   int32_t max_pages = 0;
   int32_t* sel_indptr = nullptr;    // [B*Hq + 1]
   int32_t* sel_pages = nullptr;     // [sum_r min(n_r, budget_pages)]
+  // The caller has already checked that q is finite (the cache does, for the
+  // whole step, before anything changes). The CUDA twin then skips its check
+  // and never waits for the device: a decode step's selection has no host
+  // round trip. The CPU twin checks anyway (a pass over B*Hq*D values).
+  bool q_checked = false;
 };
 
 // ---------------------------------------------------------------- append

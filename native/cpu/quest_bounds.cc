@@ -17,6 +17,17 @@
 // The tests use exactly that tolerance. Non-finite metadata is not supported
 // (0 * inf): the pools never hold it for finite keys.
 //
+// Overflow: with finite q and metadata a product can still overflow to +-inf;
+// a sum meeting both signs is NaN, which would make Quest's selection fail on
+// valid data. Such a bound is +inf instead (ops.h: an overflowed upper bound is
+// unbounded). Only a NaN whose q row and page row are both finite is mapped,
+// so non-finite inputs still show; the page row is checked only once its
+// bound is NaN, so finite data pay nothing for the rule.
+// When two terms are infinite with opposite signs every summation order gives
+// NaN, so both twins store +inf; when only partial sums overflow, whether they
+// do depends on the order, and one twin may store +inf where the other has a
+// value near the f32 limit (the tolerance above is infinite there).
+//
 // Speed: the kernel is a stream over the metadata (2*D values per page and KV
 // head, in shuffled physical order). Each page's kmin/kmax row is loaded and
 // converted once and reused for all g query heads of the group (up to 8 heads'
@@ -54,6 +65,16 @@ inline float load_scalar(DType t, const void* base, int64_t i) {
   }
 }
 
+// u as stored: a NaN from finite q and finite metadata (an overflow, inf -
+// inf) is +inf; any other u is kept. page_id: the physical page of the bound.
+inline float settle(float u, uint8_t q_finite, const QuestBoundsArgs& a, int64_t page_id) {
+  if (u == u || !q_finite) return u;
+  const int64_t base = page_id * 2 * a.head_dim;
+  for (int64_t i = 0; i < 2 * int64_t(a.head_dim); ++i)
+    if (!std::isfinite(load_scalar(a.kv_dtype, a.meta_pool, base + i))) return u;
+  return std::numeric_limits<float>::infinity();
+}
+
 // Everything a work unit needs, resolved once per call.
 struct Ctx {
   const QuestBoundsArgs* a;
@@ -61,6 +82,7 @@ struct Ctx {
   int D, Dp;      // head dim, padded to a multiple of 8
   size_t elt;     // bytes per meta element
   const float* qs;  // per query head (b*Hq + h): q+[Dp] then q-[Dp], zero padded
+  const uint8_t* qfinite;  // per query head: 1 when its q row is finite
   int64_t out_rows_per_list;  // 1 (share) or g
 };
 
@@ -90,7 +112,8 @@ void pages_portable(const Ctx& c, int64_t list, int p0, int p1) {
       for (int d0 = 0; d0 < Dp; d0 += 8)
         for (int r = 0; r < 8; ++r)  // = max(q*hi, q*lo) exactly (one term is a zero), and NaN
           acc[r] += qp[d0 + r] * hi[d0 + r] + qn[d0 + r] * lo[d0 + r];  // propagates as on the SIMD path
-      const float u = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+      const float u = settle(((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])),
+                             c.qfinite[h0 + h], a, ids[p]);
       if (a.share) best = std::max(best, u);
       else a.out[(h0 + h) * a.out_stride + p] = u;
     }
@@ -202,6 +225,7 @@ __attribute__((target("avx2,fma,f16c"))) void pages_simd(const Ctx& c, int64_t l
         case 2: page_heads<KT, 2>(c, qh, lo, hi, nfull, t0, t1, u); break;
         default: page_heads<KT, 1>(c, qh, lo, hi, nfull, t0, t1, u); break;
       }
+      for (int h = 0; h < nh; ++h) u[h] = settle(u[h], c.qfinite[h0 + hb + h], a, ids[p]);
       if (a.share) {
         for (int h = 0; h < nh; ++h) best = std::max(best, u[h]);
       } else {
@@ -253,21 +277,26 @@ Status cpu_quest_bounds(const QuestBoundsArgs& a) {
   const int g = a.num_q_heads / a.num_kv_heads;
   const int D = a.head_dim, Dp = (D + 7) / 8 * 8;
   std::vector<float> qs;
+  std::vector<uint8_t> qfinite;
   std::vector<int64_t> unit_off;
   try {
     qs.assign(size_t(a.batch) * a.num_q_heads * 2 * Dp, 0.f);
+    qfinite.assign(size_t(a.batch) * a.num_q_heads, 1);
     unit_off.resize(size_t(L) + 1);
   } catch (const std::bad_alloc&) {
     return Status::OOM;
   }
-  // q split into q+ = max(q, 0) and q- = min(q, 0), exact in f32.
+  // q split into q+ = max(q, 0) and q- = min(q, 0), exact in f32 (NaN: both).
   for (int64_t r = 0; r < int64_t(a.batch) * a.num_q_heads; ++r) {
     float* qp = qs.data() + r * 2 * Dp;
     float* qn = qp + Dp;
     for (int d = 0; d < D; ++d) {
       const float v = load_scalar(a.q_dtype, a.q, r * D + d);
-      qp[d] = v > 0.f ? v : 0.f;
-      qn[d] = v < 0.f ? v : 0.f;
+      if (!std::isfinite(v)) qfinite[size_t(r)] = 0;
+      // A NaN goes into both halves, so it propagates to the head's bounds
+      // as on the CUDA twin (max of two NaN products); it used to vanish here.
+      qp[d] = v < 0.f ? 0.f : v;
+      qn[d] = v > 0.f ? 0.f : v;
     }
   }
   // Work units: every list gets at least one (its first unit writes the -inf tail).
@@ -277,7 +306,7 @@ Status cpu_quest_bounds(const QuestBoundsArgs& a) {
     unit_off[l + 1] = unit_off[l] + std::max<int64_t>(1, (m + kPagesPerUnit - 1) / kPagesPerUnit);
   }
 
-  Ctx c{&a, g, D, Dp, dtype_size(a.kv_dtype), qs.data(), a.share ? 1 : g};
+  Ctx c{&a, g, D, Dp, dtype_size(a.kv_dtype), qs.data(), qfinite.data(), a.share ? 1 : g};
   void (*run)(const Ctx&, int64_t, int, int) = pages_portable;
 #ifdef KVSQ_QB_X86
   if (cpu_features().simd()) {

@@ -67,6 +67,16 @@ Status cpu_quest_select(const QuestSelectArgs& a) {
   if (Status st = validate_quest_select(a); st != Status::Ok) return st;
   const QuestBoundsArgs& qb = a.bounds;
   const int64_t B = qb.batch, Hq = qb.num_q_heads, Hkv = qb.num_kv_heads, g = Hq / Hkv;
+  // q must be finite (checked even with q_checked: it is cheap here, and the
+  // bounds' overflow rule in ops.h relies on it).
+  int64_t bad = 0;
+  NonFiniteArgs nf;
+  nf.dtype = qb.q_dtype;
+  nf.x = qb.q;
+  nf.n = B * Hq * qb.head_dim;
+  nf.count = &bad;
+  if (Status st = cpu_count_nonfinite(nf); st != Status::Ok) return st;
+  if (bad) return Status::NaN;
   const int32_t P = qb.page_size, K = a.budget_pages;
   const int64_t rows = qb.share ? B * Hkv : B * Hq;
   auto list_of = [&](int64_t r) { return qb.share ? r : (r / Hq) * Hkv + (r % Hq) / g; };
@@ -108,7 +118,8 @@ Status cpu_quest_select(const QuestSelectArgs& a) {
     t.k = sc.ks.data();
     t.out_stride = k;
     t.out = sc.top.data();
-    if (Status st = cpu_topk(t); st != Status::Ok) return st;  // NaN: nothing written yet
+    // With finite q no bound is NaN, so top-k cannot fail on the data here.
+    if (Status st = cpu_topk(t); st != Status::Ok) return st;
   }
   // Assembly, per query head (the outputs are written only from here on).
   int32_t* out = a.sel_pages;

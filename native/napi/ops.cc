@@ -65,9 +65,13 @@ struct Opts {
       if (required) throw_error(env, "KVSQ_ARG", where(key) + " is required (a Tensor)");
       return nullptr;
     }
+    return tensor_of(v, where(key));
+  }
+  // One tensor value (an element of an array option, say).
+  Tensor* tensor_of(Napi::Value v, const std::string& what) const {
     // Accept the TS wrapper too: it keeps the native object in .handle.
     if (v.IsObject() && !v.As<Napi::Object>().Get("handle").IsUndefined()) v = v.As<Napi::Object>().Get("handle");
-    return Tensor::From(env, v, where(key));
+    return Tensor::From(env, v, what);
   }
   double number(const char* key, double def, bool required = false) const {
     Napi::Value v = o.Get(key);
@@ -950,6 +954,7 @@ std::unique_ptr<Job> parse_quest_select(const Napi::CallbackInfo& info) {
   args.bounds = qa;
   args.budget_pages = budget;
   args.max_pages = int32_t(in.max_pages);
+  args.q_checked = a.boolean("qChecked", false);
   Job* j = job.get();
   auto bind_outputs = [j, ind_i, pages_i](QuestSelectArgs& x) {
     x.sel_indptr = static_cast<int32_t*>(j->out_ptr(ind_i));
@@ -1319,32 +1324,66 @@ std::unique_ptr<Job> parse_scores(const Napi::CallbackInfo& info, bool write) {
 std::unique_ptr<Job> parse_read_scores(const Napi::CallbackInfo& info) { return parse_scores(info, false); }
 std::unique_ptr<Job> parse_write_scores(const Napi::CallbackInfo& info) { return parse_scores(info, true); }
 
-// countNonFinite({ x }) -> number of NaN/Inf elements (any float tensor).
+// countNonFinite({ x }) -> number of NaN/Inf elements (any float tensor), or
+// the total over an array of up to 64 tensors on one device: on CUDA that is
+// one read back (one wait) for all of them, which is why the cache checks a
+// step's q, k and v in one call.
 std::unique_ptr<Job> parse_count_nonfinite(const Napi::CallbackInfo& info) {
   Opts a(info, "countNonFinite");
-  Tensor* x = a.tensor("x");
-  int dev = same_device(a, {{"x", x}});
+  std::vector<Tensor*> xs;
+  const Napi::Value xv = a.o.Get("x");
+  if (xv.IsArray()) {
+    const Napi::Array arr = xv.As<Napi::Array>();
+    if (arr.Length() < 1 || arr.Length() > 64) throw_error(a.env, "KVSQ_ARG", "countNonFinite: x must be a Tensor or an array of 1 to 64 Tensors");
+    for (uint32_t i = 0; i < arr.Length(); ++i) xs.push_back(a.tensor_of(arr.Get(i), a.where("x") + "[" + std::to_string(i) + "]"));
+  } else {
+    xs.push_back(a.tensor("x"));
+  }
+  const int dev = S(xs[0]).device;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    if (S(xs[i]).device != dev)
+      throw_error(a.env, "KVSQ_DEVICE", "countNonFinite: x[" + std::to_string(i) + "] is on " + S(xs[i]).device_name() +
+                                            " but x[0] is on " + S(xs[0]).device_name());
+    need_dtype(a, xs[i], "x", {DType::F32, DType::F16, DType::BF16});
+  }
   need_kernels_for(a, dev);
   auto job = new_job(a, dev);
-  need_dtype(a, x, "x", {DType::F32, DType::F16, DType::BF16});
-  job->use(x);
+  std::vector<NonFiniteArgs> args(xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) {
+    job->use(xs[i]);
+    args[i].dtype = S(xs[i]).dtype;
+    args[i].x = S(xs[i]).data;
+    args[i].n = S(xs[i]).numel();
+  }
   auto count = std::make_shared<int64_t>(0);
-  NonFiniteArgs args;
-  args.dtype = S(x).dtype;
-  args.x = S(x).data;
-  args.n = S(x).numel();
-  args.count = count.get();
-  job->run = [args]() { return cpu_count_nonfinite(args); };
+  job->run = [args, count]() mutable {
+    for (NonFiniteArgs& x : args) {
+      int64_t c = 0;
+      x.count = &c;
+      if (Status s = cpu_count_nonfinite(x); s != Status::Ok) return s;
+      *count += c;
+    }
+    return Status::Ok;
+  };
 #ifdef KVSQ_WITH_CUDA
   if (dev != kCpu) {
-    // The count lands in an 8-byte device output, then comes back to the host.
-    size_t c_i = job->output(a.env, DType::I32, {2}, dev);
+    // One 8-byte device count per tensor, then all of them back in one copy.
+    const size_t c_i = job->output(a.env, DType::I32, {int64_t(2 * xs.size())}, dev);
     Job* j = job.get();
     job->run = [j, args, c_i, count, dev]() mutable {
-      args.count = static_cast<int64_t*>(j->out_ptr(c_i));
-      Status s = on_device(j, [&] { return cuda_count_nonfinite(args, nullptr); });
+      int64_t* dc = static_cast<int64_t*>(j->out_ptr(c_i));
+      Status s = on_device(j, [&] {
+        for (size_t i = 0; i < args.size(); ++i) {
+          args[i].count = dc + i;
+          if (Status st = cuda_count_nonfinite(args[i], nullptr); st != Status::Ok) return st;
+        }
+        return Status::Ok;
+      });
       if (s != Status::Ok) return s;
-      return copy_device_to_host(dev, count.get(), args.count, sizeof(int64_t));
+      std::vector<int64_t> h(args.size());
+      s = copy_device_to_host(dev, h.data(), dc, h.size() * sizeof(int64_t));
+      for (int64_t c : h) *count += c;
+      return s;
     };
   }
 #endif

@@ -37,6 +37,7 @@
 #include "core/dtype.h"
 #include "cpu/kernels.h"
 #include "harness.h"
+#include "quest_overflow_case.h"
 
 using namespace kvsq;
 using kvsqtest::normal;
@@ -968,6 +969,82 @@ KVSQ_TEST(cuda_quest_select_vs_cpu) {
         }
       }
       CHECK_MSG(lo >= hi - 2 * (D + 2) * std::ldexp(1.0, -24) * mag - 1e-30, "row " << r << ": not a top set");
+    }
+  }
+}
+
+// Finite inputs whose bound overflows both ways (quest_overflow_case.h): the
+// device selection, with and without q_checked (no read back, no wait), holds
+// the overflow page for every query head, with the CPU's indptr. Without
+// q_checked a NaN q is Status::NaN (every list dense too) and NaN metadata
+// (finite q, no share) as well, the outputs untouched.
+KVSQ_TEST(cuda_quest_select_overflow_and_nan) {
+  need_device();
+  using kvsqtest::QuestOverflowCase;
+  constexpr int kTotal = QuestOverflowCase::total;
+  for (DType kt : kFloat) {
+    QuestOverflowCase c(kt);
+    DBuf<float> dq(c.q.size());
+    DBuf<uint8_t> dm(c.meta.size());
+    DBuf<int32_t> dind(c.indptr.size()), dids(c.ids.size()), dkv(c.kv_len.size());
+    dq.up(c.q.data()), dm.up(c.meta.data()), dind.up(c.indptr.data()), dids.up(c.ids.data()), dkv.up(c.kv_len.data());
+    auto on_device = [&](QuestSelectArgs a) {
+      a.bounds.q = dq.p, a.bounds.meta_pool = dm.p, a.bounds.page_indptr = dind.p, a.bounds.page_ids = dids.p;
+      a.bounds.kv_len = dkv.p;
+      return a;
+    };
+    const std::vector<int32_t> untouched(size_t(c.Hq) * (c.max_pages + 1), -9);
+    for (bool share : {false, true}) {
+      std::vector<int32_t> ci(c.Hq + 1), cp(kTotal + 1, -9);
+      QuestSelectArgs a = c.args(share);
+      a.sel_indptr = ci.data(), a.sel_pages = cp.data();
+      CHECK(cpu_quest_select(a) == Status::Ok);
+      for (bool checked : {false, true}) {
+        DBuf<int32_t> dsi(c.Hq + 1), dsp(kTotal + 1);
+        dsp.up(untouched.data());
+        QuestSelectArgs d = on_device(c.args(share));
+        d.q_checked = checked;
+        d.sel_indptr = dsi.p, d.sel_pages = dsp.p;
+        const Status st = cuda_quest_select(d, nullptr);
+        CHECK_MSG(st == Status::Ok, dtype_name(kt) << " share " << share << " checked " << checked << ": " << status_name(st));
+        std::vector<int32_t> gi(c.Hq + 1), gp(kTotal + 1);
+        dsi.down(gi.data());  // a blocking copy: waits for the q_checked launch too
+        dsp.down(gp.data());
+        CHECK_MSG(gi == ci, "indptr differs from the CPU's");
+        CHECK_MSG(c.all_rows_hold_overflow(gi, gp), dtype_name(kt) << " share " << share << ": overflow page not chosen");
+        CHECK(gp[kTotal] == -9);
+      }
+    }
+    auto expect_nan = [&](int budget, bool share, const char* what) {
+      DBuf<int32_t> dsi(c.Hq + 1), dsp(untouched.size());
+      dsi.up(untouched.data()), dsp.up(untouched.data());
+      QuestSelectArgs d = on_device(c.args(share));
+      d.budget_pages = budget;
+      d.sel_indptr = dsi.p, d.sel_pages = dsp.p;
+      const Status st = cuda_quest_select(d, nullptr);
+      CHECK_MSG(st == Status::NaN, what << " (" << dtype_name(kt) << ", budget " << budget << "): " << status_name(st));
+      std::vector<int32_t> gi(c.Hq + 1), gp(untouched.size());
+      dsi.down(gi.data()), dsp.down(gp.data());
+      for (int32_t v : gi) CHECK_MSG(v == -9, what << ": indptr written");
+      CHECK_MSG(gp == untouched, what << ": pages written");
+    };
+    // NaN metadata on a candidate page of list 0 (not its overflow page), in
+    // both kmin and kmax: fmaxf would pass over a NaN in one of them
+    // (non-finite metadata is outside the kernels' contract; the cache never
+    // stores it).
+    const int64_t page = c.ids[size_t(c.overflow_page[0] == 0 ? 1 : 0)];
+    const std::vector<uint8_t> meta0 = c.meta;
+    c.set(page, 0, 5, std::numeric_limits<float>::quiet_NaN());
+    c.set(page, 1, 5, std::numeric_limits<float>::quiet_NaN());
+    dm.up(c.meta.data());
+    expect_nan(c.budget, false, "NaN metadata");
+    c.meta = meta0;
+    dm.up(c.meta.data());
+    c.q[3] = std::numeric_limits<float>::quiet_NaN();
+    dq.up(c.q.data());
+    for (bool share : {false, true}) {
+      expect_nan(c.budget, share, "NaN q");
+      expect_nan(c.max_pages + 1, share, "NaN q, every list dense");
     }
   }
 }

@@ -19,6 +19,7 @@
 #include "core/dtype.h"
 #include "cpu/kernels.h"
 #include "harness.h"
+#include "quest_overflow_case.h"
 
 using namespace kvsq;
 using kvsqtest::normal;
@@ -435,4 +436,67 @@ KVSQ_TEST(quest_select_invalid_inputs_untouched) {
   a.bounds.share = false;  // (with share the group max skips a NaN head, as quest_bounds does)
   c.meta.set(size_t(c.ids[c.indptr[0]]) * 2 * c.D + 3, std::numeric_limits<float>::quiet_NaN());
   expect(a, Status::NaN, "NaN metadata");
+}
+
+// Finite inputs whose bound overflows both ways (inf - inf): the bound is
+// +inf, not NaN (ops.h), on the SIMD and portable paths, with and without
+// share, for every metadata dtype; the selection then holds that page for
+// every query head of the list. A NaN in q makes that head's bounds NaN, and
+// the selection Status::NaN with nothing written, also when every list is
+// dense (no bound is computed then).
+KVSQ_TEST(quest_select_overflow_is_unbounded) {
+  using kvsqtest::QuestOverflowCase;
+  constexpr int kTotal = QuestOverflowCase::total;
+  for (DType kt : kFloat)
+    for (int simd : {1, 0}) {
+      cpu_features_force(simd);
+      QuestOverflowCase c(kt);
+      const int32_t width = c.max_pages - 1;
+      for (bool share : {false, true}) {
+        const int rows = share ? c.Hkv : c.Hq;
+        std::vector<float> u(size_t(rows) * width);
+        QuestBoundsArgs b = c.args(share).bounds;
+        b.out = u.data(), b.out_stride = width;
+        CHECK(cpu_quest_bounds(b) == Status::Ok);
+        for (int r = 0; r < rows; ++r) {
+          const int l = share ? r : r / c.g;
+          CHECK_MSG(u[size_t(r) * width + c.overflow_page[l]] == std::numeric_limits<float>::infinity(),
+                    "row " << r << " (" << dtype_name(kt) << ", simd " << simd << ", share " << share << "): "
+                           << u[size_t(r) * width + c.overflow_page[l]]);
+          for (int p = 0; p < width; ++p) CHECK_MSG(!std::isnan(u[size_t(r) * width + p]), "NaN bound at " << p);
+        }
+        for (bool checked : {false, true}) {
+          std::vector<int32_t> ind(c.Hq + 1, -9), pages(kTotal + 1, -9);
+          QuestSelectArgs a = c.args(share);
+          a.q_checked = checked;
+          a.sel_indptr = ind.data(), a.sel_pages = pages.data();
+          CHECK(cpu_quest_select(a) == Status::Ok);
+          CHECK_MSG(c.all_rows_hold_overflow(ind, pages), "overflow page not chosen");
+          CHECK(pages[kTotal] == -9);
+        }
+      }
+      c.q[3] = std::numeric_limits<float>::quiet_NaN();  // head 0, d 3
+      {
+        // questBounds propagates it: head 0's bounds NaN, head 1's not.
+        std::vector<float> u(size_t(c.Hq) * width);
+        QuestBoundsArgs b = c.args(false).bounds;
+        b.out = u.data(), b.out_stride = width;
+        CHECK(cpu_quest_bounds(b) == Status::Ok);
+        for (int p = 0; p < width; ++p) {
+          CHECK_MSG(std::isnan(u[size_t(p)]), "head 0 page " << p << ": " << u[size_t(p)]);
+          CHECK_MSG(!std::isnan(u[size_t(width) + p]), "head 1 page " << p);
+        }
+      }
+      for (int budget : {c.budget, c.max_pages + 1})
+        for (bool share : {false, true}) {
+          std::vector<int32_t> ind(c.Hq + 1, -9), pages(size_t(c.Hq) * (c.max_pages + 1), -9);
+          QuestSelectArgs a = c.args(share);
+          a.budget_pages = budget;
+          a.sel_indptr = ind.data(), a.sel_pages = pages.data();
+          CHECK_MSG(cpu_quest_select(a) == Status::NaN, "NaN q, budget " << budget << " share " << share);
+          for (int32_t v : ind) CHECK(v == -9);
+          for (int32_t v : pages) CHECK(v == -9);
+        }
+      cpu_features_force(-1);
+    }
 }
