@@ -19,7 +19,10 @@
 // enqueued first and the launcher reads it and the error word back, which
 // synchronises the stream, to report Status::NaN. With q_checked nothing is
 // read back and nothing waits: the selection is one more stream-ordered
-// stage of the decode step, and the pages never leave the device.
+// stage of the decode step, and the pages never leave the device. The one
+// failure left then, NaN metadata (the cache never stores it), goes
+// unreported: the assembly writes nothing, and the outputs keep what the
+// caller put there (the bindings zero them: every row empty, memory-safe).
 //
 // Tolerance vs the CPU twin: the bounds differ by at most twice the bound
 // stated in quest_bounds.cu, so a page whose bound is that close to the k-th

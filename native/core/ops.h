@@ -182,8 +182,9 @@ struct QuestBoundsArgs {
 //         heads of a group get the same pages), ascending, then page n-1.
 // sel_indptr[r+1] - sel_indptr[r] = min(n, budget_pages) (written by the kernel;
 // the caller sizes sel_pages from the lengths). q must be finite: a NaN or
-// infinite q -> Status::NaN with nothing written (with finite q no bound is
-// NaN, see above, so nothing else can fail on the data). bounds.out /
+// infinite q -> Status::NaN with nothing written. With finite q and finite
+// metadata (all the cache ever stores) no bound is NaN, see above, so nothing
+// else can fail on the data; NaN metadata -> Status::NaN. bounds.out /
 // bounds.out_stride are ignored (scratch).
 struct QuestSelectArgs {
   QuestBoundsArgs bounds;

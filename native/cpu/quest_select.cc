@@ -118,7 +118,8 @@ Status cpu_quest_select(const QuestSelectArgs& a) {
     t.k = sc.ks.data();
     t.out_stride = k;
     t.out = sc.top.data();
-    // With finite q no bound is NaN, so top-k cannot fail on the data here.
+    // With finite q and metadata no bound is NaN; NaN metadata (which the
+    // cache never stores) still ends here as Status::NaN, nothing written.
     if (Status st = cpu_topk(t); st != Status::Ok) return st;
   }
   // Assembly, per query head (the outputs are written only from here on).
