@@ -3,7 +3,8 @@
 //   1. a binary that loads already (a prebuild in prebuilds/, or an earlier
 //      build in build/Release): nothing to do;
 //   2. cmake-js (present in a clone, where devDependencies are installed) and
-//      cmake on PATH: the full build, with CUDA when nvcc is found;
+//      cmake on PATH: the full build, with CUDA when nvcc is found (for the
+//      local GPUs' architectures, or KVSQ_CUDA_ARCHS);
 //   3. otherwise node-gyp with binding.gyp: the CPU-only addon.
 // KVSQ_BUILD_FROM_SOURCE=1 skips step 1.
 'use strict';
@@ -46,7 +47,9 @@ function main() {
   }
   if (cmakeJs && has('cmake')) {
     const cuda = process.env.KVSQ_CUDA || 'AUTO';
-    if (run(process.execPath, [cmakeJs, 'rebuild', `--CDKVSQ_CUDA=${cuda}`])) return 0;
+    // Architectures: CMakeLists.txt picks this machine's GPUs unless told.
+    const archs = process.env.KVSQ_CUDA_ARCHS ? [`--CDKVSQ_CUDA_ARCHS=${process.env.KVSQ_CUDA_ARCHS}`] : [];
+    if (run(process.execPath, [cmakeJs, 'rebuild', `--CDKVSQ_CUDA=${cuda}`, ...archs])) return 0;
     console.error('kvsqueeze: the cmake-js build failed; trying the CPU-only node-gyp build');
   }
   const gyp = process.env.npm_config_node_gyp;
