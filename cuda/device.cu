@@ -13,6 +13,7 @@
 #include <mutex>
 #include <string>
 
+#include "core/cuda_archs.h"
 #include "core/device.h"
 
 namespace kvsq {
@@ -55,8 +56,39 @@ Status record(int device, cudaError_t e) {
   return Status::Cuda;
 }
 
-// Every call: refuse a poisoned device, then select it (each async worker
-// thread must set the device itself).
+// The architectures this binary holds code for ("" when the build did not say).
+const char* built_archs() {
+#ifdef KVSQ_CUDA_ARCHS
+  return KVSQ_CUDA_ARCHS;
+#else
+  return "";
+#endif
+}
+
+// Per device, once: "" when this build's code runs on it, else why not.
+const std::string& unrunnable_reason(int device) {
+  static std::once_flag once;
+  static std::string why[64];
+  std::call_once(once, [] {
+    const int n = cuda_device_count();
+    for (int i = 0; i < n && i < 64; ++i) {
+      cudaDeviceProp p;
+      if (cudaGetDeviceProperties(&p, i) != cudaSuccess) {
+        cudaGetLastError();
+        continue;
+      }
+      std::string w;
+      if (!cuda_archs_run_on(built_archs(), p.major, p.minor, &w)) why[i] = std::string(p.name) + ": " + w;
+    }
+  });
+  static const std::string none;
+  return device >= 0 && device < 64 ? why[device] : none;
+}
+
+// Every call: refuse a poisoned device or one this build has no code for
+// (its first launch would fail with "no kernel image"; better to say why
+// before anything is allocated), then select it (each async worker thread
+// must set the device itself).
 Status enter(int device) {
   if (g_any_poison) {
     std::string why;
@@ -67,6 +99,10 @@ Status enter(int device) {
   }
   int count = cuda_device_count();
   if (device < 0 || device >= count) return Status::Device;
+  if (const std::string& why = unrunnable_reason(device); !why.empty()) {
+    t_last_error = why;
+    return Status::Cuda;
+  }
   return record(device, cudaSetDevice(device));
 }
 
@@ -95,9 +131,7 @@ int cuda_device_count() {
 CudaInfo cuda_info() {
   CudaInfo info;
   info.compiled = true;
-#ifdef KVSQ_CUDA_ARCHS
-  info.archs = KVSQ_CUDA_ARCHS;
-#endif
+  info.archs = built_archs();
   cudaRuntimeGetVersion(&info.runtime_version);
   int drv = 0;
   if (cudaDriverGetVersion(&drv) == cudaSuccess) info.driver_version = drv;
@@ -129,10 +163,12 @@ CudaInfo cuda_info() {
     d.cc_major = p.major;
     d.cc_minor = p.minor;
     d.memory_bytes = p.totalGlobalMem;
+    d.runnable = cuda_archs_run_on(info.archs, p.major, p.minor, &d.why);
     info.devices.push_back(d);
   }
-  info.available = !info.devices.empty();
-  if (!info.available) info.reason = "devices present but none could be queried";
+  for (const DeviceInfo& d : info.devices) info.available = info.available || d.runnable;
+  if (info.devices.empty()) info.reason = "devices present but none could be queried";
+  else if (!info.available) info.reason = info.devices[0].name + ": " + info.devices[0].why;
   return info;
 }
 

@@ -7,6 +7,10 @@ export interface CudaDevice {
   /** e.g. "9.0" */
   computeCapability: string;
   memoryBytes: number;
+  /** Whether this build has CUDA code that runs on it (its architectures cover the capability). */
+  runnable: boolean;
+  /** Why not, when not runnable (ops on it fail with KVSQ_CUDA and this text). */
+  why?: string;
 }
 
 export interface BackendInfo {

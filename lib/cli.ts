@@ -15,7 +15,11 @@ function formatInfo(): string {
     `kvsqueeze ${i.version}`,
     `cpu:  ${i.cpu.threads} threads (${i.cpu.hardwareThreads} hardware), SIMD ${i.cpu.simd} (avx2 ${i.cpu.avx2}, fma ${i.cpu.fma}, f16c ${i.cpu.f16c})`,
     `cuda: compiled ${i.cuda.compiled}${i.cuda.compiled ? ` (archs ${i.cuda.archs}, runtime ${i.cuda.runtimeVersion})` : ''}, ` +
-      (i.cuda.available ? `available: ${i.cuda.devices.map((d) => `${d.name} (sm ${d.computeCapability}, ${(d.memoryBytes / 2 ** 30).toFixed(1)} GiB)`).join(', ')}` : `unavailable: ${i.cuda.reason}`),
+      (i.cuda.available
+        ? `available: ${i.cuda.devices
+            .map((d) => `${d.name} (sm ${d.computeCapability}, ${(d.memoryBytes / 2 ** 30).toFixed(1)} GiB${d.runnable ? '' : ', no code for it in this build'})`)
+            .join(', ')}`
+        : `unavailable: ${i.cuda.reason}`),
     `build: napi ${i.build.napiVersion}, ${i.build.compiler ?? 'unknown compiler'}`,
   ];
   return lines.join('\n');

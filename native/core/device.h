@@ -16,11 +16,14 @@ struct DeviceInfo {
   std::string name;
   int cc_major = 0, cc_minor = 0;
   uint64_t memory_bytes = 0;
+  // Whether this build's CUDA code runs on it (core/cuda_archs.h); why not.
+  bool runnable = true;
+  std::string why;
 };
 
 struct CudaInfo {
   bool compiled = false;       // built with CUDA
-  bool available = false;      // at least one usable device
+  bool available = false;      // at least one usable device (present and runnable)
   std::string reason;          // why not available ("" when available)
   int runtime_version = 0;     // e.g. 13000
   int driver_version = 0;      // 0 when no driver

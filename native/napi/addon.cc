@@ -48,6 +48,8 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
     d.Set("name", ci.devices[i].name);
     d.Set("computeCapability", std::to_string(ci.devices[i].cc_major) + "." + std::to_string(ci.devices[i].cc_minor));
     d.Set("memoryBytes", double(ci.devices[i].memory_bytes));
+    d.Set("runnable", ci.devices[i].runnable);
+    if (!ci.devices[i].runnable) d.Set("why", ci.devices[i].why);
     devs.Set(uint32_t(i), d);
   }
   cuda.Set("devices", devs);
