@@ -97,7 +97,7 @@ function opArgs(op: string): Record<string, unknown> {
     case 'questBounds':
     case 'questSelect': {
       const indptr = Int32Array.from({ length: lists + 1 }, (_, i) => i * (1 + ri(2)));
-      return obj(['q', 'kPool', 'vPool', 'metaPool', 'pageIndptr', 'pageIds', 'kvLen', 'numKvHeads', 'pageSize', 'scorePool', 'reduce', 'lse', 'share', 'selIndptr', 'selPages', 'scoresBefore', 'scoresAfter', 'budgetPages'], (key) => {
+      return obj(['q', 'kPool', 'vPool', 'metaPool', 'pageIndptr', 'pageIds', 'kvLen', 'numKvHeads', 'pageSize', 'scorePool', 'reduce', 'lse', 'share', 'selIndptr', 'selPages', 'scoresBefore', 'scoresAfter', 'budgetPages', 'qChecked'], (key) => {
         switch (key) {
           case 'q': return maybe(() => floatTensor([B, Hkv * g, D]));
           case 'kPool': case 'vPool': return maybe(kPool);
@@ -112,6 +112,7 @@ function opArgs(op: string): Record<string, unknown> {
           case 'selPages': return rnd() < 0.5 ? undefined : intTensor(2, 2);
           case 'scoresBefore': case 'scoresAfter': return rnd() < 0.6 ? undefined : maybe(() => floatTensor([ri(3 * P + 2)], 'f32'));
           case 'budgetPages': return maybe(() => ri(4));
+          case 'qChecked': return maybe(() => rnd() < 0.5);
           default: return junk();
         }
       });
@@ -124,6 +125,9 @@ function opArgs(op: string): Record<string, unknown> {
     case 'pool1d':
     case 'chunkScores':
       return obj(['x', 'n', 'kernel', 'mode', 'chunk'], (key) => (key === 'x' ? maybe(() => floatTensor([1 + ri(3), ri(12)], 'f32')) : maybe(() => ri(14) - 1)));
+    case 'countNonFinite':
+      return obj(['x'], () =>
+        maybe(() => (rnd() < 0.5 ? floatTensor([ri(9)]) : Array.from({ length: ri(4) }, () => (rnd() < 0.8 ? floatTensor([1 + ri(5)]) : junk())))));
     case 'topk':
       return obj(['scores', 'k', 'lengths'], (key) =>
         key === 'scores' ? maybe(() => floatTensor([2, ri(20)], 'f32')) : key === 'k' ? maybe(() => ri(25) - 2) : maybe(() => intTensor(2, 20)));
@@ -153,7 +157,7 @@ function opArgs(op: string): Record<string, unknown> {
   return {};
 }
 
-const OPS = ['decodeAttention', 'windowScores', 'pool1d', 'chunkScores', 'topk', 'questBounds', 'questSelect', 'append', 'gather', 'pageMeta', 'readScores'];
+const OPS = ['decodeAttention', 'windowScores', 'pool1d', 'chunkScores', 'topk', 'questBounds', 'questSelect', 'append', 'gather', 'pageMeta', 'readScores', 'countNonFinite'];
 
 type Target = () => unknown;
 const targets: Array<[string, Target]> = [
