@@ -65,6 +65,12 @@ const char* built_archs() {
 #endif
 }
 
+// Whether this build's code runs on capability major.minor (a build that did
+// not record its architectures is given the benefit of the doubt).
+bool runs_here(int major, int minor, std::string* why) {
+  return !*built_archs() || cuda_archs_run_on(built_archs(), major, minor, why);
+}
+
 // Per device, once: "" when this build's code runs on it, else why not.
 const std::string& unrunnable_reason(int device) {
   static std::once_flag once;
@@ -78,7 +84,7 @@ const std::string& unrunnable_reason(int device) {
         continue;
       }
       std::string w;
-      if (!cuda_archs_run_on(built_archs(), p.major, p.minor, &w)) why[i] = std::string(p.name) + ": " + w;
+      if (!runs_here(p.major, p.minor, &w)) why[i] = std::string(p.name) + ": " + w;
     }
   });
   static const std::string none;
@@ -163,7 +169,7 @@ CudaInfo cuda_info() {
     d.cc_major = p.major;
     d.cc_minor = p.minor;
     d.memory_bytes = p.totalGlobalMem;
-    d.runnable = cuda_archs_run_on(info.archs, p.major, p.minor, &d.why);
+    d.runnable = runs_here(p.major, p.minor, &d.why);
     info.devices.push_back(d);
   }
   for (const DeviceInfo& d : info.devices) info.available = info.available || d.runnable;
