@@ -239,6 +239,25 @@ describe('backend.info', () => {
     expect(backend.setThreads(1)).toBe(1);
     expect(backend.setThreads(0)).toBeGreaterThanOrEqual(1);
   });
+  it('setThreads while Async ops run on other threads: every op completes with the right result', async () => {
+    // The pool used to be torn down under a running job (a hang the fuzzer
+    // found); native test threadpool_resize_while_running is the exact case.
+    const rows = 64, n = 20000, k = 16;
+    const x = Float32Array.from({ length: rows * n }, (_, i) => Math.sin(i * 12.9898) * 43758.5453 % 1);
+    const scores = Tensor.from(x, [rows, n]);
+    const want = Array.from(ops.topk(scores, k).indices.toArray());
+    const pending: Promise<{ indices: Tensor }>[] = [];
+    for (let i = 0; i < 24; i++) {
+      pending.push(ops.topkAsync(scores, k));
+      backend.setThreads(1 + (i % 4));
+    }
+    for (const r of await Promise.all(pending)) {
+      expect(Array.from(r.indices.toArray())).toEqual(want);
+      r.indices.dispose();
+    }
+    backend.setThreads(0);
+    scores.dispose();
+  });
 });
 
 describe('Tensor.write (in-place refill)', () => {

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -158,38 +159,54 @@ class Pool {
   std::atomic<bool> stop_{false};
 };
 
+// The current pool, shared: every parallel_for holds a reference while it
+// runs, so set_pool_threads (JavaScript's backend.setThreads, possibly while
+// Async ops run on libuv's threads) only swaps in a new pool, and the old one
+// is destroyed (its workers joined) by whoever drops the last reference, after
+// its last job. Deleting it under a running job left parts undone and the
+// caller waiting forever on a destroyed condition variable.
 std::mutex g_pool_mu;
-Pool* g_pool = nullptr;  // intentionally leaked at exit: joining threads in static destructors can hang
+// Intentionally leaked at exit: joining threads in static destructors can hang.
+std::shared_ptr<Pool>& g_pool = *new std::shared_ptr<Pool>();
 int g_requested = 0;
 
-Pool& pool() {
+std::shared_ptr<Pool> pool() {
   std::lock_guard<std::mutex> lk(g_pool_mu);
-  if (!g_pool) g_pool = new Pool(g_requested > 0 ? g_requested : default_threads());
-  return *g_pool;
+  if (!g_pool) g_pool = std::make_shared<Pool>(g_requested > 0 ? g_requested : default_threads());
+  return g_pool;
 }
 
 }  // namespace
 
-int pool_threads() { return pool().size(); }
+int pool_threads() { return pool()->size(); }
 
 void set_pool_threads(int n) {
-  std::lock_guard<std::mutex> lk(g_pool_mu);
-  if (g_pool && g_pool->size() == (n > 0 ? n : default_threads())) return;
-  delete g_pool;  // waits for its workers; no job is running (callers serialise)
-  g_pool = nullptr;
-  g_requested = n;
+  std::shared_ptr<Pool> old;  // released after the lock: its destructor joins threads
+  {
+    std::lock_guard<std::mutex> lk(g_pool_mu);
+    if (g_pool && g_pool->size() == (n > 0 ? n : default_threads())) return;
+    old.swap(g_pool);
+    g_requested = n;
+  }
 }
 
 void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
                   int64_t min_per_thread) {
   if (n <= 0) return;
-  Pool& p = pool();
-  int64_t parts = std::min<int64_t>(p.size(), std::max<int64_t>(1, n / std::max<int64_t>(1, min_per_thread)));
-  if (parts <= 1 || Pool::in_job()) {
+  // Inside a job (a pool worker, or the caller running its own part) a nested
+  // call runs inline, before touching the pool: a worker must never hold the
+  // last reference to its own pool.
+  if (Pool::in_job()) {
     fn(0, n, 0);
     return;
   }
-  p.run(n, int(parts), fn);
+  const std::shared_ptr<Pool> p = pool();
+  int64_t parts = std::min<int64_t>(p->size(), std::max<int64_t>(1, n / std::max<int64_t>(1, min_per_thread)));
+  if (parts <= 1) {
+    fn(0, n, 0);
+    return;
+  }
+  p->run(n, int(parts), fn);
 }
 
 }  // namespace kvsq

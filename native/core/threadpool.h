@@ -15,7 +15,9 @@
 namespace kvsq {
 
 int pool_threads();                 // threads a job uses (KVSQ_THREADS or hardware cores)
-void set_pool_threads(int n);       // for benchmarks/tests; 0 = default
+// 0 = default. Safe at any time, also while other threads are inside
+// parallel_for: running jobs finish on the old pool, which goes away after them.
+void set_pool_threads(int n);
 // fn(begin, end, thread_index)
 void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
                   int64_t min_per_thread = 1);

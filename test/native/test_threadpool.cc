@@ -5,6 +5,7 @@
 // two caller threads at once (serialised).
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <thread>
 #include <vector>
@@ -50,4 +51,49 @@ KVSQ_TEST(threadpool_each_index_once) {
     CHECK_MSG(bad.load() == 0, bad.load() << " wrong visits with " << threads << " threads");
   }
   set_pool_threads(0);
+}
+
+// Resizing the pool while other threads are inside parallel_for (backend.setThreads
+// from JavaScript while Async ops run on libuv's threads): every job still
+// visits each index once and returns; the old pool goes away after its last
+// job. The pool used to be deleted under a running job: its workers left
+// their parts undone and the caller waited forever on a destroyed condition
+// variable (found by the fuzzer as a hang). A watchdog turns a hang into a
+// failure with a message rather than a stuck suite.
+KVSQ_TEST(threadpool_resize_while_running) {
+  std::atomic<long> bad{0}, jobs{0};
+  std::atomic<bool> stop{false}, finished{false};
+  std::thread watchdog([&] {
+    for (int i = 0; i < 600 && !finished.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!finished.load()) {
+      std::fprintf(stderr, "FAIL threadpool_resize_while_running: no progress in 60 s (deadlock)\n");
+      std::_Exit(3);
+    }
+  });
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 2; ++t)
+    callers.emplace_back([&, t] {
+      for (int i = 0; !stop.load(); ++i) {
+        const int64_t n = 50 + (i * 37 + t * 11) % 400;
+        std::vector<std::atomic<int>> hit(static_cast<size_t>(n));
+        for (auto& h : hit) h.store(0);
+        parallel_for(n, [&](int64_t b, int64_t e, int) {
+          for (int64_t k = b; k < e; ++k) hit[size_t(k)]++;
+          if ((b & 7) == 0) std::this_thread::sleep_for(std::chrono::microseconds(20));  // keep jobs in flight
+        });
+        for (auto& h : hit) bad += h.load() != 1;
+        jobs++;
+      }
+    });
+  for (int r = 0; r < 300; ++r) {
+    set_pool_threads(2 + r % 4);
+    std::this_thread::sleep_for(std::chrono::microseconds(200 + (r * 53) % 700));
+  }
+  stop = true;
+  for (auto& c : callers) c.join();
+  finished = true;
+  watchdog.join();
+  set_pool_threads(0);
+  CHECK(jobs.load() > 0);
+  CHECK_MSG(bad.load() == 0, bad.load() << " indexes visited other than once");
 }
