@@ -65,13 +65,8 @@ const char* built_archs() {
 #endif
 }
 
-// Whether this build's code runs on capability major.minor (a build that did
-// not record its architectures is given the benefit of the doubt).
-bool runs_here(int major, int minor, std::string* why) {
-  return !*built_archs() || cuda_archs_run_on(built_archs(), major, minor, why);
-}
-
-// Per device, once: "" when this build's code runs on it, else why not.
+// Per device, once: "" when this build's code runs on it, else why not
+// (naming the device). enter() and cuda_info() both read it.
 const std::string& unrunnable_reason(int device) {
   static std::once_flag once;
   static std::string why[64];
@@ -84,7 +79,8 @@ const std::string& unrunnable_reason(int device) {
         continue;
       }
       std::string w;
-      if (!runs_here(p.major, p.minor, &w)) why[i] = std::string(p.name) + ": " + w;
+      // (a build that did not record its architectures gets the benefit of the doubt)
+      if (*built_archs() && !cuda_archs_run_on(built_archs(), p.major, p.minor, &w)) why[i] = std::string(p.name) + ": " + w;
     }
   });
   static const std::string none;
@@ -169,12 +165,13 @@ CudaInfo cuda_info() {
     d.cc_major = p.major;
     d.cc_minor = p.minor;
     d.memory_bytes = p.totalGlobalMem;
-    d.runnable = runs_here(p.major, p.minor, &d.why);
+    d.why = unrunnable_reason(i);
+    d.runnable = d.why.empty();
     info.devices.push_back(d);
   }
   for (const DeviceInfo& d : info.devices) info.available = info.available || d.runnable;
   if (info.devices.empty()) info.reason = "devices present but none could be queried";
-  else if (!info.available) info.reason = info.devices[0].name + ": " + info.devices[0].why;
+  else if (!info.available) info.reason = info.devices[0].why;
   return info;
 }
 

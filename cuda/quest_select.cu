@@ -51,7 +51,7 @@ struct SelParams {
   int32_t* ks;    // [rows]
   const int32_t* top;  // [rows, k]
   const unsigned* flag;
-  const unsigned long long* nonfinite;  // q's non-finite values (0 unless counted)
+  const int64_t* nonfinite;  // q's non-finite values (0 unless counted)
   int32_t* sel_indptr;
   int32_t* sel_pages;
 };
@@ -156,7 +156,7 @@ Status cuda_quest_select(const QuestSelectArgs& a, void* stream) {
   // The error word and q's non-finite count sit together: one read for both.
   struct Verdict {
     unsigned flag, pad;
-    unsigned long long nonfinite;
+    int64_t nonfinite;
   };
   size_t off = 0;
   const size_t o_flag = off; off = align256(off + sizeof(Verdict));
@@ -184,7 +184,7 @@ Status cuda_quest_select(const QuestSelectArgs& a, void* stream) {
   p.top = reinterpret_cast<int32_t*>(w + o_top);
   p.flag = reinterpret_cast<unsigned*>(w + o_flag);
   int64_t* nonfinite = reinterpret_cast<int64_t*>(w + o_flag + offsetof(Verdict, nonfinite));
-  p.nonfinite = reinterpret_cast<const unsigned long long*>(nonfinite);
+  p.nonfinite = nonfinite;
   p.sel_indptr = a.sel_indptr;
   p.sel_pages = a.sel_pages;
 

@@ -19,10 +19,8 @@ bool cuda_archs_run_on(const std::string& archs, int major, int minor, std::stri
     if (d == 0 || d > 4) continue;  // not an architecture
     const int a = std::stoi(item.substr(0, d));
     const bool specific = d < item.size() && std::isalpha(static_cast<unsigned char>(item[d]));
-    const std::string kind = item.find("-real") != std::string::npos      ? "real"
-                             : item.find("-virtual") != std::string::npos ? "virtual"
-                                                                          : "both";
-    const bool sass = kind != "virtual", ptx = kind != "real";
+    // "-real": SASS only; "-virtual": PTX only; neither: both
+    const bool sass = item.find("-virtual") == std::string::npos, ptx = item.find("-real") == std::string::npos;
     if (specific) {
       if (a == cc) return true;
       continue;

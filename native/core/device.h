@@ -16,7 +16,8 @@ struct DeviceInfo {
   std::string name;
   int cc_major = 0, cc_minor = 0;
   uint64_t memory_bytes = 0;
-  // Whether this build's CUDA code runs on it (core/cuda_archs.h); why not.
+  // Whether this build's CUDA code runs on it (core/cuda_archs.h); why not,
+  // naming the device.
   bool runnable = true;
   std::string why;
 };
