@@ -318,6 +318,9 @@ describe('countNonFinite', () => {
     expect(codeOf(() => ops.countNonFinite(new Array(65).fill(t)))).toBe('KVSQ_ARG');
     expect(codeOf(() => ops.countNonFinite([t, 3 as unknown as Tensor]))).toBe('KVSQ_ARG');
     expect(codeOf(() => ops.countNonFinite([t, I([1])]))).toBe('KVSQ_DTYPE');
+    const gone = Tensor.from(new Float32Array([1]), [1]);
+    gone.dispose();
+    expect(codeOf(() => ops.countNonFinite([t, gone]))).toBe('KVSQ_DISPOSED');
     expect(await ops.countNonFiniteAsync([t, F([NaN], [1])])).toBe(1);
   });
 });
