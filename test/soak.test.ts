@@ -213,10 +213,15 @@ describe('soak', () => {
     for (let r = 0; r < 3; r++) {
       for (let i = 0; i < 100; i++) Tensor.from(big, [256, 1024]);
       let s = await settledRss();
-      for (let tries = 0; r > 0 && tries < 10 && (s - samples[1]) / MB >= 80; tries++) s = await settledRss();
+      for (let tries = 0; r > 0 && tries < 10 && (s - Math.max(samples[0], samples[1])) / MB >= 80; tries++) s = await settledRss();
       samples.push(s);
     }
-    const growth = (Math.max(...samples.slice(2)) - samples[1]) / MB;
+    // Measured from the higher of the readings before and after round 1: the
+    // earlier soak tests' memory sometimes goes back to the system during
+    // round 1 (a clean CI run read 340.6 -> 285.8 -> 379.8 -> 338.9 MB), which
+    // made the low after-round-1 reading look like 94 MB of growth. A leak
+    // still shows: without finalizers each round adds 100 MB.
+    const growth = (Math.max(...samples.slice(2)) - Math.max(samples[0], samples[1])) / MB;
     figures.push(`finalizers: 3 x 100 x 1 MB tensors never disposed: RSS per round (MB): ${samples.map((x) => (x / MB).toFixed(1)).join(' ')}`);
     expect(growth).toBeLessThan(80);
   });
