@@ -23,6 +23,9 @@ Status cuda_topk(const TopkArgs& a, void* stream);
 // topk_flag_status once the stream reaches them. For fused callers.
 Status cuda_topk_enqueue(const TopkArgs& a, unsigned* flag, void* stream);
 Status topk_flag_status(unsigned host_flag);
+// Tests and benchmarks: false makes cuda_topk skip its sampled one-pass
+// kernel and radix-select every row (same results; default true).
+void cuda_topk_set_filter(bool on);
 Status cuda_quest_bounds(const QuestBoundsArgs& a, void* stream);
 // Bounds, top-k and the selection on the device (no host copy of the bounds);
 // unless a.q_checked, synchronises the stream at the end to report a

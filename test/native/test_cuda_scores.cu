@@ -595,6 +595,82 @@ KVSQ_TEST(cuda_topk_nan_and_errors) {
   CHECK(tk_run(e, false) == Status::Shape);
 }
 
+// The two kernels of cuda_topk (cuda/topk.cu): the sampled one-pass filter
+// and the cluster radix select it leaves rows to. Each case runs with the
+// filter on and off, both against the CPU twin. Rows aimed at each of the
+// filter's branches: sampled (len > 6144, k small), every key a candidate
+// (len <= 6144), a sample that cannot promise k within 6144 (large k), ties
+// across the threshold (few distinct values: too many candidates), sorted
+// rows (the answer in one block of the cluster), a sample that misleads
+// (fewer than k candidates), +-Inf, and more rows than
+// the radix kernel's grid has clusters (its loop over the filter's list).
+KVSQ_TEST(cuda_topk_filter_and_radix_paths) {
+  need_device();
+  struct Restore {
+    ~Restore() { cuda_topk_set_filter(true); }
+  } restore;
+  const int64_t strides[] = {131072, 16384, 40001, 6145, 100000};
+  for (int64_t stride : strides) {
+    TkCase c;
+    c.rows = stride == 131072 ? 90 : randint(20, 40);
+    c.row_stride = stride;
+    c.scores.resize(size_t(c.rows) * stride);
+    c.lengths.reserve(size_t(c.rows));
+    c.k.reserve(size_t(c.rows));
+    for (int r = 0; r < c.rows; ++r) {
+      int64_t len;
+      switch (r % 7) {
+        case 0: len = stride; break;
+        case 1: len = std::min<int64_t>(stride, 6144); break;
+        case 2: len = std::min<int64_t>(stride, 6145); break;
+        default: len = randint(1, int(stride)); break;
+      }
+      c.lengths.push_back(int32_t(len));
+      float* row = c.scores.data() + size_t(r) * stride;
+      switch (r % 7) {
+        case 0: fill_row(row, stride, Dist::Normal); break;
+        case 1: fill_row(row, stride, Dist::FewValues); break;
+        case 2: fill_row(row, stride, Dist::Sorted); break;
+        case 3:  // descending: the answer at the row's start
+          for (int64_t i = 0; i < stride; ++i) row[i] = float(stride - i) * 0.5f;
+          break;
+        case 4: fill_row(row, stride, Dist::WithInf); break;
+        case 5: fill_row(row, stride, Dist::Zeros); break;
+        default:  // descending runs of 1024: the filter's sample sees only their heads, keeps < k
+          for (int64_t i = 0; i < stride; ++i) row[i] = float(1024 - i % 1024);
+          break;
+      }
+      const int ks[] = {1, 2, 17, 127, 1000, 2048, 2049, 4096, 6144, 6200};
+      int k = ks[randint(0, 9)];
+      if (r % 11 == 10) k = int(len) - 1;
+      c.k.push_back(std::max(k, 0));
+      c.out_stride = std::max<int32_t>(c.out_stride, int32_t(std::min<int64_t>(c.k.back(), len)));
+    }
+    for (bool filter : {true, false}) {
+      cuda_topk_set_filter(filter);
+      CHECK_MSG(tk_run(c) == Status::Ok, "stride " << stride << " filter " << filter);
+    }
+  }
+  // The benchmark's shape, uniform scores (the filter's common case), and a
+  // NaN in one row found by the filter's pass (nothing written).
+  TkCase c;
+  c.rows = 64;
+  c.row_stride = 131072;
+  c.scores.resize(size_t(c.rows) * c.row_stride);
+  for (float& x : c.scores) x = float(randint(0, (1 << 24) - 1)) / 16777216.f;
+  c.k.assign(c.rows, 2048);
+  c.out_stride = 2048;
+  for (bool filter : {true, false}) {
+    cuda_topk_set_filter(filter);
+    CHECK(tk_run(c) == Status::Ok);
+  }
+  c.scores[size_t(37) * c.row_stride + 99999] = std::numeric_limits<float>::quiet_NaN();
+  for (bool filter : {true, false}) {
+    cuda_topk_set_filter(filter);
+    CHECK(tk_run(c, false) == Status::NaN);
+  }
+}
+
 // ---------------------------------------------------------------- Quest bounds
 
 KVSQ_TEST(cuda_quest_bounds_vs_cpu) {
@@ -811,14 +887,19 @@ KVSQ_TEST(cuda_bench_scores) {
     kd.up(hk.data());
     TopkArgs a;
     a.rows = rows; a.row_stride = n; a.scores = s.p; a.k = kd.p; a.out_stride = kk; a.out = out.p; a.count = cnt.p;
-    Status st = Status::Ok;
-    const double ms = time_median([&] { st = cuda_topk(a, nullptr); }, 30, flush.p, flush_bytes);
-    CHECK_MSG(st == Status::Ok, status_name(st));
     const double bytes = double(rows) * n * 4 + double(rows) * kk * 4 * 3;
     const double floor_ms = bytes / (copy_gbs * 1e9) * 1e3;
-    std::printf("BENCH topk rows=%d n=%lld k=%d f32 ms=%.4f GB/s=%.1f mem_floor_ms=%.4f pct_of_mem_roofline=%.1f%% "
-                "(includes the launcher's stream sync)\n",
-                rows, (long long)n, kk, ms, bytes / (ms * 1e-3) / 1e9, floor_ms, 100.0 * floor_ms / ms);
+    for (bool filter : {true, false}) {  // the sampled one-pass kernel, then radix select alone
+      cuda_topk_set_filter(filter);
+      Status st = Status::Ok;
+      const double ms = time_median([&] { st = cuda_topk(a, nullptr); }, 30, flush.p, flush_bytes);
+      CHECK_MSG(st == Status::Ok, status_name(st));
+      std::printf("BENCH topk%s rows=%d n=%lld k=%d f32 ms=%.4f GB/s=%.1f mem_floor_ms=%.4f "
+                  "pct_of_mem_roofline=%.1f%% (includes the launcher's stream sync)\n",
+                  filter ? "" : "_radix_only", rows, (long long)n, kk, ms, bytes / (ms * 1e-3) / 1e9, floor_ms,
+                  100.0 * floor_ms / ms);
+    }
+    cuda_topk_set_filter(true);
   }
 
   // pool1d and chunk scores on [8, 128K] scores
