@@ -1,64 +1,148 @@
 #!/usr/bin/env node
-// Rewrites a CUDA kernel file into C++ for the CPU emulator
-// (test/native/emu/cuda_emu.h), so the native suite can run the kernel's own
+// Rewrites CUDA kernel files into C++ for the CPU emulator
+// (test/native/emu/cuda_emu.h), so the native suite can run the kernels' own
 // source without a GPU:
-//   node scripts/cuda-emu.js cuda/topk.cu OUT.cc
-// The result defines the file's functions in namespace kvsq::emu_cuda (the
-// real ones stay in kvsq). Constructs the emulator does not model (inline
-// asm, static __shared__ arrays, textures, dynamic parallelism) stop the
-// rewrite with an error rather than produce a silently different program.
+//   node scripts/cuda-emu.js OUT_DIR cuda/topk.cu [... test/native/test_cuda_x.cu]
+// writes OUT_DIR/<name>_emu.cc for each file (one translation unit each, as
+// in the real build) and OUT_DIR/emu_launchers.h (cuda/launchers.h with the
+// launchers in namespace kvsq::emu_cuda: the emulated code and the tests use
+// those, never the real kvsq:: ones). cuda/common.cuh is inlined into each.
+// A CUDA test file (under test/) runs against the emulated launchers, its
+// tests renamed cuda_* -> emu_cuda_* (KVSQ_CUDA_EMU is defined for it: a test
+// of a kernel the emulator cannot run skips there).
+// Inline asm (the tensor-core helpers) becomes a call that fails the test if
+// it is ever reached; the rest of a file still runs. Static __shared__
+// variables become per-block emulator memory. Constructs with no model
+// (textures, other __shared__ forms) stop the rewrite with an error.
 'use strict';
 const fs = require('fs');
 const path = require('path');
 
-const [src, out] = process.argv.slice(2);
-if (!src || !out) {
-  console.error('usage: cuda-emu.js IN.cu OUT.cc');
+const [out, ...srcs] = process.argv.slice(2);
+if (!out || srcs.length === 0) {
+  console.error('usage: cuda-emu.js OUT_DIR IN.cu [IN.cu ...]');
   process.exit(2);
 }
-let text = fs.readFileSync(src, 'utf8');
-const srcDir = path.dirname(path.resolve(src));
-
-for (const [re, what] of [
-  [/\basm\s*(volatile\s*)?\(/, 'inline asm'],
-  [/^(?!\s*extern)[^\n/]*\b__shared__\b/m, 'a static __shared__ array'],
-  [/\btex[123]D\b|\bcudaTextureObject_t\b/, 'textures'],
-  [/\bcudaDeviceSynchronize\s*\(\s*\)\s*;[^\n]*__device__/, 'dynamic parallelism'],
-]) {
-  if (re.test(text)) {
-    console.error(`cuda-emu: ${src} uses ${what}, which the emulator does not model`);
-    process.exit(1);
-  }
-}
-
-// CUDA headers are replaced by the emulator's; project headers keep working.
-text = text.replace(/^#include <(cuda_runtime|cooperative_groups|cuda_bf16|cuda_fp16)\.h>\s*$/gm, '');
-text = text.replace(/^#include "common\.cuh"\s*$/m, '');
-// launchers.h declares the real kvsq:: launchers, which argument-dependent
-// lookup would find beside the emulated ones: the types are all it needs.
-text = text.replace(/^#include "launchers\.h"\s*$/m, '#include "../native/core/ops.h"');
-text = text.replace(/^#include "([^"]+)"\s*$/gm, (m, f) => `#include "${path.join(srcDir, f)}"`);
-// pragmas for nvcc only
-text = text.replace(/^\s*#pragma unroll.*$/gm, '');
-// extern __shared__ [__align__(N)] T name[];  ->  T* name = dynamic shared memory
-text = text.replace(
-  /extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w:]+)\s+(\w+)\[\]\s*;/g,
-  (m, type, name) => `${type}* ${name} = ::cuda_emu::dynamic_smem<${type}>();`,
-);
-// kernel<<<grid, block[, smem[, stream]]>>>(args)  ->  chevron(kernel, grid, ...)(args)
-text = text.replace(/([\w:]+)\s*<<<([^;]*?)>>>\s*\(/g, (m, k, cfg) => `::cuda_emu::chevron(${k}, ${cfg})(`);
-// the file's code moves to kvsq::emu_cuda
-let opened = 0;
-text = text.replace(/^namespace kvsq \{\s*$/gm, () => {
-  opened++;
-  return 'namespace kvsq {\nnamespace emu_cuda {';
-});
-text = text.replace(/^\}\s*\/\/\s*namespace kvsq\s*$/gm, '}  // namespace emu_cuda\n}  // namespace kvsq');
-if (opened !== 1) {
-  console.error(`cuda-emu: expected one "namespace kvsq {" line in ${src}, found ${opened}`);
+const die = (msg) => {
+  console.error(`cuda-emu: ${msg}`);
   process.exit(1);
+};
+
+let sharedId = 0;
+
+// Replaces each `asm volatile? ( ... );` statement, parentheses matched.
+function stripAsm(text, file) {
+  const re = /\basm\s*(?:volatile\s*)?\(/g;
+  let res = '';
+  let last = 0;
+  let m;
+  while ((m = re.exec(text))) {
+    let depth = 1;
+    let i = m.index + m[0].length;
+    for (; i < text.length && depth > 0; ++i) {
+      if (text[i] === '(') depth++;
+      else if (text[i] === ')') depth--;
+      else if (text[i] === '"') for (++i; text[i] !== '"'; ++i) if (text[i] === '\\') ++i;
+    }
+    if (depth !== 0) die(`unbalanced asm statement in ${file}`);
+    while (text[i] === ' ') ++i;
+    if (text[i] !== ';') die(`asm statement without ';' in ${file}`);
+    res += text.slice(last, m.index) + '::cuda_emu::unsupported("inline asm")';
+    last = i;
+    re.lastIndex = i;
+  }
+  return res + text.slice(last);
 }
-const header = `// Generated by scripts/cuda-emu.js from ${path.basename(src)}: do not edit.\n` +
-  `#include "${path.resolve(__dirname, '../test/native/emu/cuda_emu.h')}"\n`;
-fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
-fs.writeFileSync(out, header + text);
+
+function rewriteChevrons(text, file) {
+  const re = /([\w:]+(?:<[^<>;]*>)?)\s*<<<([^;]*?)>>>\s*\(/g;
+  let res = '';
+  let last = 0;
+  let m;
+  while ((m = re.exec(text))) {
+    let depth = 1;
+    let i = m.index + m[0].length;
+    for (; i < text.length && depth > 0; ++i) {
+      if (text[i] === '(') depth++;
+      else if (text[i] === ')') depth--;
+    }
+    if (depth !== 0) die(`unbalanced kernel launch in ${file}`);
+    const args = text.slice(m.index + m[0].length, i - 1);
+    res += text.slice(last, m.index) + `::cuda_emu::chevron(${m[2]})([&] { ${m[1]}(${args}); })`;
+    last = i;
+    re.lastIndex = i;
+  }
+  return res + text.slice(last);
+}
+
+function rewrite(file, text, isTest = false) {
+  const dir = path.dirname(path.resolve(file));
+  if (/\btex[123]D\b|\bcudaTextureObject_t\b/.test(text)) die(`${file} uses textures`);
+  text = stripAsm(text, file);
+  // CUDA headers are replaced by the emulator's; project headers keep working.
+  text = text.replace(/^#include <(cuda_runtime|cooperative_groups|cuda_bf16|cuda_fp16|cuda)\.h>\s*$/gm, '');
+  text = text.replace(/^#include "common\.cuh"\s*$/m, '');
+  // launchers.h declares the real kvsq:: launchers, which argument-dependent
+  // lookup would find beside the emulated ones: the emulated declarations instead.
+  text = text.replace(/^#include "(?:\.\.\/)*(?:cuda\/)?launchers\.h"\s*$/m, '#include "emu_launchers.h"');
+  // includes relative to the file become absolute; others (include paths) stay
+  text = text.replace(/^#include "(?!emu_launchers\.h)([^"]+)"\s*$/gm, (m, f) =>
+    fs.existsSync(path.join(dir, f)) ? `#include "${path.join(dir, f)}"` : m);
+  text = text.replace(/^\s*#pragma unroll.*$/gm, '');
+  // extern __shared__ [__align__(N)] T name[];  ->  T* name = the block's dynamic shared memory
+  text = text.replace(
+    /extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w:]+(?:\s+[\w:]+)*?)\s+(\w+)\[\]\s*;/g,
+    (m, type, name) => `${type}* ${name} = ::cuda_emu::dynamic_smem<${type}>();`,
+  );
+  // __shared__ [__align__(N)] T name[N];  /  __shared__ T name;  ->  per-block emulator memory
+  text = text.replace(
+    /__shared__\s+(?:__align__\(\d+\)\s+)?([\w:]+(?:\s+[\w:]+)*?)\s+(\w+)\s*(?:\[([^\]]+)\])?\s*;/g,
+    (m, type, name, n) => {
+      const id = sharedId++;
+      return n === undefined
+        ? `${type}& ${name} = ::cuda_emu::static_smem<${type}>(${id}, 1)[0];`
+        : `${type}* ${name} = ::cuda_emu::static_smem<${type}>(${id}, ${n});`;
+    },
+  );
+  if (/\b__shared__\b/.test(text.replace(/\/\/.*$/gm, ''))) die(`${file}: a __shared__ form the rewrite does not know`);
+  // kernel<<<grid, block[, smem[, stream]]>>>(args)  ->  chevron(grid, ...)([&] { kernel(args); })
+  // (each emulated thread evaluates the call: its own copies of the
+  // arguments, template arguments deduced as nvcc does)
+  text = rewriteChevrons(text, file);
+  // common.cuh's qualified names point at the emulated namespace
+  text = text.replace(/::kvsq::(?!emu_cuda)/g, '::kvsq::emu_cuda::');
+  if (isTest) {
+    // a CUDA test file: its tests run the emulated launchers, under new names
+    text = text.replace(/^using namespace kvsq;\s*$/m, 'using namespace kvsq;\nusing namespace kvsq::emu_cuda;');
+    text = text.replace(/\bKVSQ_TEST\(cuda_/g, 'KVSQ_TEST(emu_cuda_');
+    return text;
+  }
+  let opened = 0;
+  text = text.replace(/^namespace kvsq \{\s*$/gm, () => {
+    opened++;
+    return 'namespace kvsq {\nnamespace emu_cuda {';
+  });
+  text = text.replace(/^\}\s*\/\/\s*namespace kvsq\s*$/gm, '}  // namespace emu_cuda\n}  // namespace kvsq');
+  if (opened === 0) die(`no "namespace kvsq {" line in ${file}`);
+  return text;
+}
+
+const common = path.resolve(__dirname, '../cuda/common.cuh');
+const emuHeader = path.resolve(__dirname, '../test/native/emu/cuda_emu.h');
+const commonText = fs.readFileSync(common, 'utf8').replace(/^#pragma once\s*$/m, '');
+fs.mkdirSync(out, { recursive: true });
+const launchers = path.resolve(__dirname, '../cuda/launchers.h');
+let decl = fs.readFileSync(launchers, 'utf8');
+decl = decl.replace(/^#include "([^"]+)"\s*$/gm, (m, f) => `#include "${path.join(path.dirname(launchers), f)}"`);
+decl = decl.replace(/^namespace kvsq \{\s*$/m, 'namespace kvsq {\nnamespace emu_cuda {');
+decl = decl.replace(/^\}\s*\/\/\s*namespace kvsq\s*$/m, '}  // namespace emu_cuda\n}  // namespace kvsq');
+fs.writeFileSync(path.join(out, 'emu_launchers.h'), `// Generated by scripts/cuda-emu.js from launchers.h: do not edit.\n${decl}`);
+for (const src of srcs) {
+  const name = path.basename(src).replace(/\.cu$/, '');
+  let body = `// Generated by scripts/cuda-emu.js from ${path.basename(src)}: do not edit.\n#include "${emuHeader}"\n`;
+  const isTest = /(^|\/)test\//.test(path.relative(path.resolve(__dirname, '..'), path.resolve(src)));
+  body += '#define KVSQ_CUDA_EMU 1\n';
+  if (!isTest) body += `// ---- common.cuh\n${rewrite(common, commonText)}\n`;
+  body += `// ---- ${path.basename(src)}\n${rewrite(src, fs.readFileSync(src, 'utf8'), isTest)}`;
+  fs.writeFileSync(path.join(out, `${name}_emu.cc`), body);
+}

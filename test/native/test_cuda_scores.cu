@@ -45,11 +45,22 @@ using kvsqtest::randint;
 
 namespace {
 
+// Under the CPU emulator (test/native/emu: this file rebuilt by
+// scripts/cuda-emu.js with KVSQ_CUDA_EMU) the device is always there, and
+// the tensor-core kernels (inline asm) are the ones it cannot run.
 void need_device() {
+#ifndef KVSQ_CUDA_EMU
   if (cuda_device_count() == 0) {
     const std::string why = "no CUDA device: " + cuda_info().reason;
     SKIP(why);
   }
+#endif
+}
+void need_tensor_cores() {
+  need_device();
+#ifdef KVSQ_CUDA_EMU
+  SKIP("tensor-core kernel: the CPU emulator does not run its inline asm");
+#endif
 }
 
 template <class T>
@@ -176,7 +187,7 @@ void ws_run(const WsCase& c) {
 }  // namespace
 
 KVSQ_TEST(cuda_window_scores_vs_cpu) {
-  need_device();
+  need_tensor_cores();
   const int Ls[] = {1, 17, 1000, 4097};
   int n = 0;
   for (int L : Ls)
@@ -200,7 +211,7 @@ KVSQ_TEST(cuda_window_scores_vs_cpu) {
 
 // Every dtype x reduce x group size at a moderate length, D 64 and 128.
 KVSQ_TEST(cuda_window_scores_dtype_reduce_group) {
-  need_device();
+  need_tensor_cores();
   for (DType dt : kFloat)
     for (Reduce red : kReduce)
       for (int g = 1; g <= 8; ++g) {
@@ -221,7 +232,7 @@ KVSQ_TEST(cuda_window_scores_dtype_reduce_group) {
 // tiles per head (atomic accumulation), Max with several tiles (one head at a
 // time), H2O (w = L), large and negative logits.
 KVSQ_TEST(cuda_window_scores_tiles_and_logits) {
-  need_device();
+  need_tensor_cores();
   for (Reduce red : kReduce) {
     WsCase c;
     c.g = 3;
@@ -261,7 +272,7 @@ KVSQ_TEST(cuda_window_scores_tiles_and_logits) {
 
 // Sum reduce: each row's probabilities sum to 1, so sum_t out[j, t] = g * w (long L).
 KVSQ_TEST(cuda_window_scores_rows_sum_to_one_long) {
-  need_device();
+  need_tensor_cores();
   const int Hkv = 2, g = 4, D = 128, L = 20000, w = 32;
   for (DType dt : kFloat) {
     HBuf q(dt, size_t(Hkv) * g * w * D), k(dt, size_t(Hkv) * L * D);
@@ -604,6 +615,48 @@ KVSQ_TEST(cuda_topk_nan_and_errors) {
 // rows (the answer in one block of the cluster), a sample that misleads
 // (fewer than k candidates), +-Inf, and more rows than
 // the radix kernel's grid has clusters (its loop over the filter's list).
+namespace {
+// Rows of one stride aimed at the filter's branches (see below).
+TkCase mixed_rows(int rows, int64_t stride) {
+  TkCase c;
+  c.rows = rows;
+  c.row_stride = stride;
+  c.scores.resize(size_t(c.rows) * stride);
+  c.lengths.reserve(size_t(c.rows));
+  c.k.reserve(size_t(c.rows));
+  for (int r = 0; r < c.rows; ++r) {
+    int64_t len;
+    switch (r % 7) {
+      case 0: len = stride; break;
+      case 1: len = std::min<int64_t>(stride, 6144); break;
+      case 2: len = std::min<int64_t>(stride, 6145); break;
+      default: len = randint(1, int(stride)); break;
+    }
+    c.lengths.push_back(int32_t(len));
+    float* row = c.scores.data() + size_t(r) * stride;
+    switch (r % 7) {
+      case 0: fill_row(row, stride, Dist::Normal); break;
+      case 1: fill_row(row, stride, Dist::FewValues); break;
+      case 2: fill_row(row, stride, Dist::Sorted); break;
+      case 3:  // descending: the answer at the row's start
+        for (int64_t i = 0; i < stride; ++i) row[i] = float(stride - i) * 0.5f;
+        break;
+      case 4: fill_row(row, stride, Dist::WithInf); break;
+      case 5: fill_row(row, stride, Dist::Zeros); break;
+      default:  // descending runs of 1024: the filter's sample sees only their heads, keeps < k
+        for (int64_t i = 0; i < stride; ++i) row[i] = float(1024 - i % 1024);
+        break;
+    }
+    const int ks[] = {1, 2, 17, 127, 1000, 2048, 2049, 4096, 6144, 6200};
+    int k = ks[randint(0, 9)];
+    if (r % 11 == 10) k = int(len) - 1;
+    c.k.push_back(std::max(k, 0));
+    c.out_stride = std::max<int32_t>(c.out_stride, int32_t(std::min<int64_t>(c.k.back(), len)));
+  }
+  return c;
+}
+}  // namespace
+
 KVSQ_TEST(cuda_topk_filter_and_radix_paths) {
   need_device();
   struct Restore {
@@ -611,41 +664,12 @@ KVSQ_TEST(cuda_topk_filter_and_radix_paths) {
   } restore;
   const int64_t strides[] = {131072, 16384, 40001, 6145, 100000};
   for (int64_t stride : strides) {
-    TkCase c;
-    c.rows = stride == 131072 ? 90 : randint(20, 40);
-    c.row_stride = stride;
-    c.scores.resize(size_t(c.rows) * stride);
-    c.lengths.reserve(size_t(c.rows));
-    c.k.reserve(size_t(c.rows));
-    for (int r = 0; r < c.rows; ++r) {
-      int64_t len;
-      switch (r % 7) {
-        case 0: len = stride; break;
-        case 1: len = std::min<int64_t>(stride, 6144); break;
-        case 2: len = std::min<int64_t>(stride, 6145); break;
-        default: len = randint(1, int(stride)); break;
-      }
-      c.lengths.push_back(int32_t(len));
-      float* row = c.scores.data() + size_t(r) * stride;
-      switch (r % 7) {
-        case 0: fill_row(row, stride, Dist::Normal); break;
-        case 1: fill_row(row, stride, Dist::FewValues); break;
-        case 2: fill_row(row, stride, Dist::Sorted); break;
-        case 3:  // descending: the answer at the row's start
-          for (int64_t i = 0; i < stride; ++i) row[i] = float(stride - i) * 0.5f;
-          break;
-        case 4: fill_row(row, stride, Dist::WithInf); break;
-        case 5: fill_row(row, stride, Dist::Zeros); break;
-        default:  // descending runs of 1024: the filter's sample sees only their heads, keeps < k
-          for (int64_t i = 0; i < stride; ++i) row[i] = float(1024 - i % 1024);
-          break;
-      }
-      const int ks[] = {1, 2, 17, 127, 1000, 2048, 2049, 4096, 6144, 6200};
-      int k = ks[randint(0, 9)];
-      if (r % 11 == 10) k = int(len) - 1;
-      c.k.push_back(std::max(k, 0));
-      c.out_stride = std::max<int32_t>(c.out_stride, int32_t(std::min<int64_t>(c.k.back(), len)));
-    }
+#ifdef KVSQ_CUDA_EMU
+    const int rows = stride == 131072 ? 36 : 20;  // fewer under the emulator; still more than 33 clusters (132 SMs / 8 x 2)
+#else
+    const int rows = stride == 131072 ? 90 : randint(20, 40);
+#endif
+    const TkCase c = mixed_rows(rows, stride);
     for (bool filter : {true, false}) {
       cuda_topk_set_filter(filter);
       CHECK_MSG(tk_run(c) == Status::Ok, "stride " << stride << " filter " << filter);
@@ -654,7 +678,11 @@ KVSQ_TEST(cuda_topk_filter_and_radix_paths) {
   // The benchmark's shape, uniform scores (the filter's common case), and a
   // NaN in one row found by the filter's pass (nothing written).
   TkCase c;
+#ifdef KVSQ_CUDA_EMU
+  c.rows = 8;
+#else
   c.rows = 64;
+#endif
   c.row_stride = 131072;
   c.scores.resize(size_t(c.rows) * c.row_stride);
   for (float& x : c.scores) x = float(randint(0, (1 << 24) - 1)) / 16777216.f;
@@ -664,12 +692,33 @@ KVSQ_TEST(cuda_topk_filter_and_radix_paths) {
     cuda_topk_set_filter(filter);
     CHECK(tk_run(c) == Status::Ok);
   }
-  c.scores[size_t(37) * c.row_stride + 99999] = std::numeric_limits<float>::quiet_NaN();
+  c.scores[size_t(c.rows / 2 + 1) * c.row_stride + 99999] = std::numeric_limits<float>::quiet_NaN();
   for (bool filter : {true, false}) {
     cuda_topk_set_filter(filter);
     CHECK(tk_run(c, false) == Status::NaN);
   }
 }
+
+#ifdef KVSQ_CUDA_EMU
+// Emulator only (the part is set, not found): the launcher's paths for other
+// GPUs -- a 4-SM sm_90 (the radix kernel's loop over the filter's list with
+// few clusters) and an sm_80 (no clusters: one block per row, the filter for
+// rows of <= 16K keys).
+KVSQ_TEST(cuda_topk_other_parts) {
+  struct Restore {
+    ~Restore() { cuda_emu::st().dev = cuda_emu::Device{}; }
+  } restore;
+  for (const auto& part : {std::pair<int, int>{9, 4}, std::pair<int, int>{8, 108}}) {
+    cuda_emu::st().dev.major = part.first;
+    cuda_emu::st().dev.sms = part.second;
+    for (int64_t stride : {131072, 16384, 6145, 1000}) {
+      if (part.first < 9 && stride > 16384) continue;
+      CHECK_MSG(tk_run(mixed_rows(stride > 16384 ? 12 : 10, stride)) == Status::Ok,
+                "sm_" << part.first << "0, " << part.second << " SMs, stride " << stride);
+    }
+  }
+}
+#endif
 
 // ---------------------------------------------------------------- Quest bounds
 

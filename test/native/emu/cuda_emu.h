@@ -47,6 +47,7 @@
 #include <utility>
 #include <vector>
 
+#include "../../../native/core/dtype.h"
 #include "../../../native/core/status.h"
 
 // ---------------------------------------------------------------- CUDA keywords
@@ -70,7 +71,48 @@ struct emu_uint3 {
 struct alignas(16) float4 {
   float x, y, z, w;
 };
+struct alignas(8) float2 {
+  float x, y;
+};
+struct alignas(16) uint4 {
+  uint32_t x, y, z, w;
+};
+struct alignas(8) uint2 {
+  uint32_t x, y;
+};
 inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
+inline float2 make_float2(float a, float b) { return float2{a, b}; }
+inline uint2 make_uint2(uint32_t a, uint32_t b) { return uint2{a, b}; }
+inline uint4 make_uint4(uint32_t a, uint32_t b, uint32_t c, uint32_t d) { return uint4{a, b, c, d}; }
+// Shared-memory addresses for ldmatrix / cp.async: the asm that uses them is
+// not emulated, so any value serves.
+inline uint32_t __cvta_generic_to_shared(const void* p) { return uint32_t(reinterpret_cast<uintptr_t>(p)); }
+
+// 16-bit floats: storage only; conversions are the CPU twins' (native/core/
+// dtype.h: round to nearest even, like the device's _rn intrinsics).
+struct __half {
+  uint16_t x;
+};
+struct __nv_bfloat16 {
+  uint16_t x;
+};
+struct alignas(4) __half2 {
+  __half x, y;
+};
+struct alignas(4) __nv_bfloat162 {
+  __nv_bfloat16 x, y;
+};
+inline float __half2float(__half h) { return kvsq::f16_to_f32(h.x); }
+inline __half __float2half_rn(float f) { return __half{kvsq::f32_to_f16(f)}; }
+inline __half __ushort_as_half(unsigned short u) { return __half{u}; }
+inline unsigned short __half_as_ushort(__half h) { return h.x; }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.x; }
+inline float __bfloat162float(__nv_bfloat16 h) { return kvsq::bf16_to_f32(h.x); }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16{kvsq::f32_to_bf16(f)}; }
+inline float2 __half22float2(__half2 h) { return float2{__half2float(h.x), __half2float(h.y)}; }
+inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
+  return __nv_bfloat162{__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)};
+}
 
 // Per-fiber built-ins: the scheduler sets them before resuming a fiber.
 inline emu_uint3 threadIdx, blockIdx;
@@ -81,6 +123,8 @@ inline T min(T a, T b) { return b < a ? b : a; }
 template <class T>
 inline T max(T a, T b) { return a < b ? b : a; }
 using std::ceil;
+using std::isfinite;
+using std::isinf;
 using std::isnan;
 using std::sqrt;
 inline uint32_t __float_as_uint(float f) {
@@ -88,6 +132,16 @@ inline uint32_t __float_as_uint(float f) {
   std::memcpy(&u, &f, 4);
   return u;
 }
+inline float __uint_as_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline float __int_as_float(int i) { return __uint_as_float(uint32_t(i)); }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+using std::fmaxf;
+using std::fminf;
 inline int __popc(uint32_t x) { return __builtin_popcount(x); }
 inline int __ffs(uint32_t x) { return __builtin_ffs(int(x)); }
 template <class T>
@@ -108,6 +162,7 @@ inline T atomicOr(T* p, T v) {
 // ---------------------------------------------------------------- runtime stand-ins
 using cudaError_t = int;
 constexpr cudaError_t cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2,
+                      cudaErrorInsufficientDriver = 35, cudaErrorNoDevice = 100, cudaErrorInvalidDevice = 101,
                       cudaErrorLaunchFailure = 719;
 using cudaStream_t = void*;
 enum cudaDeviceAttr {
@@ -150,15 +205,38 @@ struct State {
   Device dev;
   std::map<const void*, size_t> allocs;    // device allocations -> size
   std::map<const void*, int> smem_limit;   // kernel -> MaxDynamicSharedMemorySize
-  std::string error;                       // first error of the current test
+  std::string error;                       // first error of the current launch (cleared when one starts)
+  long failures = 0;                       // every error ever reported (tests compare before / after)
   long launches = 0;
 };
 inline State& st() {
   static State s;
   return s;
 }
+struct Run;
+inline Run*& run() {
+  static Run* r = nullptr;
+  return r;
+}
+
+// Records an error: the running launch fails (its launcher returns an error
+// status), and the message goes to stderr at once. Outside a launch (a guard
+// found broken when memory is freed) nothing could report it: the process
+// stops, as a corrupted heap would have stopped it on the device.
+// A bad launch configuration fails the launch without stopping anything.
+inline void launch_error(const std::string& why) {
+  ++st().failures;
+  if (st().error.empty()) {
+    st().error = why;
+    std::fprintf(stderr, "cuda-emu: %s\n", why.c_str());
+  }
+}
 inline void fail(const std::string& why) {
-  if (st().error.empty()) st().error = why;
+  if (!run()) {
+    std::fprintf(stderr, "cuda-emu: %s\n", why.c_str());
+    std::abort();
+  }
+  launch_error(why);
 }
 
 inline void* dev_alloc(size_t bytes) {
@@ -260,7 +338,8 @@ struct Barrier {
 struct Fiber {
   Ctx ctx;
   char* stack = nullptr;
-  unsigned tid = 0, block = 0;  // block: index within the grid
+  unsigned tid = 0, rank = 0;  // linear thread index in the block; block's rank in its cluster
+  emu_uint3 t3, b3;             // threadIdx, blockIdx
   bool done = false;
   Barrier* wait = nullptr;
   uint64_t wait_gen = 0;
@@ -270,20 +349,16 @@ struct Run {
   Ctx sched;
   std::vector<Fiber> fibers;
   int cur = -1;
-  unsigned first_block = 0, cs = 1, threads = 0;
+  unsigned cs = 1, threads = 0;  // threads: per block
   size_t smem_bytes = 0;
   std::vector<std::vector<unsigned char>> smem;  // per block of the cluster
+  std::vector<std::map<int, std::vector<unsigned char>>> static_smem;
   std::vector<Barrier> warp_bar, block_bar;
   Barrier cluster_bar;
   std::vector<uint64_t> lane_buf;  // one word per thread for warp exchanges
   void (*body)(void*) = nullptr;
   void* arg = nullptr;
 };
-inline Run*& run() {
-  static Run* r = nullptr;
-  return r;
-}
-
 enum class Op { None, Count, Or, BitOr };
 
 // Arrive at b with a contribution; returns the combined value once every
@@ -307,7 +382,7 @@ inline uint64_t arrive(Barrier& b, uint64_t v, Op op) {
 }
 
 inline Fiber& self() { return run()->fibers[run()->cur]; }
-inline unsigned local_block() { return self().block - run()->first_block; }
+inline unsigned local_block() { return self().rank; }
 
 inline void block_sync() { arrive(run()->block_bar[local_block()], 0, Op::None); }
 inline int block_count(bool p) { return int(arrive(run()->block_bar[local_block()], p ? 1 : 0, Op::Count)); }
@@ -315,11 +390,26 @@ inline int block_or(bool p) { return arrive(run()->block_bar[local_block()], p ?
 inline void cluster_sync() { arrive(run()->cluster_bar, 0, Op::None); }
 inline Barrier& warp_bar() {
   Fiber& f = self();
-  return run()->warp_bar[(f.block - run()->first_block) * (run()->threads / 32) + f.tid / 32];
+  return run()->warp_bar[f.rank * (run()->threads / 32) + f.tid / 32];
 }
 inline size_t thread_slot() {
   Fiber& f = self();
-  return size_t(f.block - run()->first_block) * run()->threads + f.tid;
+  return size_t(f.rank) * run()->threads + f.tid;
+}
+
+// A static __shared__ variable (declaration id, element count): one buffer
+// per block, made on the first thread's first use, filled with the pattern.
+template <class T>
+T* static_smem(int id, size_t n) {
+  auto& m = run()->static_smem[local_block()];
+  auto it = m.find(id);
+  if (it == m.end()) it = m.emplace(id, std::vector<unsigned char>(n * sizeof(T) + 16, kFill)).first;
+  return reinterpret_cast<T*>(it->second.data());
+}
+
+// What a kernel reached that the emulator does not model (inline asm).
+inline void unsupported(const char* what) {
+  fail(std::string("the kernel reached ") + what + ", which the emulator does not model");
 }
 
 template <class T>
@@ -357,56 +447,60 @@ inline void fiber_main() {
 inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)(void*), void* arg) {
   State& s = st();
   ++s.launches;
-  if (grid.y != 1 || grid.z != 1 || block.y != 1 || block.z != 1) {
-    fail("the emulator runs 1-D grids and blocks only");
+  s.error.clear();
+  const unsigned threads = block.x * block.y * block.z;
+  if (threads == 0 || threads % 32 || threads > 1024) {
+    launch_error("block size must be a multiple of 32 in [32, 1024] (the emulator forms whole warps)");
     return;
   }
-  if (block.x == 0 || block.x % 32 || block.x > 1024) {
-    fail("block size must be a multiple of 32 in [32, 1024]");
-    return;
-  }
-  if (cs == 0 || cs > 8 || grid.x % cs) {
-    fail("cluster size must divide the grid and be <= 8");
+  if (cs == 0 || cs > 8 || grid.x % cs || grid.x == 0 || grid.y == 0 || grid.z == 0) {
+    launch_error("cluster size must divide the grid and be <= 8");
     return;
   }
   if (cs > 1 && s.dev.major < 9) {
-    fail("thread-block clusters need sm_90");
+    launch_error("thread-block clusters need sm_90");
     return;
   }
   Run r;
   run() = &r;
   r.cs = cs;
-  r.threads = block.x;
+  r.threads = threads;
   r.smem_bytes = smem;
   r.body = body;
   r.arg = arg;
   constexpr size_t kStack = 64 * 1024;
-  const size_t nthreads = size_t(cs) * block.x;
+  const size_t nthreads = size_t(cs) * threads;
   const size_t map_bytes = kStack * nthreads;
   void* stacks = mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (stacks == MAP_FAILED) {
-    fail("no memory for fiber stacks");
+    launch_error("no memory for fiber stacks");
     run() = nullptr;
     return;
   }
   gridDim = grid;
   blockDim = block;
-  for (unsigned c0 = 0; c0 < grid.x && st().error.empty(); c0 += cs) {
-    r.first_block = c0;
+  // clusters run one after another: x fastest, then y, then z (clusters span x)
+  const size_t clusters = size_t(grid.x / cs) * grid.y * grid.z;
+  for (size_t c = 0; c < clusters && st().error.empty(); ++c) {
+    const unsigned c0 = unsigned(c % (grid.x / cs)) * cs, cy = unsigned(c / (grid.x / cs) % grid.y),
+                   cz = unsigned(c / (grid.x / cs) / grid.y);
     r.smem.assign(cs, std::vector<unsigned char>(smem + kGuard, kFill));
+    r.static_smem.assign(cs, {});
     for (auto& m : r.smem) std::memset(m.data() + smem, kGuardByte, kGuard);
     r.warp_bar.assign(nthreads / 32, Barrier{});
     for (auto& b : r.warp_bar) b.expected = 32;
     r.block_bar.assign(cs, Barrier{});
-    for (auto& b : r.block_bar) b.expected = int(block.x);
+    for (auto& b : r.block_bar) b.expected = int(threads);
     r.cluster_bar = Barrier{};
     r.cluster_bar.expected = int(nthreads);
     r.lane_buf.assign(nthreads, 0);
     r.fibers.assign(nthreads, Fiber{});
     for (size_t i = 0; i < nthreads; ++i) {
       Fiber& f = r.fibers[i];
-      f.block = c0 + unsigned(i / block.x);
-      f.tid = unsigned(i % block.x);
+      f.rank = unsigned(i / threads);
+      f.tid = unsigned(i % threads);
+      f.t3 = emu_uint3{f.tid % block.x, f.tid / block.x % block.y, f.tid / block.x / block.y};
+      f.b3 = emu_uint3{c0 + f.rank, cy, cz};
       f.stack = static_cast<char*>(stacks) + i * kStack;
       ctx_make(f.ctx, f.stack, kStack, &fiber_main);
     }
@@ -419,24 +513,24 @@ inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)
         if (f.wait && f.wait->gen == f.wait_gen) continue;
         f.wait = nullptr;
         r.cur = int(i);
-        threadIdx.x = f.tid;
-        blockIdx.x = f.block;
+        threadIdx = f.t3;
+        blockIdx = f.b3;
         ctx_switch(r.sched, f.ctx);
         progressed = true;
       }
       if (!live) break;
       if (!progressed) {
-        fail("deadlock: threads wait at a barrier that the rest of its scope never reaches (cluster of block " +
-             std::to_string(c0) + ")");
+        fail("deadlock: threads wait at a barrier that the rest of its scope never reaches (cluster of block (" +
+             std::to_string(c0) + ", " + std::to_string(cy) + ", " + std::to_string(cz) + "))");
         break;
       }
     }
     for (unsigned b = 0; b < cs; ++b)
       if (!guard_ok(r.smem[b].data(), smem)) fail("write past the end of dynamic shared memory");
   }
+  check_guards("a kernel");
   munmap(stacks, map_bytes);
   run() = nullptr;
-  check_guards("a kernel");
 }
 
 template <class... A>
@@ -454,7 +548,7 @@ cudaError_t launch_kernel(void (*k)(A...), dim3 grid, dim3 block, size_t smem, u
   if (smem > 48 * 1024) {
     auto it = st().smem_limit.find(reinterpret_cast<const void*>(k));
     if (it == st().smem_limit.end() || size_t(it->second) < smem) {
-      fail("dynamic shared memory above 48 KB without cudaFuncAttributeMaxDynamicSharedMemorySize");
+      launch_error("dynamic shared memory above 48 KB without cudaFuncAttributeMaxDynamicSharedMemorySize");
       return cudaErrorInvalidValue;
     }
   }
@@ -465,20 +559,22 @@ cudaError_t launch_kernel(void (*k)(A...), dim3 grid, dim3 block, size_t smem, u
 }
 
 // kernel<<<grid, block, smem, stream>>>(args) is rewritten to
-// cuda_emu::chevron(kernel, grid, block, smem, stream)(args).
-template <class K>
+// cuda_emu::chevron(grid, block, smem, stream)([&] { kernel(args); }).
 struct Chevron {
-  K k;
   dim3 grid, block;
   size_t smem;
-  template <class... B>
-  void operator()(B&&... args) const {
-    launch_kernel(k, grid, block, smem, 1u, std::forward<B>(args)...);
+  template <class F>
+  void operator()(const F& call) const {
+    if (smem > size_t(st().dev.max_optin_smem)) {
+      launch_error("dynamic shared memory above the device's limit");
+      return;
+    }
+    launch(grid, block, smem, 1u, [](void* p) { (*static_cast<const F*>(p))(); },
+           const_cast<void*>(static_cast<const void*>(&call)));
   }
 };
-template <class K>
-Chevron<K> chevron(K k, dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = nullptr) {
-  return Chevron<K>{k, grid, block, smem};
+inline Chevron chevron(dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = nullptr) {
+  return Chevron{grid, block, smem};
 }
 
 }  // namespace cuda_emu
@@ -504,6 +600,48 @@ T __shfl_up_sync(unsigned mask, T v, int delta) {
   if (int(lane) >= delta) std::memcpy(&out, &r.lane_buf[slot - delta], sizeof(T));
   arrive(warp_bar(), 0, Op::None);  // nobody overwrites lane_buf before all have read
   return out;
+}
+// __shfl_xor_sync / __shfl_sync with a width: lanes exchange within groups of width.
+template <class T>
+T warp_exchange(unsigned mask, T v, int width, int (*src_of)(int lane, int arg, int width), int arg) {
+  using namespace cuda_emu;
+  static_assert(sizeof(T) <= 8, "shuffle of a wider type");
+  if (mask != 0xffffffffu) fail("partial-warp shuffle masks are not emulated");
+  Run& r = *run();
+  const size_t slot = thread_slot();
+  const int lane = int(self().tid & 31);
+  uint64_t w = 0;
+  std::memcpy(&w, &v, sizeof(T));
+  r.lane_buf[slot] = w;
+  arrive(warp_bar(), 0, Op::None);
+  T out;
+  std::memcpy(&out, &r.lane_buf[slot - lane + src_of(lane, arg, width)], sizeof(T));
+  arrive(warp_bar(), 0, Op::None);
+  return out;
+}
+inline int xor_src(int lane, int m, int width) {
+  const int base = lane & ~(width - 1);
+  const int s = lane ^ m;
+  return s >= base + width ? lane : s;
+}
+inline int idx_src(int lane, int src, int width) { return (lane & ~(width - 1)) + (src & (width - 1)); }
+template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  return warp_exchange(mask, v, width, &xor_src, lane_mask);
+}
+template <class T>
+T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+  return warp_exchange(mask, v, width, &idx_src, src);
+}
+inline int __all_sync(unsigned mask, int p) {
+  using namespace cuda_emu;
+  if (mask != 0xffffffffu) fail("partial-warp vote masks are not emulated");
+  return int(arrive(warp_bar(), p ? 1 : 0, Op::Count)) == 32;
+}
+inline int __any_sync(unsigned mask, int p) {
+  using namespace cuda_emu;
+  if (mask != 0xffffffffu) fail("partial-warp vote masks are not emulated");
+  return arrive(warp_bar(), p ? 1 : 0, Op::Or) != 0;
 }
 inline unsigned __ballot_sync(unsigned mask, int p) {
   using namespace cuda_emu;
@@ -552,6 +690,14 @@ inline cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
   *p = cuda_emu::dev_alloc(bytes);
   return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
+template <class T>
+cudaError_t cudaMalloc(T** p, size_t bytes) {
+  return cudaMallocAsync(p, bytes, nullptr);
+}
+inline cudaError_t cudaFree(void* p) {
+  cuda_emu::dev_free(p);
+  return cudaSuccess;
+}
 inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
   cuda_emu::dev_free(p);
   return cudaSuccess;
@@ -565,7 +711,42 @@ inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyK
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaGetLastError() { return cuda_emu::st().error.empty() ? cudaSuccess : cudaErrorLaunchFailure; }
+inline cudaError_t cudaGetLastError() {
+  const bool bad = !cuda_emu::st().error.empty();
+  cuda_emu::st().error.clear();  // not sticky, like a launch error on the device
+  return bad ? cudaErrorLaunchFailure : cudaSuccess;
+}
+inline cudaError_t cudaPeekAtLastError() { return cuda_emu::st().error.empty() ? cudaSuccess : cudaErrorLaunchFailure; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaMemset(void* p, int v, size_t n) { return cudaMemsetAsync(p, v, n, nullptr); }
+inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind k) {
+  return cudaMemcpyAsync(d, s, n, k, nullptr);
+}
+// Events and properties: enough for test files that also hold benchmarks
+// (which skip without KVSQ_CUDA_BENCH); emulated times are meaningless.
+using cudaEvent_t = int*;
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  *e = nullptr;
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
+  *ms = 0.f;
+  return cudaSuccess;
+}
+struct cudaDeviceProp {
+  char name[256] = "CPU emulator";
+  int multiProcessorCount = 0;
+  int major = 0, minor = 0;
+};
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
+  *p = cudaDeviceProp{};
+  p->multiProcessorCount = cuda_emu::st().dev.sms;
+  p->major = cuda_emu::st().dev.major;
+  return cudaSuccess;
+}
 template <class... A, class... B>
 cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*k)(A...), B&&... args) {
   unsigned cs = 1;
@@ -574,18 +755,3 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*k)(A...), B
   return cuda_emu::launch_kernel(k, cfg->gridDim, cfg->blockDim, cfg->dynamicSmemBytes, cs,
                                  std::forward<B>(args)...);
 }
-
-namespace kvsq {
-namespace emu_cuda {
-inline Status cuda_status(cudaError_t e) {
-  if (e == cudaSuccess) return Status::Ok;
-  if (e == cudaErrorMemoryAllocation) return Status::OOM;
-  return Status::Cuda;
-}
-}  // namespace emu_cuda
-}  // namespace kvsq
-#define KVSQ_CUDA_TRY(expr)                                                          \
-  do {                                                                               \
-    const cudaError_t kvsq_e_ = (expr);                                              \
-    if (kvsq_e_ != cudaSuccess) return ::kvsq::emu_cuda::cuda_status(kvsq_e_);        \
-  } while (0)
