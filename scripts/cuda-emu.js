@@ -10,8 +10,8 @@
 // A CUDA test file (under test/) runs against the emulated launchers, its
 // tests renamed cuda_* -> emu_cuda_* (KVSQ_CUDA_EMU is defined for it: a test
 // of a kernel the emulator cannot run skips there).
-// Inline asm (the tensor-core helpers) becomes a call that fails the test if
-// it is ever reached; the rest of a file still runs. Static __shared__
+// Inline asm becomes a call to the emulator's model of the instruction
+// (cp.async, ldmatrix, mma.sync; any other fails the launch that reaches it). Static __shared__
 // variables become per-block emulator memory. Constructs with no model
 // (textures, other __shared__ forms) stop the rewrite with an error.
 'use strict';
@@ -30,8 +30,37 @@ const die = (msg) => {
 
 let sharedId = 0;
 
-// Replaces each `asm volatile? ( ... );` statement, parentheses matched.
-function stripAsm(text, file) {
+// Splits s at top-level occurrences of sep (outside parentheses, brackets
+// and string literals).
+function splitTop(s, sep) {
+  const parts = [];
+  let depth = 0;
+  let cur = '';
+  for (let i = 0; i < s.length; ++i) {
+    const c = s[i];
+    if (c === '"') {
+      let j = i + 1;
+      for (; s[j] !== '"'; ++j) if (s[j] === '\\') ++j;
+      cur += s.slice(i, j + 1);
+      i = j;
+      continue;
+    }
+    if (c === '(' || c === '[' || c === '{') depth++;
+    if (c === ')' || c === ']' || c === '}') depth--;
+    if (c === sep && depth === 0) {
+      parts.push(cur);
+      cur = '';
+    } else cur += c;
+  }
+  parts.push(cur);
+  return parts;
+}
+
+// `asm volatile("tpl" : "=r"(x), ... : "r"(y), ... : clobbers);` ->
+// ::cuda_emu::ptx("tpl", {Opnd::ref(x), ..., Opnd::val(y), ...}), which
+// models the few instructions the kernels use (cuda_emu.h) and fails a launch
+// that reaches any other.
+function rewriteAsm(text, file) {
   const re = /\basm\s*(?:volatile\s*)?\(/g;
   let res = '';
   let last = 0;
@@ -45,9 +74,18 @@ function stripAsm(text, file) {
       else if (text[i] === '"') for (++i; text[i] !== '"'; ++i) if (text[i] === '\\') ++i;
     }
     if (depth !== 0) die(`unbalanced asm statement in ${file}`);
-    while (text[i] === ' ') ++i;
-    if (text[i] !== ';') die(`asm statement without ';' in ${file}`);
-    res += text.slice(last, m.index) + '::cuda_emu::unsupported("inline asm")';
+    const inner = text.slice(m.index + m[0].length, i - 1);
+    const [tpl, outs = '', ins = ''] = splitTop(inner, ':');
+    const operand = (o, kind) => {
+      const mm = /^\s*"([^"]*)"\s*\(([\s\S]*)\)\s*$/.exec(o);
+      if (!mm) die(`asm operand "${o.trim()}" in ${file}`);
+      return `::cuda_emu::Opnd::${kind}(${mm[2]})`;
+    };
+    const ops = [
+      ...splitTop(outs, ',').filter((o) => o.trim()).map((o) => operand(o, 'ref')),
+      ...splitTop(ins, ',').filter((o) => o.trim()).map((o) => operand(o, 'val')),
+    ];
+    res += text.slice(last, m.index) + `::cuda_emu::ptx(${tpl.trim()}, {${ops.join(', ')}})`;
     last = i;
     re.lastIndex = i;
   }
@@ -78,7 +116,7 @@ function rewriteChevrons(text, file) {
 function rewrite(file, text, isTest = false) {
   const dir = path.dirname(path.resolve(file));
   if (/\btex[123]D\b|\bcudaTextureObject_t\b/.test(text)) die(`${file} uses textures`);
-  text = stripAsm(text, file);
+  text = rewriteAsm(text, file);
   // CUDA headers are replaced by the emulator's; project headers keep working.
   text = text.replace(/^#include <(cuda_runtime|cooperative_groups|cuda_bf16|cuda_fp16|cuda)\.h>\s*$/gm, '');
   text = text.replace(/^#include "common\.cuh"\s*$/m, '');
@@ -94,15 +132,21 @@ function rewrite(file, text, isTest = false) {
     /extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w:]+(?:\s+[\w:]+)*?)\s+(\w+)\[\]\s*;/g,
     (m, type, name) => `${type}* ${name} = ::cuda_emu::dynamic_smem<${type}>();`,
   );
-  // __shared__ [__align__(N)] T name[N];  /  __shared__ T name;  ->  per-block emulator memory
+  // __shared__ [__align__(N)] T a[N][M], b, c[K];  ->  references into per-block emulator memory
   text = text.replace(
-    /__shared__\s+(?:__align__\(\d+\)\s+)?([\w:]+(?:\s+[\w:]+)*?)\s+(\w+)\s*(?:\[([^\]]+)\])?\s*;/g,
-    (m, type, name, n) => {
-      const id = sharedId++;
-      return n === undefined
-        ? `${type}& ${name} = ::cuda_emu::static_smem<${type}>(${id}, 1)[0];`
-        : `${type}* ${name} = ::cuda_emu::static_smem<${type}>(${id}, ${n});`;
-    },
+    /__shared__\s+(?:__align__\(\d+\)\s+)?((?:(?:unsigned|signed|long|short|const)\s+)*[\w:]+)\s+([^;]+);/g,
+    (m, type, decls) =>
+      splitTop(decls, ',')
+        .map((d) => {
+          const dm = /^\s*(\w+)\s*((?:\[[^\]]+\])*)\s*$/.exec(d);
+          if (!dm) die(`__shared__ declarator "${d.trim()}" in ${file}`);
+          const [, name, dims] = dm;
+          const id = sharedId++;
+          if (!dims) return `${type}& ${name} = ::cuda_emu::static_smem<${type}>(${id}, 1)[0];`;
+          return `${type} (&${name})${dims} = *reinterpret_cast<${type} (*)${dims}>(` +
+            `::cuda_emu::static_smem<${type}>(${id}, sizeof(${type}${dims}) / sizeof(${type})));`;
+        })
+        .join(' '),
   );
   if (/\b__shared__\b/.test(text.replace(/\/\/.*$/gm, ''))) die(`${file}: a __shared__ form the rewrite does not know`);
   // kernel<<<grid, block[, smem[, stream]]>>>(args)  ->  chevron(grid, ...)([&] { kernel(args); })

@@ -25,11 +25,14 @@ std::mt19937_64& rng() {
 
 int main(int argc, char** argv) {
   using namespace kvsqtest;
+  // argv[1]: run only the tests whose name contains it; "-text": all but those
   const char* filter = argc > 1 ? argv[1] : nullptr;
+  const bool exclude = filter && filter[0] == '-';
+  if (exclude) ++filter;
   std::printf("kvsqueeze native suite, seed %llu (KVSQ_SEED to replay)\n", (unsigned long long)seed());
   int passed = 0, failed = 0, skipped = 0;
   for (const Test& t : registry()) {
-    if (filter && !std::strstr(t.name, filter)) continue;
+    if (filter && (std::strstr(t.name, filter) != nullptr) == exclude) continue;
     rng().seed(seed() ^ std::hash<std::string>()(t.name));  // each test replayable alone
     try {
       t.fn();

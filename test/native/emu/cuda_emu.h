@@ -84,9 +84,7 @@ inline float4 make_float4(float a, float b, float c, float d) { return float4{a,
 inline float2 make_float2(float a, float b) { return float2{a, b}; }
 inline uint2 make_uint2(uint32_t a, uint32_t b) { return uint2{a, b}; }
 inline uint4 make_uint4(uint32_t a, uint32_t b, uint32_t c, uint32_t d) { return uint4{a, b, c, d}; }
-// Shared-memory addresses for ldmatrix / cp.async: the asm that uses them is
-// not emulated, so any value serves.
-inline uint32_t __cvta_generic_to_shared(const void* p) { return uint32_t(reinterpret_cast<uintptr_t>(p)); }
+
 
 // 16-bit floats: storage only; conversions are the CPU twins' (native/core/
 // dtype.h: round to nearest even, like the device's _rn intrinsics).
@@ -351,8 +349,12 @@ struct Run {
   int cur = -1;
   unsigned cs = 1, threads = 0;  // threads: per block
   size_t smem_bytes = 0;
-  std::vector<std::vector<unsigned char>> smem;  // per block of the cluster
-  std::vector<std::map<int, std::vector<unsigned char>>> static_smem;
+  // Per block of the cluster, one arena: dynamic shared memory at offset 0,
+  // guard bytes, then the static __shared__ variables as first used. A
+  // shared-space address (cvta, ldmatrix, cp.async) is an offset into it.
+  std::vector<std::vector<unsigned char>> smem;
+  std::vector<std::map<int, size_t>> static_off;
+  std::vector<size_t> arena_used;
   std::vector<Barrier> warp_bar, block_bar;
   Barrier cluster_bar;
   std::vector<uint64_t> lane_buf;  // one word per thread for warp exchanges
@@ -399,12 +401,23 @@ inline size_t thread_slot() {
 
 // A static __shared__ variable (declaration id, element count): one buffer
 // per block, made on the first thread's first use, filled with the pattern.
+constexpr size_t kStaticSmem = 64 * 1024;  // room for static __shared__ variables per block
 template <class T>
 T* static_smem(int id, size_t n) {
-  auto& m = run()->static_smem[local_block()];
+  Run& r = *run();
+  const unsigned b = local_block();
+  auto& m = r.static_off[b];
   auto it = m.find(id);
-  if (it == m.end()) it = m.emplace(id, std::vector<unsigned char>(n * sizeof(T) + 16, kFill)).first;
-  return reinterpret_cast<T*>(it->second.data());
+  if (it == m.end()) {
+    const size_t off = (r.arena_used[b] + 15) & ~size_t(15);
+    if (off + n * sizeof(T) > r.smem[b].size()) {
+      fail("static __shared__ variables above the emulator's 64 KB");
+      return reinterpret_cast<T*>(r.smem[b].data());
+    }
+    r.arena_used[b] = off + n * sizeof(T);
+    it = m.emplace(id, off).first;
+  }
+  return reinterpret_cast<T*>(r.smem[b].data() + it->second);
 }
 
 // What a kernel reached that the emulator does not model (inline asm).
@@ -422,7 +435,7 @@ T* map_shared_rank(T* p, int rank) {
   Run& r = *run();
   auto& mine = r.smem[local_block()];
   const unsigned char* b = reinterpret_cast<const unsigned char*>(p);
-  if (b < mine.data() || b >= mine.data() + r.smem_bytes) {
+  if (b < mine.data() || b >= mine.data() + mine.size()) {
     fail("map_shared_rank of a pointer outside the block's shared memory");
     return p;
   }
@@ -431,6 +444,26 @@ T* map_shared_rank(T* p, int rank) {
     return p;
   }
   return reinterpret_cast<T*>(r.smem[rank].data() + (b - mine.data()));
+}
+
+// The shared-space address of p: its offset in the running block's arena.
+inline uint32_t shared_address(const void* p) {
+  Run& r = *run();
+  auto& mine = r.smem[local_block()];
+  const unsigned char* b = static_cast<const unsigned char*>(p);
+  if (b < mine.data() || b >= mine.data() + mine.size()) {
+    fail("a shared-space address of a pointer outside the block's shared memory");
+    return 0;
+  }
+  return uint32_t(b - mine.data());
+}
+inline unsigned char* shared_at(uint32_t addr, size_t bytes) {
+  auto& mine = run()->smem[local_block()];
+  if (size_t(addr) + bytes > mine.size()) {
+    fail("a shared-space access outside the block's shared memory");
+    return mine.data();
+  }
+  return mine.data() + addr;
 }
 
 // A fiber's whole life: the kernel body, then back to the scheduler for good.
@@ -484,8 +517,9 @@ inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)
   for (size_t c = 0; c < clusters && st().error.empty(); ++c) {
     const unsigned c0 = unsigned(c % (grid.x / cs)) * cs, cy = unsigned(c / (grid.x / cs) % grid.y),
                    cz = unsigned(c / (grid.x / cs) / grid.y);
-    r.smem.assign(cs, std::vector<unsigned char>(smem + kGuard, kFill));
-    r.static_smem.assign(cs, {});
+    r.smem.assign(cs, std::vector<unsigned char>(smem + kGuard + kStaticSmem, kFill));
+    r.static_off.assign(cs, {});
+    r.arena_used.assign(cs, smem + kGuard);
     for (auto& m : r.smem) std::memset(m.data() + smem, kGuardByte, kGuard);
     r.warp_bar.assign(nthreads / 32, Barrier{});
     for (auto& b : r.warp_bar) b.expected = 32;
@@ -702,11 +736,11 @@ inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
   cuda_emu::dev_free(p);
   return cudaSuccess;
 }
-inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) {
   std::memset(p, v, n);
   return cudaSuccess;
 }
-inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) {
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t = nullptr) {
   std::memcpy(d, s, n);
   return cudaSuccess;
 }
@@ -722,6 +756,22 @@ inline cudaError_t cudaMemset(void* p, int v, size_t n) { return cudaMemsetAsync
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind k) {
   return cudaMemcpyAsync(d, s, n, k, nullptr);
 }
+// Memory pools: the launchers tune the default pool's release threshold.
+using cudaMemPool_t = void*;
+enum cudaMemPoolAttr { cudaMemPoolAttrReleaseThreshold };
+inline cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* p, int) {
+  *p = nullptr;
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t, cudaMemPoolAttr, void* v) {
+  std::memset(v, 0, 8);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) { return cudaSuccess; }
+inline const char* cudaGetErrorName(cudaError_t e) { return e == cudaSuccess ? "cudaSuccess" : "cudaErrorEmulated"; }
+inline const char* cudaGetErrorString(cudaError_t e) {
+  return e == cudaSuccess ? "no error" : cuda_emu::st().error.c_str();
+}
 // Events and properties: enough for test files that also hold benchmarks
 // (which skip without KVSQ_CUDA_BENCH); emulated times are meaningless.
 using cudaEvent_t = int*;
@@ -730,7 +780,7 @@ inline cudaError_t cudaEventCreate(cudaEvent_t* e) {
   return cudaSuccess;
 }
 inline cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
-inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t = nullptr) { return cudaSuccess; }
 inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
   *ms = 0.f;
@@ -754,4 +804,205 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*k)(A...), B
     if (cfg->attrs[i].id == cudaLaunchAttributeClusterDimension) cs = cfg->attrs[i].val.clusterDim.x;
   return cuda_emu::launch_kernel(k, cfg->gridDim, cfg->blockDim, cfg->dynamicSmemBytes, cs,
                                  std::forward<B>(args)...);
+}
+
+// ---------------------------------------------------------------- PTX (inline asm)
+// scripts/cuda-emu.js turns `asm volatile("tpl" : outs : ins)` into
+// cuda_emu::ptx("tpl", {operands}) (outputs first, by reference; inputs by
+// value; numbered %0.. in that order, as in the asm). The instructions the
+// kernels use are modelled from their PTX ISA definitions: cp.async (a
+// synchronous copy is a valid cp.async followed by its wait), ldmatrix x4
+// (and .trans) and mma.sync m16n8k16 f32 += f16/bf16 (fragment layouts of
+// the PTX ISA's "matrix fragments for mma.m16n8k16"; products summed in
+// double, rounded once: within any f32 accumulation order's error). Anything
+// else fails the launch.
+namespace cuda_emu {
+
+struct Opnd {
+  void* p = nullptr;  // outputs (and in/out operands): where the result goes
+  uint64_t v = 0;     // the value's bits on entry
+  template <class T>
+  static Opnd ref(T& x) {
+    static_assert(sizeof(T) <= 8, "operand wider than 64 bits");
+    Opnd o;
+    o.p = &x;
+    std::memcpy(&o.v, &x, sizeof(T));
+    return o;
+  }
+  template <class T>
+  static Opnd val(const T& x) {
+    static_assert(sizeof(T) <= 8, "operand wider than 64 bits");
+    Opnd o;
+    std::memcpy(&o.v, &x, sizeof(T));
+    return o;
+  }
+};
+
+inline float b16_to_f32(uint16_t h, bool f16) { return f16 ? kvsq::f16_to_f32(h) : kvsq::bf16_to_f32(h); }
+
+// Every lane deposits its operand words; after a warp barrier each computes
+// its results from all lanes'; a second barrier keeps the deposits until all
+// have read them.
+struct WarpDeposit {
+  uint64_t w[12];
+};
+inline std::vector<WarpDeposit>& deposits() {
+  static std::vector<WarpDeposit> d;
+  return d;
+}
+
+enum class Ptx { CommitOrWait, CpAsync, Ldsm, LdsmTrans, MmaF16, MmaBf16, Other };
+
+// The instruction of a template (classified once per call site: the
+// template is a string literal).
+inline Ptx classify(const char* tpl) {
+  auto starts = [&](const char* p) { return std::strncmp(tpl, p, std::strlen(p)) == 0; };
+  auto has = [&](const char* p) { return std::strstr(tpl, p) != nullptr; };
+  if (starts("cp.async.commit_group") || starts("cp.async.wait_group")) return Ptx::CommitOrWait;
+  if (starts("cp.async.cg.shared.global")) return Ptx::CpAsync;
+  if (starts("ldmatrix.sync.aligned.m8n8.x4")) return has(".trans") ? Ptx::LdsmTrans : Ptx::Ldsm;
+  if (starts("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32")) return Ptx::MmaF16;
+  if (starts("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")) return Ptx::MmaBf16;
+  return Ptx::Other;
+}
+
+// Results of the warp's current ldmatrix / mma, computed once by the first
+// lane resumed after the deposit barrier (generation = that barrier's).
+struct WarpResult {
+  uint64_t gen = ~uint64_t(0);
+  uint32_t out[32][4];
+};
+inline std::vector<WarpResult>& warp_results() {
+  static std::vector<WarpResult> r;
+  return r;
+}
+
+inline void ptx_compute(Ptx kind, const WarpDeposit* dep, uint32_t (&out)[32][4]) {
+  if (kind == Ptx::Ldsm || kind == Ptx::LdsmTrans) {
+    for (int lane = 0; lane < 32; ++lane)
+      for (int i = 0; i < 4; ++i) {
+        if (kind == Ptx::Ldsm) {
+          const uint32_t a = uint32_t(dep[8 * i + lane / 4].w[4]);
+          std::memcpy(&out[lane][i], shared_at(a + 4 * (lane % 4), 4), 4);
+        } else {
+          uint16_t lo, hi;
+          const uint32_t a0 = uint32_t(dep[8 * i + 2 * (lane % 4)].w[4]);
+          const uint32_t a1 = uint32_t(dep[8 * i + 2 * (lane % 4) + 1].w[4]);
+          std::memcpy(&lo, shared_at(a0 + 2 * (lane / 4), 2), 2);
+          std::memcpy(&hi, shared_at(a1 + 2 * (lane / 4), 2), 2);
+          out[lane][i] = uint32_t(lo) | (uint32_t(hi) << 16);
+        }
+      }
+    return;
+  }
+  // mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}: c %0-3 (in/out), a %4-7, b %8-9
+  const bool f16 = kind == Ptx::MmaF16;
+  auto half = [](uint64_t w, int k) { return uint16_t(uint32_t(w) >> (16 * (k & 1))); };
+  double A[16][16], B[16][8];
+  for (int row = 0; row < 16; ++row)  // lane (row % 8) * 4 + (k % 8) / 2, register (row >= 8) + 2 (k >= 8)
+    for (int k = 0; k < 16; ++k)
+      A[row][k] = b16_to_f32(half(dep[(row % 8) * 4 + (k % 8) / 2].w[4 + (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k), f16);
+  for (int k = 0; k < 16; ++k)  // lane col * 4 + (k % 8) / 2, register (k >= 8)
+    for (int col = 0; col < 8; ++col)
+      B[k][col] = b16_to_f32(half(dep[col * 4 + (k % 8) / 2].w[8 + (k >= 8 ? 1 : 0)], k), f16);
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane / 4, tig = lane % 4;
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + (i >= 2 ? 8 : 0), col = 2 * tig + (i & 1);
+      float c;
+      const uint32_t cb = uint32_t(dep[lane].w[i]);
+      std::memcpy(&c, &cb, 4);
+      double acc = c;
+      for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
+      const float d = float(acc);
+      std::memcpy(&out[lane][i], &d, 4);
+    }
+  }
+}
+
+inline void ptx_warp(Ptx kind, const Opnd* ops, size_t nops) {
+  Run& r = *run();
+  const size_t nthreads = size_t(r.cs) * r.threads;
+  auto& dep = deposits();
+  if (dep.size() < nthreads) dep.resize(nthreads);
+  auto& res = warp_results();
+  if (res.size() < nthreads / 32) res.resize(nthreads / 32);
+  const size_t slot = thread_slot();
+  const int lane = int(self().tid & 31);
+  for (size_t i = 0; i < nops && i < 12; ++i) dep[slot].w[i] = ops[i].v;
+  Barrier& wb = warp_bar();
+  arrive(wb, 0, Op::None);
+  WarpResult& wr = res[slot / 32];
+  if (wr.gen != wb.gen) {
+    ptx_compute(kind, &dep[slot - size_t(lane)], wr.out);
+    wr.gen = wb.gen;
+  }
+  uint32_t out[4];
+  std::memcpy(out, wr.out[lane], sizeof(out));
+  arrive(wb, 0, Op::None);  // the deposits stay until every lane has its results
+  for (int i = 0; i < 4; ++i) std::memcpy(ops[i].p, &out[i], 4);
+}
+
+inline void ptx(const char* tpl, std::initializer_list<Opnd> list) {
+  const Opnd* ops = list.begin();
+  const size_t n = list.size();
+  static const char* last_tpl = nullptr;  // one call site at a time, mostly
+  static Ptx last_kind = Ptx::Other;
+  if (tpl != last_tpl) {
+    last_kind = classify(tpl);
+    last_tpl = tpl;
+  }
+  switch (last_kind) {
+    case Ptx::CommitOrWait: return;
+    case Ptx::CpAsync: {
+      // [dst], [src], 16[, src-size]: src-size bytes copied, the rest of the 16 zeroed
+      if (n < 2) break;
+      const char* comma = std::strrchr(tpl, ',');
+      size_t bytes = 16;
+      if (std::strstr(comma, "%2")) bytes = n > 2 ? size_t(uint32_t(ops[2].v)) : 16;
+      else if (!std::strstr(comma, "16")) bytes = size_t(std::strtoul(comma + 1, nullptr, 10));
+      if (bytes > 16) bytes = 16;
+      unsigned char* dst = shared_at(uint32_t(ops[0].v), 16);
+      const void* src = reinterpret_cast<const void*>(uintptr_t(ops[1].v));
+      if (bytes) std::memcpy(dst, src, bytes);
+      std::memset(dst + bytes, 0, 16 - bytes);
+      return;
+    }
+    case Ptx::Ldsm:
+    case Ptx::LdsmTrans:
+      if (n != 5) break;
+      ptx_warp(last_kind, ops, n);
+      return;
+    case Ptx::MmaF16:
+    case Ptx::MmaBf16:
+      if (n != 10) break;
+      ptx_warp(last_kind, ops, n);
+      return;
+    case Ptx::Other: break;
+  }
+  unsupported((std::string("PTX `") + tpl + "`").c_str());
+}
+
+}  // namespace cuda_emu
+
+inline uint32_t __cvta_generic_to_shared(const void* p) { return cuda_emu::shared_address(p); }
+template <class T>
+inline T __ldcg(const T* p) { return *p; }
+inline void __threadfence() {}  // one thread runs at a time: every write is visible
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  if (mask != 0xffffffffu) cuda_emu::fail("partial-warp __syncwarp is not emulated");
+  cuda_emu::arrive(cuda_emu::warp_bar(), 0, cuda_emu::Op::None);
+}
+inline int __reduce_min_sync(unsigned mask, int v) {
+  int m = v;
+  for (int o = 16; o > 0; o >>= 1) m = std::min(m, __shfl_xor_sync(mask, m, o));
+  return m;
+}
+template <class K>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, K, int threads, size_t smem) {
+  // an H100-like SM: 2048 threads, 228 KB of shared memory, 32 blocks
+  int b = threads > 0 ? 2048 / threads : 0;
+  if (smem > 0) b = std::min<int>(b, int((228 * 1024) / (smem + 1024)));
+  *n = std::max(0, std::min(b, 32));
+  return cudaSuccess;
 }
