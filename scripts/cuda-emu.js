@@ -56,12 +56,9 @@ function splitTop(s, sep) {
   return parts;
 }
 
-// `asm volatile("tpl" : "=r"(x), ... : "r"(y), ... : clobbers);` ->
-// ::cuda_emu::ptx("tpl", {Opnd::ref(x), ..., Opnd::val(y), ...}), which
-// models the few instructions the kernels use (cuda_emu.h) and fails a launch
-// that reaches any other.
-function rewriteAsm(text, file) {
-  const re = /\basm\s*(?:volatile\s*)?\(/g;
+// Rewrites every match of re (which ends at an opening parenthesis) up to
+// its matching closing one: fn(match, inside) gives the replacement.
+function rewriteCalls(text, re, file, fn) {
   let res = '';
   let last = 0;
   let m;
@@ -73,8 +70,20 @@ function rewriteAsm(text, file) {
       else if (text[i] === ')') depth--;
       else if (text[i] === '"') for (++i; text[i] !== '"'; ++i) if (text[i] === '\\') ++i;
     }
-    if (depth !== 0) die(`unbalanced asm statement in ${file}`);
-    const inner = text.slice(m.index + m[0].length, i - 1);
+    if (depth !== 0) die(`unbalanced parentheses after "${m[0]}" in ${file}`);
+    res += text.slice(last, m.index) + fn(m, text.slice(m.index + m[0].length, i - 1));
+    last = i;
+    re.lastIndex = i;
+  }
+  return res + text.slice(last);
+}
+
+// `asm volatile("tpl" : "=r"(x), ... : "r"(y), ... : clobbers);` ->
+// ::cuda_emu::ptx("tpl", {Opnd::ref(x), ..., Opnd::val(y), ...}), which
+// models the few instructions the kernels use (cuda_emu.h) and fails a launch
+// that reaches any other.
+function rewriteAsm(text, file) {
+  return rewriteCalls(text, /\basm\s*(?:volatile\s*)?\(/g, file, (m, inner) => {
     const [tpl, outs = '', ins = ''] = splitTop(inner, ':');
     const operand = (o, kind) => {
       const mm = /^\s*"([^"]*)"\s*\(([\s\S]*)\)\s*$/.exec(o);
@@ -85,32 +94,16 @@ function rewriteAsm(text, file) {
       ...splitTop(outs, ',').filter((o) => o.trim()).map((o) => operand(o, 'ref')),
       ...splitTop(ins, ',').filter((o) => o.trim()).map((o) => operand(o, 'val')),
     ];
-    res += text.slice(last, m.index) + `::cuda_emu::ptx(${tpl.trim()}, {${ops.join(', ')}})`;
-    last = i;
-    re.lastIndex = i;
-  }
-  return res + text.slice(last);
+    return `::cuda_emu::ptx(${tpl.trim()}, {${ops.join(', ')}})`;
+  });
 }
 
+// kernel<<<grid, block[, smem[, stream]]>>>(args)  ->  chevron(grid, ...)([&] { kernel(args); })
+// (each emulated thread evaluates the call: its own copies of the
+// arguments, template arguments deduced as nvcc does)
 function rewriteChevrons(text, file) {
-  const re = /([\w:]+(?:<[^<>;]*>)?)\s*<<<([^;]*?)>>>\s*\(/g;
-  let res = '';
-  let last = 0;
-  let m;
-  while ((m = re.exec(text))) {
-    let depth = 1;
-    let i = m.index + m[0].length;
-    for (; i < text.length && depth > 0; ++i) {
-      if (text[i] === '(') depth++;
-      else if (text[i] === ')') depth--;
-    }
-    if (depth !== 0) die(`unbalanced kernel launch in ${file}`);
-    const args = text.slice(m.index + m[0].length, i - 1);
-    res += text.slice(last, m.index) + `::cuda_emu::chevron(${m[2]})([&] { ${m[1]}(${args}); })`;
-    last = i;
-    re.lastIndex = i;
-  }
-  return res + text.slice(last);
+  return rewriteCalls(text, /([\w:]+(?:<[^<>;]*>)?)\s*<<<([^;]*?)>>>\s*\(/g, file,
+    (m, args) => `::cuda_emu::chevron(${m[2]})([&] { ${m[1]}(${args}); })`);
 }
 
 function rewrite(file, text, isTest = false) {
@@ -149,9 +142,6 @@ function rewrite(file, text, isTest = false) {
         .join(' '),
   );
   if (/\b__shared__\b/.test(text.replace(/\/\/.*$/gm, ''))) die(`${file}: a __shared__ form the rewrite does not know`);
-  // kernel<<<grid, block[, smem[, stream]]>>>(args)  ->  chevron(grid, ...)([&] { kernel(args); })
-  // (each emulated thread evaluates the call: its own copies of the
-  // arguments, template arguments deduced as nvcc does)
   text = rewriteChevrons(text, file);
   // common.cuh's qualified names point at the emulated namespace
   text = text.replace(/::kvsq::(?!emu_cuda)/g, '::kvsq::emu_cuda::');
