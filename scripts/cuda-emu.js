@@ -8,8 +8,9 @@
 // launchers in namespace kvsq::emu_cuda: the emulated code and the tests use
 // those, never the real kvsq:: ones). cuda/common.cuh is inlined into each.
 // A CUDA test file (under test/) runs against the emulated launchers, its
-// tests renamed cuda_* -> emu_cuda_* (KVSQ_CUDA_EMU is defined for it: a test
-// of a kernel the emulator cannot run skips there).
+// tests renamed cuda_* -> emu_* (so the filter "cuda_" still picks the
+// device tests alone); KVSQ_CUDA_EMU is defined for it, for the few places
+// where a test differs under the emulator (sizes, the emulated part).
 // Inline asm becomes a call to the emulator's model of the instruction
 // (cp.async, ldmatrix, mma.sync; any other fails the launch that reaches it). Static __shared__
 // variables become per-block emulator memory. Constructs with no model
@@ -148,7 +149,7 @@ function rewrite(file, text, isTest = false) {
   if (isTest) {
     // a CUDA test file: its tests run the emulated launchers, under new names
     text = text.replace(/^using namespace kvsq;\s*$/m, 'using namespace kvsq;\nusing namespace kvsq::emu_cuda;');
-    text = text.replace(/\bKVSQ_TEST\(cuda_/g, 'KVSQ_TEST(emu_cuda_');
+    text = text.replace(/\bKVSQ_TEST\(cuda_/g, 'KVSQ_TEST(emu_');
     return text;
   }
   let opened = 0;

@@ -57,7 +57,7 @@ step() { # name, time limit in seconds, command...
   tail -4 "$log/$name.txt"
 }
 
-step native 100 "$tests"
+step native 100 "$tests" -emu_  # the emulated copies of the CUDA tests ran in CI already
 step smoke 60 env KVSQ_ADDON="$carry/kvsqueeze.node" KVSQ_DIST="$carry/dist" "$NODE" scripts/gpu-smoke.js
 step bench 90 env KVSQ_CUDA_BENCH=1 "$tests" bench
 # The same kernels through the library, as a user runs them (L2 flushed

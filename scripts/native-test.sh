@@ -5,7 +5,7 @@
 #   scripts/native-test.sh --sanitize   AddressSanitizer + UBSan build, CPU only
 # Ends with the suite's own line "N passed, N failed, N skipped" (the main run's).
 # CUDA kernels the CPU emulator can run are tested on every machine
-# (emu_cuda_* tests: test/native/emu), with or without nvcc and a device.
+# (emu_* tests: test/native/emu), with or without nvcc and a device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
@@ -32,7 +32,7 @@ rc=${PIPESTATUS[0]}
 # emulated CUDA tests, which the main run has done: they exercise the CUDA code).
 for narrow in KVSQ_NO_AVX512 KVSQ_NO_SIMD; do
   echo "-- $narrow=1"
-  env "$narrow=1" "$dir/kvsq_native_tests" -emu_cuda_ | tail -1 || rc=1
+  env "$narrow=1" "$dir/kvsq_native_tests" -emu_ | tail -1 || rc=1
 done
 # The closing line of the whole suite (the main run's counts).
 grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped' "$main_log" | tail -1

@@ -666,6 +666,9 @@ DecodeAttnArgs bench_args(int B, int Hq, int Hkv, int D, int P, int64_t num_page
 }  // namespace
 
 KVSQ_TEST(cuda_decode_bench) {
+#ifdef KVSQ_CUDA_EMU
+  SKIP("benchmarks time a device, not the emulator");
+#endif
   const char* env = std::getenv("KVSQ_CUDA_BENCH");
   if (!env || std::strcmp(env, "1") != 0) SKIP("set KVSQ_CUDA_BENCH=1 to run the CUDA decode benchmark");
   need_device();

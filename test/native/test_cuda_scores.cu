@@ -877,6 +877,9 @@ double time_median(F&& f, int reps, void* flush, size_t flush_bytes) {
 }  // namespace
 
 KVSQ_TEST(cuda_bench_scores) {
+#ifdef KVSQ_CUDA_EMU
+  SKIP("benchmarks time a device, not the emulator");
+#endif
   const char* env = std::getenv("KVSQ_CUDA_BENCH");
   if (!env || std::strcmp(env, "1") != 0) SKIP("set KVSQ_CUDA_BENCH=1 to run the CUDA scoring benchmarks");
   need_device();
