@@ -2,7 +2,9 @@
 // Node smoke test of the CUDA path (run by scripts/gpu-check.sh): tensors to
 // the device and back, SnapKV prefill, 16 decode steps with H2O and with
 // Quest on a cuda:0 cache, compared with the same run on the CPU.
-// KVSQ_DIST points at the compiled library (default ./dist).
+// KVSQ_DIST points at the compiled library (default ./dist). KVSQ_SMOKE_SMALL=1
+// shortens the prompt and the steps (the CPU emulator's run in CI:
+// scripts/cuda-emu-smoke.sh).
 'use strict';
 const path = require('path');
 const k = require(path.resolve(process.env.KVSQ_DIST || 'dist'));
@@ -35,13 +37,15 @@ d.dispose();
 t.dispose();
 
 // 2. The same sequences on both devices.
-const Hq = 32, Hkv = 8, D = 128, L = 3000, layers = 2, steps = 16;
+const small = process.env.KVSQ_SMOKE_SMALL === '1';
+const Hq = 32, Hkv = 8, D = 128, L = small ? 1100 : 3000, layers = 2, steps = small ? 6 : 16;
+const [snap, heavy, questBudget] = small ? [384, 96, 192] : [1024, 256, 512];
 const prompt = Array.from({ length: layers }, () => ({ q: randArr(Hq * L * D), k: randArr(Hkv * L * D), v: randArr(Hkv * L * D) }));
 const dec = Array.from({ length: layers * steps }, () => ({ q: randArr(Hq * D), k: randArr(Hkv * D), v: randArr(Hkv * D) }));
 
 function run(device, decodePolicy) {
   const cache = new k.PagedKVCache({ layers, kvHeads: Hkv, qHeads: Hq, headDim: D, dtype: 'bf16', device, pages: 4096 });
-  const seq = cache.addSequence({ prefill: new k.SnapKV({ budget: 1024 }), decode: decodePolicy });
+  const seq = cache.addSequence({ prefill: new k.SnapKV({ budget: snap }), decode: decodePolicy });
   const T = (a, shape) => k.Tensor.from(a, shape, { dtype: 'bf16', device });
   for (let l = 0; l < layers; l++) seq.prefill(l, T(prompt[l].q, [Hq, L, D]), T(prompt[l].k, [Hkv, L, D]), T(prompt[l].v, [Hkv, L, D]));
   const outs = [];
@@ -57,7 +61,7 @@ function run(device, decodePolicy) {
   return { outs, kept };
 }
 
-for (const [name, mk] of [['H2O', () => new k.H2O({ heavy: 256, recent: 256 })], ['Quest', () => new k.Quest({ budget: 512, denseLayers: 1 })]]) {
+for (const [name, mk] of [['H2O', () => new k.H2O({ heavy, recent: heavy })], ['Quest', () => new k.Quest({ budget: questBudget, denseLayers: 1 })]]) {
   try {
     const cpu = run('cpu', mk());
     const gpu = run('cuda:0', mk());

@@ -39,7 +39,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <atomic>
 #include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -161,7 +163,10 @@ inline T atomicOr(T* p, T v) {
 using cudaError_t = int;
 constexpr cudaError_t cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2,
                       cudaErrorInsufficientDriver = 35, cudaErrorNoDevice = 100, cudaErrorInvalidDevice = 101,
-                      cudaErrorLaunchFailure = 719;
+                      cudaErrorECCUncorrectable = 214, cudaErrorIllegalAddress = 700,
+                      cudaErrorHardwareStackError = 714, cudaErrorIllegalInstruction = 715,
+                      cudaErrorMisalignedAddress = 716, cudaErrorInvalidAddressSpace = 717, cudaErrorInvalidPc = 718,
+                      cudaErrorLaunchFailure = 719, cudaErrorAssert = 710;
 using cudaStream_t = void*;
 enum cudaDeviceAttr {
   cudaDevAttrComputeCapabilityMajor,
@@ -203,17 +208,24 @@ struct State {
   Device dev;
   std::map<const void*, size_t> allocs;    // device allocations -> size
   std::map<const void*, int> smem_limit;   // kernel -> MaxDynamicSharedMemorySize
-  std::string error;                       // first error of the current launch (cleared when one starts)
-  long failures = 0;                       // every error ever reported (tests compare before / after)
+  std::atomic<long> failures{0};           // every error ever reported (tests compare before / after)
+  std::mutex alloc_mu;                     // allocs (ops may allocate from several threads)
+  std::mutex launch_mu;                    // one launch at a time (the fibers' state is global)
   long launches = 0;
 };
 inline State& st() {
   static State s;
   return s;
 }
+// The first error of the calling thread's current launch (cleared when one
+// starts); per thread, as the runtime's last error is.
+inline std::string& err() {
+  static thread_local std::string e;
+  return e;
+}
 struct Run;
-inline Run*& run() {
-  static Run* r = nullptr;
+inline Run*& run() {  // the calling thread's launch (its fibers run on that thread)
+  static thread_local Run* r = nullptr;
   return r;
 }
 
@@ -224,8 +236,8 @@ inline Run*& run() {
 // A bad launch configuration fails the launch without stopping anything.
 inline void launch_error(const std::string& why) {
   ++st().failures;
-  if (st().error.empty()) {
-    st().error = why;
+  if (err().empty()) {
+    err() = why;
     std::fprintf(stderr, "cuda-emu: %s\n", why.c_str());
   }
 }
@@ -242,6 +254,7 @@ inline void* dev_alloc(size_t bytes) {
   if (!p) return nullptr;
   std::memset(p, kFill, bytes);
   std::memset(p + bytes, kGuardByte, kGuard);
+  std::lock_guard<std::mutex> lk(st().alloc_mu);
   st().allocs[p] = bytes;
   return p;
 }
@@ -252,6 +265,7 @@ inline bool guard_ok(const unsigned char* p, size_t bytes) {
 }
 inline void dev_free(void* p) {
   if (!p) return;
+  std::unique_lock<std::mutex> lk(st().alloc_mu);
   auto it = st().allocs.find(p);
   if (it == st().allocs.end()) {
     fail("free of a pointer that is not a device allocation");
@@ -263,6 +277,7 @@ inline void dev_free(void* p) {
 }
 // Checks the guards of every live device allocation (after each launch).
 inline void check_guards(const char* what) {
+  std::lock_guard<std::mutex> lk(st().alloc_mu);
   for (auto& a : st().allocs)
     if (!guard_ok(static_cast<const unsigned char*>(a.first), a.second))
       fail(std::string("write past the end of a device allocation during ") + what);
@@ -480,7 +495,7 @@ inline void fiber_main() {
 inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)(void*), void* arg) {
   State& s = st();
   ++s.launches;
-  s.error.clear();
+  err().clear();
   const unsigned threads = block.x * block.y * block.z;
   if (threads == 0 || threads % 32 || threads > 1024) {
     launch_error("block size must be a multiple of 32 in [32, 1024] (the emulator forms whole warps)");
@@ -514,7 +529,7 @@ inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)
   blockDim = block;
   // clusters run one after another: x fastest, then y, then z (clusters span x)
   const size_t clusters = size_t(grid.x / cs) * grid.y * grid.z;
-  for (size_t c = 0; c < clusters && st().error.empty(); ++c) {
+  for (size_t c = 0; c < clusters && err().empty(); ++c) {
     const unsigned c0 = unsigned(c % (grid.x / cs)) * cs, cy = unsigned(c / (grid.x / cs) % grid.y),
                    cz = unsigned(c / (grid.x / cs) / grid.y);
     r.smem.assign(cs, std::vector<unsigned char>(smem + kGuard + kStaticSmem, kFill));
@@ -589,7 +604,7 @@ cudaError_t launch_kernel(void (*k)(A...), dim3 grid, dim3 block, size_t smem, u
   if (smem > size_t(st().dev.max_optin_smem)) return cudaErrorInvalidValue;
   Packed<A...> p{k, std::tuple<std::decay_t<A>...>(std::forward<B>(args)...)};
   launch(grid, block, smem, cs, &Packed<A...>::body, &p);
-  return st().error.empty() ? cudaSuccess : cudaErrorLaunchFailure;
+  return err().empty() ? cudaSuccess : cudaErrorLaunchFailure;
 }
 
 // kernel<<<grid, block, smem, stream>>>(args) is rewritten to
@@ -746,11 +761,11 @@ inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyK
 }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 inline cudaError_t cudaGetLastError() {
-  const bool bad = !cuda_emu::st().error.empty();
-  cuda_emu::st().error.clear();  // not sticky, like a launch error on the device
+  const bool bad = !cuda_emu::err().empty();
+  cuda_emu::err().clear();  // not sticky, like a launch error on the device
   return bad ? cudaErrorLaunchFailure : cudaSuccess;
 }
-inline cudaError_t cudaPeekAtLastError() { return cuda_emu::st().error.empty() ? cudaSuccess : cudaErrorLaunchFailure; }
+inline cudaError_t cudaPeekAtLastError() { return cuda_emu::err().empty() ? cudaSuccess : cudaErrorLaunchFailure; }
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 inline cudaError_t cudaMemset(void* p, int v, size_t n) { return cudaMemsetAsync(p, v, n, nullptr); }
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind k) {
@@ -770,7 +785,7 @@ inline cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*
 inline cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*) { return cudaSuccess; }
 inline const char* cudaGetErrorName(cudaError_t e) { return e == cudaSuccess ? "cudaSuccess" : "cudaErrorEmulated"; }
 inline const char* cudaGetErrorString(cudaError_t e) {
-  return e == cudaSuccess ? "no error" : cuda_emu::st().error.c_str();
+  return e == cudaSuccess ? "no error" : cuda_emu::err().c_str();
 }
 // Events and properties: enough for test files that also hold benchmarks
 // (which skip without KVSQ_CUDA_BENCH); emulated times are meaningless.
@@ -787,14 +802,30 @@ inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
   return cudaSuccess;
 }
 struct cudaDeviceProp {
-  char name[256] = "CPU emulator";
+  char name[256] = "kvsqueeze CPU emulator";
   int multiProcessorCount = 0;
   int major = 0, minor = 0;
+  size_t totalGlobalMem = size_t(16) << 30;
 };
-inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
+  if (d != 0) return cudaErrorInvalidDevice;
   *p = cudaDeviceProp{};
   p->multiProcessorCount = cuda_emu::st().dev.sms;
   p->major = cuda_emu::st().dev.major;
+  return cudaSuccess;
+}
+// One emulated device.
+inline cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+inline cudaError_t cudaRuntimeGetVersion(int* v) {
+  *v = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDriverGetVersion(int* v) {
+  *v = 0;
   return cudaSuccess;
 }
 template <class... A, class... B>
