@@ -260,7 +260,10 @@ struct Problem {
           const double x = get_as(c.qdt, o_gpu, row * c.D + dd), y = get_as(c.qdt, o_cpu, row * c.D + dd);
           const double tol = 2 * vmax * (2 * dz + sumtol) + std::fabs(y) * ulp_out + sub_out;
           CHECK_MSG(std::fabs(x - y) <= tol, "o b=" << b << " h=" << h << " d=" << dd << " gpu " << x << " cpu " << y
-                                                    << " tol " << tol << " len " << c.lens[l]);
+                                                    << " tol " << tol << " len " << c.lens[l] << " (B " << c.B
+                                                    << " Hkv " << c.Hkv << " Hq " << c.Hq << " D " << c.D << " P " << c.P
+                                                    << " q " << dtype_name(c.qdt) << " kv " << dtype_name(c.kvdt)
+                                                    << " subset " << c.subset << ")");
         }
         if (c.lse) {
           const double x = lse_gpu[row], y = lse_cpu[row];

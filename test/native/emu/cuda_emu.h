@@ -380,8 +380,30 @@ enum class Op { None, Count, Or, BitOr };
 
 // Arrive at b with a contribution; returns the combined value once every
 // thread of the scope has arrived.
-inline uint64_t arrive(Barrier& b, uint64_t v, Op op) {
+inline size_t thread_slot();
+inline std::vector<const char*>& lane_kinds() {
+  static thread_local std::vector<const char*> k;
+  return k;
+}
+// kind (warp collectives): which collective the lane is at; the lane that
+// completes the barrier checks that all 32 are at the same one (lanes of a
+// warp at different .sync collectives is undefined behaviour on the device).
+inline uint64_t arrive(Barrier& b, uint64_t v, Op op, const char* kind = nullptr) {
   Run& r = *run();
+  if (kind) {
+    auto& lk = lane_kinds();
+    const size_t slot = thread_slot();
+    if (lk.size() < size_t(r.cs) * r.threads) lk.resize(size_t(r.cs) * r.threads);
+    lk[slot] = kind;
+    if (b.arrived + 1 == b.expected) {
+      const size_t base = slot - slot % 32;
+      for (size_t i = base; i < base + 32; ++i)
+        if (lk[i] != kind) {
+          fail(std::string("lanes of a warp at different collectives: ") + lk[i] + " and " + kind);
+          break;
+        }
+    }
+  }
   if (op == Op::Count) b.acc += v;
   if (op == Op::Or || op == Op::BitOr) b.acc |= v;
   if (++b.arrived == b.expected) {
@@ -536,8 +558,12 @@ inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)
     r.static_off.assign(cs, {});
     r.arena_used.assign(cs, smem + kGuard);
     for (auto& m : r.smem) std::memset(m.data() + smem, kGuardByte, kGuard);
+    // Barrier generations unique across clusters and launches: per-warp
+    // results cached by generation (ptx_warp) must never match a stale one.
+    static uint64_t serial = 0;  // under the launch lock
+    const uint64_t gen0 = ++serial << 32;
     r.warp_bar.assign(nthreads / 32, Barrier{});
-    for (auto& b : r.warp_bar) b.expected = 32;
+    for (auto& b : r.warp_bar) b.expected = 32, b.gen = gen0;
     r.block_bar.assign(cs, Barrier{});
     for (auto& b : r.block_bar) b.expected = int(threads);
     r.cluster_bar = Barrier{};
@@ -643,7 +669,7 @@ T __shfl_up_sync(unsigned mask, T v, int delta) {
   uint64_t w = 0;
   std::memcpy(&w, &v, sizeof(T));
   r.lane_buf[slot] = w;
-  arrive(warp_bar(), 0, Op::None);
+  arrive(warp_bar(), 0, Op::None, "__shfl_up_sync");
   const unsigned lane = self().tid & 31;
   T out = v;
   if (int(lane) >= delta) std::memcpy(&out, &r.lane_buf[slot - delta], sizeof(T));
@@ -662,7 +688,7 @@ T warp_exchange(unsigned mask, T v, int width, int (*src_of)(int lane, int arg, 
   uint64_t w = 0;
   std::memcpy(&w, &v, sizeof(T));
   r.lane_buf[slot] = w;
-  arrive(warp_bar(), 0, Op::None);
+  arrive(warp_bar(), 0, Op::None, "__shfl_xor_sync/__shfl_sync");
   T out;
   std::memcpy(&out, &r.lane_buf[slot - lane + src_of(lane, arg, width)], sizeof(T));
   arrive(warp_bar(), 0, Op::None);
@@ -685,18 +711,18 @@ T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
 inline int __all_sync(unsigned mask, int p) {
   using namespace cuda_emu;
   if (mask != 0xffffffffu) fail("partial-warp vote masks are not emulated");
-  return int(arrive(warp_bar(), p ? 1 : 0, Op::Count)) == 32;
+  return int(arrive(warp_bar(), p ? 1 : 0, Op::Count, "__all_sync")) == 32;
 }
 inline int __any_sync(unsigned mask, int p) {
   using namespace cuda_emu;
   if (mask != 0xffffffffu) fail("partial-warp vote masks are not emulated");
-  return arrive(warp_bar(), p ? 1 : 0, Op::Or) != 0;
+  return arrive(warp_bar(), p ? 1 : 0, Op::Or, "__any_sync") != 0;
 }
 inline unsigned __ballot_sync(unsigned mask, int p) {
   using namespace cuda_emu;
   if (mask != 0xffffffffu) fail("partial-warp ballot masks are not emulated");
   const unsigned lane = self().tid & 31;
-  return unsigned(arrive(warp_bar(), p ? (uint64_t(1) << lane) : 0, Op::BitOr));
+  return unsigned(arrive(warp_bar(), p ? (uint64_t(1) << lane) : 0, Op::BitOr, "__ballot_sync"));
 }
 
 namespace cooperative_groups {
@@ -962,7 +988,7 @@ inline void ptx_warp(Ptx kind, const Opnd* ops, size_t nops) {
   const int lane = int(self().tid & 31);
   for (size_t i = 0; i < nops && i < 12; ++i) dep[slot].w[i] = ops[i].v;
   Barrier& wb = warp_bar();
-  arrive(wb, 0, Op::None);
+  arrive(wb, 0, Op::None, kind == Ptx::Ldsm || kind == Ptx::LdsmTrans ? "ldmatrix" : "mma.sync");
   WarpResult& wr = res[slot / 32];
   if (wr.gen != wb.gen) {
     ptx_compute(kind, &dep[slot - size_t(lane)], wr.out);
@@ -1022,7 +1048,7 @@ inline T __ldcg(const T* p) { return *p; }
 inline void __threadfence() {}  // one thread runs at a time: every write is visible
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
   if (mask != 0xffffffffu) cuda_emu::fail("partial-warp __syncwarp is not emulated");
-  cuda_emu::arrive(cuda_emu::warp_bar(), 0, cuda_emu::Op::None);
+  cuda_emu::arrive(cuda_emu::warp_bar(), 0, cuda_emu::Op::None, "__syncwarp");
 }
 inline int __reduce_min_sync(unsigned mask, int v) {
   int m = v;
