@@ -148,23 +148,8 @@ struct TkParams {
   int cs;                // blocks per row (cluster size)
   int seg_cap;           // keys a block can keep in shared memory (0: none)
   int vec4;              // rows 16-byte aligned: float4 loads
-  const int32_t* list;   // rows to do (kernel A's fallback list), null: every row
-  const unsigned* list_len;
-};
-
-struct TfParams {
-  const float* scores;
-  int64_t row_stride;
-  const int32_t* lengths;
-  const int32_t* k;
-  int32_t out_stride;
-  int32_t* stage;
-  int32_t* stage_count;
-  unsigned* flag;
-  int32_t* list;         // rows left to kernel B
+  int32_t* list;         // rows left to kernel B by kernel A (A appends, B reads); null: B does every row
   unsigned* list_len;
-  int cs;
-  int vec4;
 };
 
 __device__ __forceinline__ uint32_t key_of(float x) {
@@ -301,7 +286,7 @@ __device__ __forceinline__ void emit_selected(int n, const KeyAt& key_at, const 
 }
 
 // Kernel A (see the header). Grid: rows x CS blocks, clusters of CS.
-__global__ void __launch_bounds__(kThreads, 2) topk_filter_kernel(const TfParams p) {
+__global__ void __launch_bounds__(kThreads, 2) topk_filter_kernel(const TkParams p) {
   extern __shared__ __align__(16) uint32_t sm[];
   uint32_t* hist = sm + kFOffHist;
   uint32_t* sc = sm + kFOffScan;
@@ -721,22 +706,9 @@ Status cuda_topk_enqueue(const TopkArgs& a, unsigned* flag, void* stream) {
     fail(cudaMemsetAsync(list_len, 0, sizeof(unsigned), st));
     fail(cudaFuncSetAttribute(topk_filter_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kFilterBytes)));
     if (s == Status::Ok) {
-      TfParams f;
-      f.scores = a.scores;
-      f.row_stride = a.row_stride;
-      f.lengths = a.lengths;
-      f.k = a.k;
-      f.out_stride = a.out_stride;
-      f.stage = p.stage;
-      f.stage_count = p.stage_count;
-      f.flag = flag;
-      f.list = list;
-      f.list_len = list_len;
-      f.cs = cs;
-      f.vec4 = p.vec4;
       cfg.gridDim = dim3(unsigned(int64_t(a.rows) * cs));
       cfg.dynamicSmemBytes = kFilterBytes;
-      fail(cudaLaunchKernelEx(&cfg, topk_filter_kernel, f));
+      fail(cudaLaunchKernelEx(&cfg, topk_filter_kernel, p));  // p.list is A's list here
     }
   }
   if (s == Status::Ok) fail(cudaFuncSetAttribute(topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));

@@ -791,7 +791,6 @@ inline cudaError_t cudaGetLastError() {
   cuda_emu::err().clear();  // not sticky, like a launch error on the device
   return bad ? cudaErrorLaunchFailure : cudaSuccess;
 }
-inline cudaError_t cudaPeekAtLastError() { return cuda_emu::err().empty() ? cudaSuccess : cudaErrorLaunchFailure; }
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 inline cudaError_t cudaMemset(void* p, int v, size_t n) { return cudaMemsetAsync(p, v, n, nullptr); }
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind k) {
