@@ -15,6 +15,7 @@
 //   cu::with_float_dtype(DType, f)       calls f(T{}) for the storage type of a float DType
 //   cu::ldsm_x4 / ldsm_x4_trans, mma16816<F16>, pack_bf16, split_bf16   tensor-core fragments (sm_80+)
 //   cu::neg_inf(), cu::pos_inf(), cu::kLog2e, cu::kLn2
+//   cu::pdl_wait / pdl_trigger, cu::launch_pdl   programmatic dependent launch (sm_90+; plain launch below)
 //
 // Conversions match native/core/dtype.h: f16/bf16 -> f32 exact; f32 -> f16/bf16
 // round to nearest even (NaN stays NaN; its payload may differ from the CPU's).
@@ -25,6 +26,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "../native/core/dtype.h"
 #include "../native/core/status.h"
@@ -239,6 +241,49 @@ inline Status with_float_dtype(DType t, F&& f) {
     case DType::BF16: return f(__nv_bfloat16{});
     default: return Status::DType;
   }
+}
+
+
+// ---------------------------------------------------------------- dependent launch
+// Programmatic dependent launch (sm_90+). A kernel launched by launch_pdl with
+// pdl = true may be scheduled while the kernel before it in the stream is
+// still running (once every block of that one has called pdl_trigger() or
+// exited), so its preamble -- index loads, inputs no earlier kernel of the
+// call writes -- overlaps that kernel's tail and the launch latency. It must
+// call pdl_wait() before it reads anything the previous kernel wrote:
+// griddepcontrol.wait returns once that grid has completed and its memory is
+// visible. Kernels two or more launches back completed before the previous
+// one started (it was launched without the attribute, or waited itself), so
+// their results may be read before the wait. Without the attribute (or below
+// sm_90) both instructions are no-ops and the launch is an ordinary one.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// k<<<grid, block, smem, st>>>(args...), with programmatic stream
+// serialization when pdl (the caller passes pdl only for devices of compute
+// capability >= 9.0).
+template <class... A, class... B>
+inline cudaError_t launch_pdl(bool pdl, void (*k)(A...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                              B&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = st;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, k, std::forward<B>(args)...);
 }
 
 }  // namespace cu

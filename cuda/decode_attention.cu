@@ -419,6 +419,9 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
   __shared__ float s_m[kMaxG], s_s[kMaxG], s_alpha[kMaxG];
   __shared__ int s_last;
 
+  // Launched as a dependent of the plan kernel (sm_90+): everything below
+  // reads the plan's items.
+  cu::pdl_wait();
   const int item_idx = blockIdx.x;
   if (item_idx >= *p.n_items) return;  // uniform: the plan made fewer items than the grid
   const Item it = p.items[item_idx];
@@ -760,6 +763,12 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
     p.part_ms[(int64_t(item_idx) * kMaxG + tid) * 2 + 1] = s_s[tid];
   }
 
+  // The score pass (launched as this kernel's dependent) may be scheduled
+  // once every block is past its tile loop: its preamble (items, page ids,
+  // pool scores) overlaps the merges below; it waits for this grid before
+  // reading logits or lse.
+  cu::pdl_trigger();
+
   // Last block of the list merges (threadfence reduction pattern).
   __threadfence();
   __syncthreads();
@@ -858,26 +867,36 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
 // ---------------------------------------------------------------- score pass
 // Block per item: probabilities from the stored logits and the merged lse,
 // group-reduced, added to score_pool (each slot belongs to one item: no atomics).
+// Launched as the attention kernel's dependent (sm_90+): the item, its page
+// ids and the pool scores (nothing the attention kernel writes) are loaded
+// before cu::pdl_wait(), so after the attention grid ends only the logits
+// and lse loads and the stores remain (before: a chain of six dependent loads
+// and a block barrier after the launch gap, most of the ~8 us this pass took
+// per one-sequence step on an H200).
 __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
-  __shared__ float s_l2[kMaxG];
   __shared__ int64_t s_page[32];  // physical slot of row 0 of union pages
   __shared__ int s_rows[32];
   __shared__ int s_cnt;
   const int item_idx = blockIdx.x;
-  if (item_idx >= *p.n_items) return;
+  if (item_idx >= *p.n_items) return;  // the plan's output: complete before the attention kernel began
   const Item it = p.items[item_idx];
   const int tid = threadIdx.x, lane = tid & 31, g = p.g, P = p.P;
   const int list = it.list, len = p.kv_len[list];
   const int* ids = p.page_ids + p.page_indptr[list];
-  if (tid < g) s_l2[tid] = p.lse2[int64_t(list) * g + tid];
-  __syncthreads();
+  // The group's base-2 lse, per thread (the same g addresses for the whole
+  // block: broadcast loads, no barrier). Only after pdl_wait.
+  float l2[kMaxG];
+  auto load_lse = [&] {
+#pragma unroll
+    for (int h = 0; h < kMaxG; ++h) l2[h] = h < g ? __ldcg(p.lse2 + int64_t(list) * g + h) : cu::neg_inf();
+  };
   // What a slot adds to its pool score, from its g logits lg[h < g].
   auto slot_add = [&](const float (&lg)[kMaxG]) {
     float acc = 0.f;
 #pragma unroll
     for (int h = 0; h < kMaxG; ++h) {
       if (h >= g) break;
-      const float m = s_l2[h];
+      const float m = l2[h];
       if (m == cu::neg_inf()) continue;
       const float v = exp2f(lg[h] - m);
       acc = p.reduce == int(Reduce::Max) ? fmaxf(acc, v) : acc + v;
@@ -885,40 +904,45 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
     // CPU: acc / float(g); divide (not multiply by 1/g) to round the same way
     return p.reduce == int(Reduce::Mean) ? acc / float(g) : acc;
   };
-  auto one = [&](int64_t phys) {
-    float lg[kMaxG];
-#pragma unroll
-    for (int h = 0; h < kMaxG; ++h) lg[h] = h < g ? p.logits[phys * g + h] : 0.f;
-    p.score_pool[phys] += slot_add(lg);
-  };
   if (!p.sel_indptr) {
-    // 4 slots per thread, their loads issued before any use (ids, then the
-    // logits and pool scores): one slot at a time was a chain of three
-    // dependent reads per slot. (7-9 us for one 32K sequence on an H200.)
+    // 4 slots per thread, their loads issued before any use (one slot at a
+    // time was a chain of three dependent reads per slot). The ids and pool
+    // scores before the wait; logits (written by the attention kernel) after.
     constexpr int U = 4;
     const int u0 = it.p0 * P, u1 = min(it.p1 * P, len);
-    for (int ub = u0 + tid; ub < u1; ub += U * kScoreThreads) {
-      int64_t ph[U];
+    int64_t ph[U];
+    float sp[U];
+    int ub = u0 + tid;
+    auto load_slots = [&] {
 #pragma unroll
       for (int k = 0; k < U; ++k) {
         const int u = ub + k * kScoreThreads;
         ph[k] = u < u1 ? int64_t(__ldg(ids + u / P)) * P + u % P : -1;
       }
-      float lg[U][kMaxG], sp[U];
 #pragma unroll
-      for (int k = 0; k < U; ++k) {
+      for (int k = 0; k < U; ++k) sp[k] = ph[k] >= 0 ? p.score_pool[ph[k]] : 0.f;
+    };
+    if (ub < u1) load_slots();
+    cu::pdl_wait();
+    load_lse();
+    for (; ub < u1;) {
+      float lg[U][kMaxG];
 #pragma unroll
-        for (int h = 0; h < kMaxG; ++h) lg[k][h] = ph[k] >= 0 && h < g ? __ldg(p.logits + ph[k] * g + h) : 0.f;
-        sp[k] = ph[k] >= 0 ? p.score_pool[ph[k]] : 0.f;
-      }
+      for (int k = 0; k < U; ++k)
+#pragma unroll
+        for (int h = 0; h < kMaxG; ++h) lg[k][h] = ph[k] >= 0 && h < g ? __ldcg(p.logits + ph[k] * g + h) : 0.f;
 #pragma unroll
       for (int k = 0; k < U; ++k)
         if (ph[k] >= 0) p.score_pool[ph[k]] = sp[k] + slot_add(lg[k]);
+      ub += U * kScoreThreads;
+      if (ub < u1) load_slots();
     }
     return;
   }
   Walker w;
   if (tid < 32) walker_init(w, p, list, it.p0, lane);
+  cu::pdl_wait();
+  load_lse();
   for (;;) {
     if (tid < 32) {
       int c = 0;
@@ -937,7 +961,13 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
     const int c = s_cnt;
     for (int x = tid; x < c * P; x += kScoreThreads) {
       const int pi = x / P, r = x - pi * P;
-      if (r < s_rows[pi]) one(s_page[pi] + r);
+      if (r < s_rows[pi]) {
+        const int64_t phys = s_page[pi] + r;
+        float lg[kMaxG];
+#pragma unroll
+        for (int h = 0; h < kMaxG; ++h) lg[h] = h < g ? __ldcg(p.logits + phys * g + h) : 0.f;
+        p.score_pool[phys] += slot_add(lg);
+      }
     }
     __syncthreads();
     if (c < 32) break;
@@ -1003,6 +1033,7 @@ Status attn_blocks_per_sm(int dev, AttnFn fn, size_t smem, int* out) {
 
 struct DevInfo {
   int sms = 0;
+  bool pdl = false;  // compute capability >= 9.0: programmatic dependent launch
 };
 DevInfo dev_info(int dev) {
   static std::mutex mu;
@@ -1017,6 +1048,12 @@ DevInfo dev_info(int dev) {
       n = 132;
     }
     cache[dev].sms = n;
+    int major = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+      cudaGetLastError();
+      major = 0;
+    }
+    cache[dev].pdl = major >= 9;
   }
   if (!pool_set[dev]) {
     pool_set[dev] = true;
@@ -1180,10 +1217,10 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   Status s = Status::Ok;
   plan_kernel<<<1, 1024, 0, st>>>(p);
   s = cuda_launch_status();
-  if (s == Status::Ok) {
-    fn<<<int(items_max), kThreads, smem, st>>>(p);
-    s = cuda_launch_status();
-  }
+  // The attention and score kernels are dependent launches (sm_90+): each
+  // may be scheduled before the kernel ahead of it ends and waits for it in
+  // the kernel (cu::pdl_wait), which hides the launch gaps of the step.
+  if (s == Status::Ok) s = cuda_status(cu::launch_pdl(di.pdl, fn, dim3(unsigned(items_max)), dim3(kThreads), smem, st, p));
   // The before/after records are flat copies of the lists' pool rows, the
   // read_scores kernel's job, stream-ordered around the score pass.
   ReadScoresArgs rs;
@@ -1199,8 +1236,7 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
     s = cuda_read_scores(rs, st);
   }
   if (s == Status::Ok && a.score_pool) {
-    score_kernel<<<int(items_max), kScoreThreads, 0, st>>>(p);
-    s = cuda_launch_status();
+    s = cuda_status(cu::launch_pdl(di.pdl, score_kernel, dim3(unsigned(items_max)), dim3(kScoreThreads), 0, st, p));
   }
   if (s == Status::Ok && a.score_after) {
     rs.out = a.score_after;

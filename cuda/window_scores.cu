@@ -26,9 +26,11 @@
 // Work decomposition. A tile = one KV head j, gh query heads of its group and
 // rt window rows of each (rows r = hl*rt + ii, R = gh*rt <= 128); one warp per
 // 16 rows (mma M), the CTA streams K in chunks of 64 keys through shared memory
-// (cp.async double buffer for f16/bf16) and every warp multiplies its Q
-// fragment (registers, loaded once) with the chunk: mma.sync m16n8k16, f32
-// accumulate. One K chunk in shared memory serves all g*rt rows (GQA reuse).
+// (a 3-stage cp.async ring for f16/bf16, one block barrier per chunk) and
+// every warp multiplies its Q fragment (registers, loaded once) with the
+// chunk: mma.sync m16n8k16, f32 accumulate, half a chunk (32 keys) at a time
+// so that pass 2 runs two blocks per SM. The three launches per batch of KV
+// heads are dependent launches on sm_90+ (see ws_pass_kernel). One K chunk in shared memory serves all g*rt rows (GQA reuse).
 //   * w*g <= 128 (the SnapKV case): one tile per head, every key column is
 //     produced by exactly one CTA, which applies the group reduce and stores
 //     out[j, t] directly (deterministic).
@@ -123,7 +125,8 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int by
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 using cu::ldsm_x4;
 using cu::mma16816;
 using cu::pack_bf16;
@@ -147,22 +150,37 @@ __device__ __forceinline__ void load_q_pair(const T* row, int c, uint32_t& hi, u
   }
 }
 
-// Shared memory: two K tiles [kTc][D + 8] of 16-bit values (the + 8 pad makes
-// ldmatrix rows land on distinct banks): the double buffer for f16/bf16, the
-// hi and lo halves for f32. Then pass 2's column sums cs[gh][kTc].
+// Shared memory: kStages K tiles [kTc][D + 8] of 16-bit values (the + 8 pad
+// makes ldmatrix rows land on distinct banks): the cp.async ring for
+// f16/bf16, the hi and lo halves of one chunk for f32. Then pass 2's column
+// sums cs[2][gh][kTc] (double-buffered: chunk n adds into cs[n & 1] while the
+// sums of chunk n - 1 are stored from the other half).
+constexpr int kStages = 3;
 template <int D>
 constexpr int k_tile_elems() { return kTc * (D + 8); }
+template <int D>
+constexpr size_t k_ring_bytes() { return size_t(kStages) * k_tile_elems<D>() * sizeof(uint16_t); }
 
 // ---------------------------------------------------------------- the two passes
+// Per chunk, one block barrier (f16/bf16): after it, chunk n has landed for
+// everyone, every warp is done with chunk n - 1 (so its ring slot takes chunk
+// n + 2) and, in pass 2, chunk n - 1's column sums are complete. The chunk's
+// 8 n-tiles are computed in two halves of 4 (16 accumulators live instead of
+// 32): pass 2 fits two blocks of 256 threads per SM without spills, where it
+// had run one (142 registers; 12.5% occupancy on an H200).
+// Launched as dependents (sm_90+): the Q fragments and the first K chunks are
+// loaded before cu::pdl_wait(); nothing the previous launch writes (part,
+// stats, out) is touched before it.
 template <class T, int D, int PASS>
-__global__ void __launch_bounds__(256) ws_pass_kernel(const WsParams p) {
+__global__ void __launch_bounds__(256, sizeof(T) == 4 ? 1 : 2) ws_pass_kernel(const WsParams p) {
   constexpr bool kF32 = sizeof(T) == 4;
   constexpr bool kF16 = std::is_same<T, __half>::value;
   constexpr int KS = D / 16;           // k-steps
   constexpr int LDS = D + 8;           // smem row stride, elements
+  constexpr int kHalf = kNT / 2;       // n-tiles per half chunk
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  uint16_t* kbuf = reinterpret_cast<uint16_t*>(smem_raw);  // [2][kTc][LDS]
-  float* cs = reinterpret_cast<float*>(smem_raw + 2 * k_tile_elems<D>() * sizeof(uint16_t));
+  uint16_t* kbuf = reinterpret_cast<uint16_t*>(smem_raw);  // [kStages][kTc][LDS]
+  float* cs = reinterpret_cast<float*>(smem_raw + k_ring_bytes<D>());  // [2][gh][kTc]
 
   const int tile = blockIdx.y;
   const TileGeo tg = tile_geo(p, tile);
@@ -182,15 +200,61 @@ __global__ void __launch_bounds__(256) ws_pass_kernel(const WsParams p) {
   const int64_t pos_hi = int64_t(p.L) - p.w + tg.i0 + (ok_hi ? r_hi % tg.rtt : 0);
   const int64_t min_pos = int64_t(p.L) - p.w + tg.i0;  // rows' smallest position: below it nothing is masked
 
-  if (PASS == 1 && cb >= ce) {  // an idle split still reports (-inf, 0) for the merge
-    if (tig == 0) {
+  if (cb >= ce) {
+    cu::pdl_wait();
+    if (PASS == 1 && tig == 0) {  // an idle split still reports (-inf, 0) for the merge
       const float2 e = make_float2(cu::neg_inf(), 0.f);
       if (ok_lo) p.part[(int64_t(tile) * kMaxRows + r_lo) * p.nsplit + split] = e;
       if (ok_hi) p.part[(int64_t(tile) * kMaxRows + r_hi) * p.nsplit + split] = e;
     }
     return;
   }
-  if (PASS == 2 && cb >= ce) return;
+
+  const T* kbase = static_cast<const T*>(p.k) + int64_t(tg.j) * p.L * D;
+  const int64_t nloc = ce - cb;
+  auto chunk_of = [&](int64_t n) -> int64_t { return PASS == 1 ? cb + n : ce - 1 - n; };
+
+  // Stage chunk c into ring slot b (f16/bf16: cp.async, keys past Lr zero-filled).
+  auto stage = [&](int64_t c, int b) {
+    const int64_t t0 = c * kTc;
+    constexpr int V = D / 8;  // 16-byte vectors per key row
+    uint16_t* dst = kbuf + b * k_tile_elems<D>();
+    for (int idx = tid; idx < kTc * V; idx += nthr) {
+      const int row = idx / V, col = (idx % V) * 8;
+      const int64_t t = t0 + row;
+      const bool in = t < tg.Lr;
+      const T* src = kbase + (in ? t : 0) * D + col;
+      cp_async16(smem_u32(dst + row * LDS + col), src, in ? 16 : 0);
+    }
+  };
+  // f32: chunk c split into bf16 hi (slot 0) and lo (slot 1), synchronously.
+  auto stage_f32 = [&](int64_t c) {
+    const int64_t t0 = c * kTc;
+    constexpr int V = D / 4;
+    uint16_t* dh = kbuf;
+    uint16_t* dl = kbuf + k_tile_elems<D>();
+    for (int idx = tid; idx < kTc * V; idx += nthr) {
+      const int row = idx / V, col = (idx % V) * 4;
+      const int64_t t = t0 + row;
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (t < tg.Lr) v = __ldg(reinterpret_cast<const float4*>(kbase + t * D + col));
+      float h0, l0, h1, l1, h2, l2, h3, l3;
+      split_bf16(v.x, h0, l0);
+      split_bf16(v.y, h1, l1);
+      split_bf16(v.z, h2, l2);
+      split_bf16(v.w, h3, l3);
+      *reinterpret_cast<uint2*>(dh + row * LDS + col) = make_uint2(pack_bf16(h0, h1), pack_bf16(h2, h3));
+      *reinterpret_cast<uint2*>(dl + row * LDS + col) = make_uint2(pack_bf16(l0, l1), pack_bf16(l2, l3));
+    }
+  };
+  // The first kStages - 1 chunks are in flight while the Q fragments load.
+  if constexpr (!kF32) {
+#pragma unroll
+    for (int sidx = 0; sidx < kStages - 1; ++sidx) {
+      if (sidx < nloc) stage(chunk_of(sidx), sidx);
+      cp_async_commit();  // possibly empty: keeps the group count per chunk
+    }
+  }
 
   // Q fragments (A operand, row-major 16 x 16 per k-step), loaded once.
   uint32_t qa[KS][4], qb[kF32 ? KS : 1][4];
@@ -223,190 +287,166 @@ __global__ void __launch_bounds__(256) ws_pass_kernel(const WsParams p) {
   bool uniform_head = true;
   int head_w = 0;
   if constexpr (PASS == 2) {
+    for (int i = tid; i < 2 * p.gh * kTc; i += nthr) cs[i] = 0.f;
+    // (made visible by the first barrier of the chunk loop)
+    // All valid rows of this warp in one head: reduce over rows with shuffles.
+    const int wr0 = warp * 16, wr1 = min(warp * 16 + 15, tg.R - 1);
+    uniform_head = wr0 < tg.R && wr0 / tg.rtt == wr1 / tg.rtt;
+    head_w = wr0 / tg.rtt;
+  }
+  cu::pdl_wait();  // the previous launch (merge, or the other pass) is complete from here on
+  if constexpr (PASS == 2) {
     // Padding rows get M = +inf, 1/Z = 0: their probabilities are exactly 0.
     const float2 s0 = ok_lo ? p.stats[int64_t(tile) * kMaxRows + r_lo] : make_float2(__int_as_float(0x7f800000), 0.f);
     const float2 s1 = ok_hi ? p.stats[int64_t(tile) * kMaxRows + r_hi] : make_float2(__int_as_float(0x7f800000), 0.f);
     Mrow[0] = s0.x; izrow[0] = s0.y;
     Mrow[1] = s1.x; izrow[1] = s1.y;
-    // All valid rows of this warp in one head: reduce over rows with shuffles.
-    const int wr0 = warp * 16, wr1 = min(warp * 16 + 15, tg.R - 1);
-    uniform_head = wr0 < tg.R && wr0 / tg.rtt == wr1 / tg.rtt;
-    head_w = wr0 / tg.rtt;
-    for (int i = tid; i < p.gh * kTc; i += nthr) cs[i] = 0.f;
-    // (made visible by the first __syncthreads of the chunk loop)
   }
 
-  const T* kbase = static_cast<const T*>(p.k) + int64_t(tg.j) * p.L * D;
-
-  // Stage chunk c into buffer b (f16/bf16: cp.async; f32: hi/lo split into both buffers).
-  auto stage = [&](int64_t c, int b) {
-    const int64_t t0 = c * kTc;
-    if constexpr (!kF32) {
-      constexpr int V = D / 8;  // 16-byte vectors per key row
-      uint16_t* dst = kbuf + b * k_tile_elems<D>();
-      for (int idx = tid; idx < kTc * V; idx += nthr) {
-        const int row = idx / V, col = (idx % V) * 8;
-        const int64_t t = t0 + row;
-        const bool in = t < tg.Lr;
-        const T* src = kbase + (in ? t : 0) * D + col;
-        cp_async16(smem_u32(dst + row * LDS + col), src, in ? 16 : 0);
+  // Pass 2: the group-reduced column sums of chunk c from cs half cb2 to
+  // the output (threads < kTc; the other threads go on with the next chunk).
+  auto store_cols = [&](int64_t c, int cb2) {
+    float* csb = cs + cb2 * p.gh * kTc;
+    for (int i = tid; i < kTc; i += nthr) {
+      const int64_t t = c * kTc + i;
+      if (t < tg.Lr) {
+        float* dst = p.target + int64_t(tg.j) * p.L + t;
+        float v = csb[i];
+        if (p.direct && p.reduce == int(Reduce::Max)) {
+          for (int hl = 1; hl < p.gh; ++hl) v = fmaxf(v, csb[hl * kTc + i]);
+        } else {
+          for (int hl = 1; hl < p.gh; ++hl) v += csb[hl * kTc + i];
+        }
+        if (!p.direct) {
+          atomicAdd(dst, v * p.add_mul);
+        } else {
+          if (p.reduce == int(Reduce::Mean)) v /= float(p.g);
+          *dst = v;
+        }
       }
-    } else {
-      constexpr int V = D / 4;
-      uint16_t* dh = kbuf;
-      uint16_t* dl = kbuf + k_tile_elems<D>();
-      for (int idx = tid; idx < kTc * V; idx += nthr) {
-        const int row = idx / V, col = (idx % V) * 4;
-        const int64_t t = t0 + row;
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (t < tg.Lr) v = __ldg(reinterpret_cast<const float4*>(kbase + t * D + col));
-        float h0, l0, h1, l1, h2, l2, h3, l3;
-        split_bf16(v.x, h0, l0);
-        split_bf16(v.y, h1, l1);
-        split_bf16(v.z, h2, l2);
-        split_bf16(v.w, h3, l3);
-        *reinterpret_cast<uint2*>(dh + row * LDS + col) = make_uint2(pack_bf16(h0, h1), pack_bf16(h2, h3));
-        *reinterpret_cast<uint2*>(dl + row * LDS + col) = make_uint2(pack_bf16(l0, l1), pack_bf16(l2, l3));
-      }
+      for (int hl = 0; hl < p.gh; ++hl) csb[hl * kTc + i] = 0.f;
     }
   };
 
-  const int64_t nloc = ce - cb;
-  auto chunk_of = [&](int64_t n) -> int64_t { return PASS == 1 ? cb + n : ce - 1 - n; };
-  if constexpr (!kF32) {
-    stage(chunk_of(0), 0);
-    cp_async_commit();
-  }
   for (int64_t n = 0; n < nloc; ++n) {
     const int64_t c = chunk_of(n);
     const int64_t t0 = c * kTc;
     int buf = 0;
     if constexpr (!kF32) {
-      if (n + 1 < nloc) stage(chunk_of(n + 1), int((n + 1) & 1));
-      cp_async_commit();  // possibly empty: keeps "wait_group 1" meaning "chunk n has landed"
-      cp_async_wait1();
-      buf = int(n & 1);
+      cp_async_wait<kStages - 2>();  // chunk n has landed (this thread's copies)
+      __syncthreads();               // ... everyone's; chunk n - 1 is done with
+      if (n + kStages - 1 < nloc) stage(chunk_of(n + kStages - 1), int((n + kStages - 1) % kStages));
+      cp_async_commit();
+      buf = int(n % kStages);
     } else {
-      stage(c, 0);
+      __syncthreads();  // chunk n - 1 is done with
+      stage_f32(c);
+      __syncthreads();
     }
-    __syncthreads();
-
-    // ---- S = Q K^T for this warp's 16 rows and the chunk's 64 keys
-    float acc[kNT][4];
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+    if constexpr (PASS == 2) {
+      if (n > 0) store_cols(chunk_of(n - 1), int((n - 1) & 1));
+    }
     const uint16_t* kt = kbuf + buf * k_tile_elems<D>();
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-      // ldmatrix.x4: matrices = 8 keys x 8 dims at dims kp*32 + {0, 8, 16, 24}:
-      // the B fragments (b0, b1) of k-steps 2kp and 2kp + 1.
-      const uint32_t rowaddr = smem_u32(kt + (nt * 8 + (lane & 7)) * LDS + (lane >> 3) * 8);
-#pragma unroll
-      for (int kp = 0; kp < KS / 2; ++kp) {
-        uint32_t b0, b1, b2, b3;
-        ldsm_x4(rowaddr + kp * 32 * 2, b0, b1, b2, b3);
-        mma16816<kF16>(acc[nt], qa[2 * kp], b0, b1);
-        mma16816<kF16>(acc[nt], qa[2 * kp + 1], b2, b3);
-        if constexpr (kF32) {
-          uint32_t c0, c1, c2, c3;  // k lo
-          ldsm_x4(rowaddr + (k_tile_elems<D>() + kp * 32) * 2, c0, c1, c2, c3);
-          mma16816<false>(acc[nt], qa[2 * kp], c0, c1);
-          mma16816<false>(acc[nt], qa[2 * kp + 1], c2, c3);
-          mma16816<false>(acc[nt], qb[2 * kp], b0, b1);
-          mma16816<false>(acc[nt], qb[2 * kp + 1], b2, b3);
-        }
-      }
-    }
-
-    // ---- logits (log2 units) and the causal mask
+    float* csn = cs + int(n & 1) * p.gh * kTc;
     const bool need_mask = t0 + kTc - 1 > min_pos;  // block-uniform
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t t = t0 + nt * 8 + tig * 2 + (e & 1);
-        float y = acc[nt][e] * p.sl2;
-        const bool ok = e < 2 ? ok_lo : ok_hi;
-        if (!ok || (need_mask && t > (e < 2 ? pos_lo : pos_hi))) y = cu::neg_inf();
-        acc[nt][e] = y;
-      }
-    }
 
-    if constexpr (PASS == 1) {
 #pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        float cm = cu::neg_inf();
+    for (int half = 0; half < 2; ++half) {
+      // ---- S = Q K^T for this warp's 16 rows and 32 keys of the chunk
+      float acc[kHalf][4];
 #pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) cm = fmaxf(cm, fmaxf(acc[nt][2 * hr], acc[nt][2 * hr + 1]));
-        if (cm != cu::neg_inf()) {
-          const float mn = fmaxf(m_run[hr], cm);
-          float s = m_run[hr] == cu::neg_inf() ? 0.f : s_run[hr] * exp2f(m_run[hr] - mn);
+      for (int nt = 0; nt < kHalf; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
 #pragma unroll
-          for (int nt = 0; nt < kNT; ++nt) s += exp2f(acc[nt][2 * hr] - mn) + exp2f(acc[nt][2 * hr + 1] - mn);
-          m_run[hr] = mn;
-          s_run[hr] = s;
+      for (int nt = 0; nt < kHalf; ++nt) {
+        // ldmatrix.x4: matrices = 8 keys x 8 dims at dims kp*32 + {0, 8, 16, 24}:
+        // the B fragments (b0, b1) of k-steps 2kp and 2kp + 1.
+        const int key0 = (half * kHalf + nt) * 8;
+        const uint32_t rowaddr = smem_u32(kt + (key0 + (lane & 7)) * LDS + (lane >> 3) * 8);
+#pragma unroll
+        for (int kp = 0; kp < KS / 2; ++kp) {
+          uint32_t b0, b1, b2, b3;
+          ldsm_x4(rowaddr + kp * 32 * 2, b0, b1, b2, b3);
+          mma16816<kF16>(acc[nt], qa[2 * kp], b0, b1);
+          mma16816<kF16>(acc[nt], qa[2 * kp + 1], b2, b3);
+          if constexpr (kF32) {
+            uint32_t c0, c1, c2, c3;  // k lo
+            ldsm_x4(rowaddr + (k_tile_elems<D>() + kp * 32) * 2, c0, c1, c2, c3);
+            mma16816<false>(acc[nt], qa[2 * kp], c0, c1);
+            mma16816<false>(acc[nt], qa[2 * kp + 1], c2, c3);
+            mma16816<false>(acc[nt], qb[2 * kp], b0, b1);
+            mma16816<false>(acc[nt], qb[2 * kp + 1], b2, b3);
+          }
         }
       }
-    } else {
-      // probabilities, then column sums per head into cs
+
+      // ---- logits (log2 units) and the causal mask
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
+      for (int nt = 0; nt < kHalf; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[nt][e] = exp2f(acc[nt][e] - Mrow[e >> 1]) * izrow[e >> 1];
+        for (int e = 0; e < 4; ++e) {
+          const int64_t t = t0 + (half * kHalf + nt) * 8 + tig * 2 + (e & 1);
+          float y = acc[nt][e] * p.sl2;
+          const bool ok = e < 2 ? ok_lo : ok_hi;
+          if (!ok || (need_mask && t > (e < 2 ? pos_lo : pos_hi))) y = cu::neg_inf();
+          acc[nt][e] = y;
+        }
       }
-      if (warp * 16 >= tg.R) {
-        // a short last tile leaves whole warps without rows: nothing to add
-      } else if (uniform_head) {
+
+      if constexpr (PASS == 1) {
 #pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
+        for (int hr = 0; hr < 2; ++hr) {
+          float cm = cu::neg_inf();
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float v = acc[nt][e] + acc[nt][e + 2];
-            v += __shfl_xor_sync(0xffffffffu, v, 4);
-            v += __shfl_xor_sync(0xffffffffu, v, 8);
-            v += __shfl_xor_sync(0xffffffffu, v, 16);
-            if (gid == 0) atomicAdd(&cs[head_w * kTc + nt * 8 + tig * 2 + e], v);
+          for (int nt = 0; nt < kHalf; ++nt) cm = fmaxf(cm, fmaxf(acc[nt][2 * hr], acc[nt][2 * hr + 1]));
+          if (cm != cu::neg_inf()) {
+            const float mn = fmaxf(m_run[hr], cm);
+            float s = m_run[hr] == cu::neg_inf() ? 0.f : s_run[hr] * exp2f(m_run[hr] - mn);
+#pragma unroll
+            for (int nt = 0; nt < kHalf; ++nt) s += exp2f(acc[nt][2 * hr] - mn) + exp2f(acc[nt][2 * hr + 1] - mn);
+            m_run[hr] = mn;
+            s_run[hr] = s;
           }
         }
       } else {
+        // probabilities, then column sums per head into cs
 #pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
+        for (int nt = 0; nt < kHalf; ++nt) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = e < 2 ? r_lo : r_hi;
-            if (r < tg.R && acc[nt][e] != 0.f) atomicAdd(&cs[(r / tg.rtt) * kTc + nt * 8 + tig * 2 + (e & 1)], acc[nt][e]);
-          }
+          for (int e = 0; e < 4; ++e) acc[nt][e] = exp2f(acc[nt][e] - Mrow[e >> 1]) * izrow[e >> 1];
         }
-      }
-    }
-    __syncthreads();  // the chunk's buffer is free again; pass 2: cs complete
-
-    if constexpr (PASS == 2) {
-      for (int i = tid; i < kTc; i += nthr) {
-        const int64_t t = t0 + i;
-        if (t < tg.Lr) {
-          float* dst = p.target + int64_t(tg.j) * p.L + t;
-          if (p.direct) {
-            float v = cs[i];
-            if (p.reduce == int(Reduce::Max)) {
-              for (int hl = 1; hl < p.gh; ++hl) v = fmaxf(v, cs[hl * kTc + i]);
-            } else {
-              for (int hl = 1; hl < p.gh; ++hl) v += cs[hl * kTc + i];
-              if (p.reduce == int(Reduce::Mean)) v /= float(p.g);
+        if (warp * 16 >= tg.R) {
+          // a short last tile leaves whole warps without rows: nothing to add
+        } else if (uniform_head) {
+#pragma unroll
+          for (int nt = 0; nt < kHalf; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              float v = acc[nt][e] + acc[nt][e + 2];
+              v += __shfl_xor_sync(0xffffffffu, v, 4);
+              v += __shfl_xor_sync(0xffffffffu, v, 8);
+              v += __shfl_xor_sync(0xffffffffu, v, 16);
+              if (gid == 0) atomicAdd(&csn[head_w * kTc + (half * kHalf + nt) * 8 + tig * 2 + e], v);
             }
-            *dst = v;
-          } else {
-            float v = cs[i];
-            for (int hl = 1; hl < p.gh; ++hl) v += cs[hl * kTc + i];
-            atomicAdd(dst, v * p.add_mul);
+          }
+        } else {
+#pragma unroll
+          for (int nt = 0; nt < kHalf; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = e < 2 ? r_lo : r_hi;
+              if (r < tg.R && acc[nt][e] != 0.f)
+                atomicAdd(&csn[(r / tg.rtt) * kTc + (half * kHalf + nt) * 8 + tig * 2 + (e & 1)], acc[nt][e]);
+            }
           }
         }
-        for (int hl = 0; hl < p.gh; ++hl) cs[hl * kTc + i] = 0.f;
       }
-      // cs is next written after the next chunk's __syncthreads
     }
   }
 
+  if constexpr (PASS == 2) {
+    __syncthreads();  // the last chunk's column sums are complete
+    store_cols(chunk_of(nloc - 1), int((nloc - 1) & 1));
+  }
   if constexpr (PASS == 1) {
     // merge the quad (4 lanes share a row), then one (m, s) per row and split
 #pragma unroll
@@ -434,6 +474,7 @@ constexpr int kMergeWarps = 8;
 __global__ void __launch_bounds__(kMergeWarps * 32) ws_merge_kernel(const WsParams p, int ntiles_launch) {
   const int lane = threadIdx.x & 31;
   const int64_t i = int64_t(blockIdx.x) * kMergeWarps + (threadIdx.x >> 5);
+  cu::pdl_wait();  // pass 1's (m, s) pairs
   if (i >= int64_t(ntiles_launch) * kMaxRows) return;  // warp-uniform
   const int tile = int(i / kMaxRows), r = int(i % kMaxRows);
   const TileGeo tg = tile_geo(p, tile);
@@ -461,13 +502,22 @@ __global__ void ws_max_merge_kernel(float* out, const float* acc, int64_t n, int
     out[i] = first ? acc[i] : fmaxf(out[i], acc[i]);
 }
 
-int sm_count() {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+// SM count and whether dependent launches are available (sm_90+).
+struct WsDev {
+  int sms = 132;
+  bool pdl = false;
+};
+WsDev ws_device() {
+  WsDev d;
+  int dev = 0, n = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
     cudaGetLastError();
-    return 132;
+    return d;
   }
-  return n > 0 ? n : 132;
+  if (n > 0) d.sms = n;
+  d.pdl = major >= 9;
+  return d;
 }
 
 template <class T, int D>
@@ -485,7 +535,9 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
   if (ntile > 65535) return Status::Shape;
   const int64_t tiles = int64_t(hb) * ntile;
   const int64_t nchunk_max = (int64_t(L) + kTc - 1) / kTc;
-  const int64_t target_ctas = int64_t(sm_count()) * 4;
+  const WsDev dv = ws_device();
+  const bool pdl = dv.pdl;
+  const int64_t target_ctas = int64_t(dv.sms) * 4;
   const int nsplit = int(std::max<int64_t>(1, std::min<int64_t>(nchunk_max, (target_ctas + tiles - 1) / tiles)));
 
   // workspace: part, stats (and the Max scratch rows)
@@ -522,8 +574,8 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
 
   const int rows_pad = std::min(kMaxRows, (gh * rt + 15) / 16 * 16);
   const int threads = rows_pad / 16 * 32;
-  const size_t smem1 = 2 * size_t(k_tile_elems<D>()) * sizeof(uint16_t);
-  const size_t smem2 = smem1 + size_t(gh) * kTc * sizeof(float);
+  const size_t smem1 = k_ring_bytes<D>();
+  const size_t smem2 = smem1 + 2 * size_t(gh) * kTc * sizeof(float);
   fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)));
   fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
 
@@ -536,13 +588,14 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
       const int nb = std::min(hb, Hkv - j0);
       p.j0 = j0;
       const dim3 grid(nsplit, nb * ntile);
-      ws_pass_kernel<T, D, 1><<<grid, threads, smem1, st>>>(p);
-      fail(cudaGetLastError());
+      // Dependent launches (sm_90+): each kernel's preamble (Q fragments, the
+      // first K chunks) overlaps the end of the one before; the 3 x (KV head
+      // batches) launches were each a launch gap and a pipeline fill apart.
+      fail(cu::launch_pdl(pdl, ws_pass_kernel<T, D, 1>, grid, dim3(threads), smem1, st, p));
       const int64_t nrows = int64_t(nb) * ntile * kMaxRows;
-      ws_merge_kernel<<<unsigned((nrows + kMergeWarps - 1) / kMergeWarps), kMergeWarps * 32, 0, st>>>(p, nb * ntile);
-      fail(cudaGetLastError());
-      ws_pass_kernel<T, D, 2><<<grid, threads, smem2, st>>>(p);
-      fail(cudaGetLastError());
+      fail(cu::launch_pdl(pdl, ws_merge_kernel, dim3(unsigned((nrows + kMergeWarps - 1) / kMergeWarps)),
+                          dim3(kMergeWarps * 32), 0, st, p, nb * ntile));
+      fail(cu::launch_pdl(pdl, ws_pass_kernel<T, D, 2>, grid, dim3(threads), smem2, st, p));
     }
     if (max_split && s == Status::Ok) {
       const int64_t n = int64_t(Hkv) * L;

@@ -175,13 +175,17 @@ enum cudaDeviceAttr {
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
 enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
-enum cudaLaunchAttributeID { cudaLaunchAttributeClusterDimension = 4 };
+enum cudaLaunchAttributeID {
+  cudaLaunchAttributeClusterDimension = 4,
+  cudaLaunchAttributeProgrammaticStreamSerialization = 6,
+};
 struct cudaLaunchAttribute {
   cudaLaunchAttributeID id;
   struct {
     struct {
       unsigned x, y, z;
     } clusterDim;
+    int programmaticStreamSerializationAllowed;
   } val;
 };
 struct cudaLaunchConfig_t {
@@ -356,6 +360,17 @@ struct Fiber {
   bool done = false;
   Barrier* wait = nullptr;
   uint64_t wait_gen = 0;
+  // cp.async copies issued and not yet waited for: the source's 16 bytes as
+  // read at issue, written to shared memory only by the cp.async.wait_group
+  // that completes their group (so a read of the destination before the wait
+  // sees what was there before: the fill pattern or an older chunk).
+  struct AsyncCopy {
+    uint32_t dst;
+    uint64_t group;
+    unsigned char data[16];
+  };
+  std::vector<AsyncCopy> async_copies;
+  uint64_t async_groups = 0;  // cp.async.commit_group count
 };
 
 struct Run {
@@ -856,8 +871,16 @@ inline cudaError_t cudaDriverGetVersion(int* v) {
 template <class... A, class... B>
 cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*k)(A...), B&&... args) {
   unsigned cs = 1;
-  for (unsigned i = 0; i < cfg->numAttrs; ++i)
+  for (unsigned i = 0; i < cfg->numAttrs; ++i) {
     if (cfg->attrs[i].id == cudaLaunchAttributeClusterDimension) cs = cfg->attrs[i].val.clusterDim.x;
+    // Programmatic dependent launch: launches run one after another here, so
+    // the previous grid has completed before this one starts, which is what
+    // griddepcontrol.wait waits for (the instructions are no-ops below). The
+    // launchers ask for it on sm_90+ only; an older emulated device refuses it.
+    if (cfg->attrs[i].id == cudaLaunchAttributeProgrammaticStreamSerialization &&
+        cfg->attrs[i].val.programmaticStreamSerializationAllowed && cuda_emu::st().dev.major < 9)
+      return cudaErrorInvalidValue;
+  }
   return cuda_emu::launch_kernel(k, cfg->gridDim, cfg->blockDim, cfg->dynamicSmemBytes, cs,
                                  std::forward<B>(args)...);
 }
@@ -866,8 +889,9 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*k)(A...), B
 // scripts/cuda-emu.js turns `asm volatile("tpl" : outs : ins)` into
 // cuda_emu::ptx("tpl", {operands}) (outputs first, by reference; inputs by
 // value; numbered %0.. in that order, as in the asm). The instructions the
-// kernels use are modelled from their PTX ISA definitions: cp.async (a
-// synchronous copy is a valid cp.async followed by its wait), ldmatrix x4
+// kernels use are modelled from their PTX ISA definitions: cp.async (the
+// data lands at the cp.async.wait_group that completes its commit group, not
+// before: a chunk read before its wait is caught), ldmatrix x4
 // (and .trans) and mma.sync m16n8k16 f32 += f16/bf16 (fragment layouts of
 // the PTX ISA's "matrix fragments for mma.m16n8k16"; products summed in
 // double, rounded once: within any f32 accumulation order's error). Anything
@@ -907,14 +931,17 @@ inline std::vector<WarpDeposit>& deposits() {
   return d;
 }
 
-enum class Ptx { CommitOrWait, CpAsync, Ldsm, LdsmTrans, MmaF16, MmaBf16, Other };
+enum class Ptx { NoOp, Commit, Wait, CpAsync, Ldsm, LdsmTrans, MmaF16, MmaBf16, Other };
 
 // The instruction of a template (classified once per call site: the
 // template is a string literal).
 inline Ptx classify(const char* tpl) {
   auto starts = [&](const char* p) { return std::strncmp(tpl, p, std::strlen(p)) == 0; };
   auto has = [&](const char* p) { return std::strstr(tpl, p) != nullptr; };
-  if (starts("cp.async.commit_group") || starts("cp.async.wait_group")) return Ptx::CommitOrWait;
+  if (starts("cp.async.commit_group")) return Ptx::Commit;
+  if (starts("cp.async.wait_group")) return Ptx::Wait;
+  // dependent launch control: launches are sequential (cudaLaunchKernelEx)
+  if (starts("griddepcontrol.wait") || starts("griddepcontrol.launch_dependents")) return Ptx::NoOp;
   if (starts("cp.async.cg.shared.global")) return Ptx::CpAsync;
   if (starts("ldmatrix.sync.aligned.m8n8.x4")) return has(".trans") ? Ptx::LdsmTrans : Ptx::Ldsm;
   if (starts("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32")) return Ptx::MmaF16;
@@ -1009,7 +1036,24 @@ inline void ptx(const char* tpl, std::initializer_list<Opnd> list) {
     last_tpl = tpl;
   }
   switch (last_kind) {
-    case Ptx::CommitOrWait: return;
+    case Ptx::NoOp: return;
+    case Ptx::Commit: ++self().async_groups; return;
+    case Ptx::Wait: {
+      // cp.async.wait_group N: every group but the N most recent committed
+      // ones is complete (copies not yet committed stay pending).
+      const char* nstr = std::strstr(tpl, "wait_group") + std::strlen("wait_group");
+      const uint64_t keep = std::strstr(nstr, "%0") ? (n > 0 ? ops[0].v : 0) : std::strtoull(nstr, nullptr, 10);
+      Fiber& f = self();
+      const uint64_t done_below = f.async_groups > keep ? f.async_groups - keep : 0;
+      size_t w = 0;
+      for (size_t i = 0; i < f.async_copies.size(); ++i) {
+        Fiber::AsyncCopy& c = f.async_copies[i];
+        if (c.group < done_below) std::memcpy(shared_at(c.dst, 16), c.data, 16);
+        else f.async_copies[w++] = c;
+      }
+      f.async_copies.resize(w);
+      return;
+    }
     case Ptx::CpAsync: {
       // [dst], [src], 16[, src-size]: src-size bytes copied, the rest of the 16 zeroed
       if (n < 2) break;
@@ -1018,10 +1062,14 @@ inline void ptx(const char* tpl, std::initializer_list<Opnd> list) {
       if (std::strstr(comma, "%2")) bytes = n > 2 ? size_t(uint32_t(ops[2].v)) : 16;
       else if (!std::strstr(comma, "16")) bytes = size_t(std::strtoul(comma + 1, nullptr, 10));
       if (bytes > 16) bytes = 16;
-      unsigned char* dst = shared_at(uint32_t(ops[0].v), 16);
+      shared_at(uint32_t(ops[0].v), 16);  // bounds-checked now, written at the wait
+      Fiber::AsyncCopy c;
+      c.dst = uint32_t(ops[0].v);
+      c.group = self().async_groups;
       const void* src = reinterpret_cast<const void*>(uintptr_t(ops[1].v));
-      if (bytes) std::memcpy(dst, src, bytes);
-      std::memset(dst + bytes, 0, 16 - bytes);
+      if (bytes) std::memcpy(c.data, src, bytes);
+      std::memset(c.data + bytes, 0, 16 - bytes);
+      self().async_copies.push_back(c);
       return;
     }
     case Ptx::Ldsm:
