@@ -11,6 +11,7 @@
 //   cu::load_vec16 / store_vec16         16-byte vectorised load/store with conversion to/from f32
 //   cu::unpack16<T>(uint4, floats)        16 raw bytes (e.g. from shared memory) -> floats
 //   cu::warp_sum / warp_max<W>()         butterfly reductions over W lanes (power of 2, <= 32)
+//   cu::warp_incl_sum(x, lane)           inclusive prefix sum of an int over a warp
 //   cu::block_sum / block_max            whole-block reductions through 32 floats of shared memory
 //   cu::with_float_dtype(DType, f)       calls f(T{}) for the storage type of a float DType
 //   cu::ldsm_x4 / ldsm_x4_trans, mma16816<F16>, pack_bf16, split_bf16   tensor-core fragments (sm_80+)
@@ -24,6 +25,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 #include <utility>
@@ -168,6 +170,16 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// Inclusive prefix sum over the 32 lanes of a warp (all lanes call it).
+__device__ __forceinline__ int warp_incl_sum(int x, int lane) {
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
+  }
+  return x;
+}
+
 // Whole-block reductions (blockDim.x a multiple of 32, <= 1024). `red` is 32
 // floats of shared memory; every thread gets the result. Contains
 // __syncthreads: call from all threads, not under divergent control flow.
@@ -256,6 +268,14 @@ inline Status with_float_dtype(DType t, F&& f) {
 // one started (it was launched without the attribute, or waited itself), so
 // their results may be read before the wait. Without the attribute (or below
 // sm_90) both instructions are no-ops and the launch is an ordinary one.
+// A kernel always waits before it triggers, and one that triggers before its
+// last global write lets its dependent start while those writes are in
+// flight, so no pre-wait read may touch them. Early triggers here: decode
+// attention (after its tile loop; the merge writes o, lse and workspace
+// after), and the short kernels of the Quest selection, top-k, the decode
+// union and plan (wait, then trigger at once; they write only scratch and
+// their launcher's outputs). Pre-wait reads: the H2O score pass (items, page
+// ids, pool scores) and window scores (q, k), none of which those write.
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
@@ -267,23 +287,60 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
-// k<<<grid, block, smem, st>>>(args...), with programmatic stream
-// serialization when pdl (the caller passes pdl only for devices of compute
-// capability >= 9.0).
+// Dependent launches on or off for the process (cuda_set_dependent_launch:
+// benchmarks time both; default on). One flag for every translation unit
+// (an inline function's static).
+inline std::atomic<bool>& dependent_launch_flag() {
+  static std::atomic<bool> on{true};
+  return on;
+}
+
+// k<<<grid, block, smem, st>>>(args...) in clusters of `cluster` blocks
+// (1: none), with programmatic stream serialization when pdl (the caller
+// passes pdl only for devices of compute capability >= 9.0: pdl_capable())
+// and the process-wide switch is on.
 template <class... A, class... B>
-inline cudaError_t launch_pdl(bool pdl, void (*k)(A...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
-                              B&&... args) {
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+inline cudaError_t launch_ex(bool pdl, unsigned cluster, void (*k)(A...), dim3 grid, dim3 block, size_t smem,
+                             cudaStream_t st, B&&... args) {
+  cudaLaunchAttribute attr[2];
+  unsigned n = 0;
+  if (cluster > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = cluster;
+    attr[n].val.clusterDim.y = 1;
+    attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
+  if (pdl && dependent_launch_flag().load(std::memory_order_relaxed)) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = st;
   cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
+  cfg.numAttrs = n;
   return cudaLaunchKernelEx(&cfg, k, std::forward<B>(args)...);
+}
+template <class... A, class... B>
+inline cudaError_t launch_pdl(bool pdl, void (*k)(A...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                              B&&... args) {
+  return launch_ex(pdl, 1u, k, grid, block, smem, st, std::forward<B>(args)...);
+}
+
+// Whether the current device takes dependent launches (compute capability
+// >= 9.0). Asked at each call, not cached: the attribute query is cheap, and
+// the emulated device of the tests changes its capability between tests.
+inline bool pdl_capable() {
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return major >= 9;
 }
 
 }  // namespace cu

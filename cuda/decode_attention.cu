@@ -38,11 +38,16 @@
 // * Partials (m, s, acc) of each item go to a workspace; the last block of a
 //   list to finish (atomic counter, threadfence pattern) merges them, writes o,
 //   lse and the base-2 lse used by the score pass. No separate merge launch.
-// * Quest subsets: items are logical page ranges; inside an item a warp walks
-//   the union of the group's sorted selections (warp min over the g heads'
-//   cursors, ballot = which heads chose the page), so only union pages are
-//   read, once for the whole group; logits of heads that did not select a page
-//   are -inf (exp2 -> exactly 0), as on the CPU.
+// * Quest subsets: a union kernel (block per list) first joins the group's
+//   sorted selections into one ascending page list with, per page, the heads
+//   that chose it and its physical id; items are then ranges of that list,
+//   read like dense pages (32 entries per window load), so only union pages
+//   are read, once for the whole group; logits of heads that did not select a
+//   page are -inf (exp2 -> exactly 0), as on the CPU. (The kernels used to
+//   walk the g sorted cursors page by page inside each item: a chain of
+//   dependent loads per page in one warp plus a binary search per item,
+//   most of the 66 us a 128K Quest step's sparse attention took on an H200
+//   for 8 MB of K/V.)
 // * H2O accumulation, fused: the main pass stores the raw base-2 logits per
 //   (physical slot, head) in the workspace (indexed by physical slot, so the
 //   size, num_pages * P * g floats, is known on the host); after the merge a
@@ -93,6 +98,9 @@ constexpr int kMinItemSlots = 256;
 constexpr int kScoreThreads = 256;
 constexpr unsigned kFull = 0xffffffffu;
 
+// An item: list `list`, pages [p0, p1) (with Quest subsets: union entries
+// [p0, p1), absolute indices into the u_* arrays, so the attention kernel's
+// producer needs no base register), the list's items first .. first + count - 1.
 struct Item {
   int list, p0, p1, first, count, pad0, pad1, pad2;
 };
@@ -112,6 +120,13 @@ struct Params {
   const int* kv_len;
   const int* sel_indptr;  // null = dense
   const int* sel_pages;
+  // Quest union (workspace, indexed like sel_pages: list l's union sits at
+  // [sel_indptr[r0], sel_indptr[r0 + g]), r0 its first query head's row).
+  int* u_cnt;        // [nl] union length
+  int* u_pg;         // logical page
+  unsigned* u_mask;  // bit h: head h of the group chose it
+  int* u_id;         // physical page id
+  int sel_count;     // elements of sel_pages (a bound for the union writes)
   float* score_pool;
   int reduce;
   float* lse;
@@ -150,20 +165,18 @@ __device__ __forceinline__ void store_o(void* o, DType t, int64_t i, float v) {
 // binary search over first[] (the 64-bit divisions of the page ranges are
 // spread over the block: done serially by one thread per list they took
 // ~13 us for 8 lists of 66 items on an H200).
-// Work of list l in pages: its pages, or with Quest subsets the at most
-// sum_h |S_h| union pages it will read (an item is a logical page range, so
-// sizing items by logical pages would give mostly empty ones: at 128K with
-// 128 selected pages per head, ~8 union pages per item). 0 = nothing to attend.
+// Work of list l in pages: its pages, or with Quest subsets its union pages
+// (an item is then a range of the union list). 0 = nothing to attend.
 __device__ __forceinline__ long long list_work(const Params& p, int l) {
-  const long long np = (p.kv_len[l] + p.P - 1) / p.P;
-  if (!p.sel_indptr || np == 0) return np;
-  const int r0 = (l / p.Hkv) * p.Hq + (l % p.Hkv) * p.g;
-  long long sel = 0;
-  for (int h = 0; h < p.g; ++h) sel += min(np, (long long)(p.sel_indptr[r0 + h + 1] - p.sel_indptr[r0 + h]));
-  return min(np, sel);
+  if (p.sel_indptr) return p.u_cnt[l];
+  return (p.kv_len[l] + p.P - 1) / p.P;
 }
 
+// Launched as a dependent (sm_90+) of whatever the stream ran before (with
+// Quest subsets: the union kernel): everything it reads or writes waits.
 __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
+  cu::pdl_wait();
+  cu::pdl_trigger();  // the attention blocks may be scheduled (they wait for the plan)
   __shared__ unsigned long long s_total;
   __shared__ int s_warp[32];
   __shared__ long long s_chunk;
@@ -189,22 +202,11 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
   for (int l = l0; l < l1; ++l) cnt += int((list_work(p, l) + chunk - 1) / chunk);
   // block exclusive scan
   const int lane = tid & 31, wid = tid >> 5;
-  int incl = cnt;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int y = __shfl_up_sync(kFull, incl, o);
-    if (lane >= o) incl += y;
-  }
+  const int incl = cu::warp_incl_sum(cnt, lane);
   if (lane == 31) s_warp[wid] = incl;
   __syncthreads();
   if (wid == 0) {
-    int v = lane < (nt >> 5) ? s_warp[lane] : 0;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int y = __shfl_up_sync(kFull, v, o);
-      if (lane >= o) v += y;
-    }
-    s_warp[lane] = v;  // inclusive warp totals
+    s_warp[lane] = cu::warp_incl_sum(lane < (nt >> 5) ? s_warp[lane] : 0, lane);  // inclusive warp totals
   }
   __syncthreads();
   int off = incl - cnt + (wid > 0 ? s_warp[wid - 1] : 0);
@@ -237,11 +239,12 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
       else hi = mid;
     }
     const int f = p.first[lo], n = p.first[lo + 1] - f, i = x - f;
-    const long long np = (p.kv_len[lo] + p.P - 1) / p.P;
+    const long long wk = list_work(p, lo);  // pages, or union entries
+    const int base = p.sel_indptr ? p.sel_indptr[(lo / p.Hkv) * p.Hq + (lo % p.Hkv) * p.g] : 0;
     Item it;
     it.list = lo;
-    it.p0 = int(np * i / n);
-    it.p1 = int(np * (i + 1) / n);
+    it.p0 = base + int(wk * i / n);
+    it.p1 = base + int(wk * (i + 1) / n);
     it.first = f;
     it.count = n;
     it.pad0 = it.pad1 = it.pad2 = 0;
@@ -249,51 +252,96 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
   }
 }
 
-// ---------------------------------------------------------------- union walk
-// Warp-cooperative cursor over the union of the sorted page selections of the
-// g heads of a list (lane h < g owns head h's cursor).
-// The cursor's page is loaded when the cursor moves, one call ahead of its
-// use, so a step of the walk waits on one load (the page's id), not two.
-struct Walker {
-  int ptr, end, cand;
-};
-__device__ __forceinline__ void walker_init(Walker& w, const Params& p, int list, int p0, int lane) {
-  w.ptr = 0;
-  w.end = 0;
-  w.cand = INT_MAX;
-  if (lane < p.g) {
-    const int b = list / p.Hkv, j = list % p.Hkv;
-    const int r = b * p.Hq + j * p.g + lane;
-    int lo = p.sel_indptr[r], hi = p.sel_indptr[r + 1];
-    w.end = hi;
-    while (lo < hi) {  // lower_bound(p0)
-      const int mid = (lo + hi) >> 1;
-      if (p.sel_pages[mid] < p0) lo = mid + 1;
-      else hi = mid;
+// ---------------------------------------------------------------- union
+// Quest subsets, block per list l: the union of its g heads' selections
+// (pages < np, ascending), with the heads that chose each page (bit h) and
+// its physical id, written at the list's own range of the selection
+// [sel_indptr[r0], sel_indptr[r0 + g]) (a union is no longer than the
+// selections it joins), and its length to u_cnt[l]. The list's pages go in
+// chunks of kUnionChunk: each selection entry sets its head's bit in a
+// shared mask (atomicOr), then a block scan of the non-empty masks in page
+// order places the chunk's union pages. Reads sum_h |S_h| entries per chunk
+// (one chunk up to 64K tokens at P = 16) and the chunk's masks, no chain of
+// dependent loads longer than kv_len -> page id.
+constexpr int kUnionThreads = 256;
+constexpr int kUnionChunk = 4096;                       // pages per pass: 16 KB of masks
+constexpr int kUnionPer = kUnionChunk / kUnionThreads;  // consecutive pages per thread
+
+__global__ void __launch_bounds__(kUnionThreads) union_kernel(Params p) {
+  __shared__ unsigned s_mask[kUnionChunk];
+  __shared__ int s_ind[kMaxG + 1];
+  __shared__ int s_warp[kUnionThreads / 32];
+  cu::pdl_wait();  // the selection may be the previous kernel's output (Quest's selection)
+  cu::pdl_trigger();  // the plan may be scheduled (it waits for this kernel)
+  const int l = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = p.g;
+  const int r0 = (l / p.Hkv) * p.Hq + (l % p.Hkv) * g;
+  if (tid <= g) s_ind[tid] = p.sel_indptr[r0 + tid];
+  const int np = (p.kv_len[l] + p.P - 1) / p.P;
+  const int* ids = p.page_ids + p.page_indptr[l];
+  __syncthreads();
+  const int e0 = s_ind[0], e1 = min(s_ind[g], p.sel_count);
+  int carry = 0;
+  for (int c0 = 0; c0 < np; c0 += kUnionChunk) {  // block-uniform
+    const int cn = min(kUnionChunk, np - c0);
+    for (int i = tid; i < kUnionChunk; i += kUnionThreads) s_mask[i] = 0u;
+    __syncthreads();
+    for (int e = e0 + tid; e < e1; e += kUnionThreads) {
+      const int v = p.sel_pages[e] - c0;
+      if (v >= 0 && v < cn) {
+        int h = 0;
+        while (h + 1 < g && e >= s_ind[h + 1]) ++h;
+        atomicOr(&s_mask[v], 1u << h);
+      }
     }
-    w.ptr = lo;
-    w.cand = lo < w.end ? p.sel_pages[lo] : INT_MAX;
+    __syncthreads();
+    // This thread's pages: kUnionPer consecutive ones, so a block exclusive
+    // scan of the counts keeps page order.
+    const int q0 = tid * kUnionPer;
+    unsigned m[kUnionPer];
+    int cnt = 0;
+#pragma unroll
+    for (int i = 0; i < kUnionPer; ++i) {
+      m[i] = s_mask[q0 + i];
+      cnt += m[i] != 0u;
+    }
+    const int incl = cu::warp_incl_sum(cnt, lane);
+    if (lane == 31) s_warp[warp] = incl;
+    __syncthreads();
+    int before = 0, total = 0;
+#pragma unroll
+    for (int w = 0; w < kUnionThreads / 32; ++w) {
+      const int x = s_warp[w];
+      before += w < warp ? x : 0;
+      total += x;
+    }
+    // The page ids first (all loads in flight), then the stores.
+    int id[kUnionPer];
+#pragma unroll
+    for (int i = 0; i < kUnionPer; ++i) id[i] = m[i] ? __ldg(ids + c0 + q0 + i) : 0;
+    int pos = e0 + carry + before + incl - cnt;
+#pragma unroll
+    for (int i = 0; i < kUnionPer; ++i)
+      if (m[i]) {
+        if (pos < e1) {  // always, for a valid selection; a bound for any other
+          p.u_pg[pos] = c0 + q0 + i;
+          p.u_mask[pos] = m[i];
+          p.u_id[pos] = id[i];
+        }
+        ++pos;
+      }
+    carry += total;
+    __syncthreads();  // s_mask and s_warp are rewritten by the next chunk
   }
-}
-// Next union page < p1 (or -1); *mask = heads that selected it. Whole warp.
-__device__ __forceinline__ int walker_next(Walker& w, const int* sel_pages, int p1, unsigned* mask) {
-  const int m = __reduce_min_sync(kFull, w.cand);
-  if (m >= p1) return -1;
-  const bool hit = w.cand == m;
-  *mask = __ballot_sync(kFull, hit);
-  if (hit) {
-    ++w.ptr;
-    w.cand = w.ptr < w.end ? sel_pages[w.ptr] : INT_MAX;
-  }
-  return m;
+  if (tid == 0) p.u_cnt[l] = max(0, min(carry, e1 - e0));
 }
 
 // Producer state of the attention block (warp 0 only): the page being cut
 // into tile rows.
 struct Producer {
-  Walker w;
-  int next;      // dense: next logical page
-  int win0, idw; // dense: lane x holds ids[win0 + x] (one load per 32 pages, not one per page)
+  int next;      // next page (dense) or union entry (subset) of the item
+  int win0, idw; // lane x holds the physical id of entry win0 + x (one load per 32 pages, not one per page)
+  int pgw;       // subset: lane x holds the logical page of entry win0 + x
+  unsigned mw;   // subset: ... and its head mask
   int p1, len;
   int64_t phys;  // physical slot of row 0 of the current page
   int row, rows; // rows consumed / valid in the current page
@@ -308,21 +356,24 @@ __device__ __forceinline__ void produce(Producer& pr, const Params& p, const int
   while (n < kTR) {
     if (pr.row == pr.rows) {
       if (pr.done) break;
-      int pg, id = 0;
-      if (subset) {
-        pg = walker_next(pr.w, p.sel_pages, pr.p1, &pr.mask);
-        if (pg >= 0) id = ids[pg];
-      } else {
-        pg = pr.next < pr.p1 ? pr.next : -1;
-        ++pr.next;
-        pr.mask = kFull;
-        if (pg >= 0) {
-          if (pg - pr.win0 >= 32) {  // warp-uniform; pages only move forward
-            pr.win0 = pg;
-            pr.idw = pg + lane < pr.p1 ? ids[pg + lane] : 0;
+      int pg = -1, id = 0;
+      const int x = pr.next++;
+      if (x < pr.p1) {
+        if (x - pr.win0 >= 32) {  // warp-uniform; entries only move forward
+          pr.win0 = x;
+          const bool in = x + lane < pr.p1;
+          if (subset) {
+            const int u = x + lane;
+            pr.idw = in ? p.u_id[u] : 0;
+            pr.pgw = in ? p.u_pg[u] : 0;
+            pr.mw = in ? p.u_mask[u] : 0u;
+          } else {
+            pr.idw = in ? ids[x + lane] : 0;
           }
-          id = __shfl_sync(kFull, pr.idw, pg - pr.win0);
         }
+        id = __shfl_sync(kFull, pr.idw, x - pr.win0);
+        pg = subset ? __shfl_sync(kFull, pr.pgw, x - pr.win0) : x;
+        pr.mask = subset ? __shfl_sync(kFull, pr.mw, x - pr.win0) : kFull;
       }
       if (pg < 0) {
         pr.done = true;
@@ -480,19 +531,17 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
   (void)qv; (void)qh; (void)ql; (void)qsplit;
 
   Producer pr;
-  pr.w.ptr = pr.w.end = 0;
-  pr.w.cand = INT_MAX;
   {
     pr.next = it.p0;
-    pr.win0 = -64;  // pages are >= 0: the first page loads a window
-    pr.idw = 0;
+    pr.win0 = -64;  // entries are >= 0: the first one loads a window
+    pr.idw = pr.pgw = 0;
+    pr.mw = 0u;
     pr.p1 = it.p1;
     pr.len = p.kv_len[list];
     pr.row = pr.rows = 0;
     pr.phys = 0;
     pr.mask = kFull;
     pr.done = false;
-    if (subset && warp == 0) walker_init(pr.w, p, list, it.p0, lane);
   }
 
   auto issue = [&](int st) {
@@ -874,13 +923,10 @@ __global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
 // and a block barrier after the launch gap, most of the ~8 us this pass took
 // per one-sequence step on an H200).
 __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
-  __shared__ int64_t s_page[32];  // physical slot of row 0 of union pages
-  __shared__ int s_rows[32];
-  __shared__ int s_cnt;
   const int item_idx = blockIdx.x;
   if (item_idx >= *p.n_items) return;  // the plan's output: complete before the attention kernel began
   const Item it = p.items[item_idx];
-  const int tid = threadIdx.x, lane = tid & 31, g = p.g, P = p.P;
+  const int tid = threadIdx.x, g = p.g, P = p.P;
   const int list = it.list, len = p.kv_len[list];
   const int* ids = p.page_ids + p.page_indptr[list];
   // The group's base-2 lse, per thread (the same g addresses for the whole
@@ -904,73 +950,57 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
     // CPU: acc / float(g); divide (not multiply by 1/g) to round the same way
     return p.reduce == int(Reduce::Mean) ? acc / float(g) : acc;
   };
-  if (!p.sel_indptr) {
-    // 4 slots per thread, their loads issued before any use (one slot at a
-    // time was a chain of three dependent reads per slot). The ids and pool
-    // scores before the wait; logits (written by the attention kernel) after.
-    constexpr int U = 4;
-    const int u0 = it.p0 * P, u1 = min(it.p1 * P, len);
-    int64_t ph[U];
-    float sp[U];
-    int ub = u0 + tid;
-    auto load_slots = [&] {
+  // 4 slots per thread, their loads issued before any use (one slot at a
+  // time was a chain of three dependent reads per slot). The ids and pool
+  // scores before the wait; logits (written by the attention kernel) after.
+  // Slot u of the item: row u % P of its page u / P, or with Quest subsets of
+  // its union entry u / P (the union kernel ran before the plan; heads that
+  // did not choose the page have -inf logits, so they add exactly 0).
+  constexpr int U = 4;
+  const bool subset = p.sel_indptr != nullptr;
+  const int ubase = subset ? p.sel_indptr[(list / p.Hkv) * p.Hq + (list % p.Hkv) * g] : 0;
+  const int u0 = (it.p0 - ubase) * P, u1 = subset ? (it.p1 - ubase) * P : min(it.p1 * P, len);
+  int64_t ph[U];
+  float sp[U];
+  int ub = u0 + tid;
+  auto load_slots = [&] {
+    if (subset) {
+      int pg[U], id[U];
+#pragma unroll
+      for (int k = 0; k < U; ++k) {
+        const int u = ub + k * kScoreThreads;
+        pg[k] = u < u1 ? __ldg(p.u_pg + ubase + u / P) : 0;
+        id[k] = u < u1 ? __ldg(p.u_id + ubase + u / P) : 0;
+      }
+#pragma unroll
+      for (int k = 0; k < U; ++k) {
+        const int u = ub + k * kScoreThreads, r = u % P;
+        ph[k] = u < u1 && r < len - pg[k] * P ? int64_t(id[k]) * P + r : -1;
+      }
+    } else {
 #pragma unroll
       for (int k = 0; k < U; ++k) {
         const int u = ub + k * kScoreThreads;
         ph[k] = u < u1 ? int64_t(__ldg(ids + u / P)) * P + u % P : -1;
       }
-#pragma unroll
-      for (int k = 0; k < U; ++k) sp[k] = ph[k] >= 0 ? p.score_pool[ph[k]] : 0.f;
-    };
-    if (ub < u1) load_slots();
-    cu::pdl_wait();
-    load_lse();
-    for (; ub < u1;) {
-      float lg[U][kMaxG];
-#pragma unroll
-      for (int k = 0; k < U; ++k)
-#pragma unroll
-        for (int h = 0; h < kMaxG; ++h) lg[k][h] = ph[k] >= 0 && h < g ? __ldcg(p.logits + ph[k] * g + h) : 0.f;
-#pragma unroll
-      for (int k = 0; k < U; ++k)
-        if (ph[k] >= 0) p.score_pool[ph[k]] = sp[k] + slot_add(lg[k]);
-      ub += U * kScoreThreads;
-      if (ub < u1) load_slots();
     }
-    return;
-  }
-  Walker w;
-  if (tid < 32) walker_init(w, p, list, it.p0, lane);
+#pragma unroll
+    for (int k = 0; k < U; ++k) sp[k] = ph[k] >= 0 ? p.score_pool[ph[k]] : 0.f;
+  };
+  if (ub < u1) load_slots();
   cu::pdl_wait();
   load_lse();
-  for (;;) {
-    if (tid < 32) {
-      int c = 0;
-      for (; c < 32; ++c) {
-        unsigned m;
-        const int pg = walker_next(w, p.sel_pages, it.p1, &m);
-        if (pg < 0) break;
-        if (lane == 0) {
-          s_page[c] = int64_t(ids[pg]) * P;
-          s_rows[c] = min(P, len - pg * P);
-        }
-      }
-      if (lane == 0) s_cnt = c;
-    }
-    __syncthreads();
-    const int c = s_cnt;
-    for (int x = tid; x < c * P; x += kScoreThreads) {
-      const int pi = x / P, r = x - pi * P;
-      if (r < s_rows[pi]) {
-        const int64_t phys = s_page[pi] + r;
-        float lg[kMaxG];
+  for (; ub < u1;) {
+    float lg[U][kMaxG];
 #pragma unroll
-        for (int h = 0; h < kMaxG; ++h) lg[h] = h < g ? __ldcg(p.logits + phys * g + h) : 0.f;
-        p.score_pool[phys] += slot_add(lg);
-      }
-    }
-    __syncthreads();
-    if (c < 32) break;
+    for (int k = 0; k < U; ++k)
+#pragma unroll
+      for (int h = 0; h < kMaxG; ++h) lg[k][h] = ph[k] >= 0 && h < g ? __ldcg(p.logits + ph[k] * g + h) : 0.f;
+#pragma unroll
+    for (int k = 0; k < U; ++k)
+      if (ph[k] >= 0) p.score_pool[ph[k]] = sp[k] + slot_add(lg[k]);
+    ub += U * kScoreThreads;
+    if (ub < u1) load_slots();
   }
 }
 
@@ -1120,6 +1150,8 @@ __global__ void __launch_bounds__(kEvictThreads) evict_kernel(DecodeAttnArgs a) 
 
 }  // namespace
 
+void cuda_set_dependent_launch(bool on) { cu::dependent_launch_flag().store(on, std::memory_order_relaxed); }
+
 Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   if (a.batch <= 0 || a.num_q_heads <= 0 || a.num_kv_heads <= 0 || a.head_dim <= 0 || a.page_size <= 0)
     return Status::Shape;
@@ -1171,6 +1203,8 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   p.kv_len = a.kv_len;
   p.sel_indptr = a.sel_indptr;
   p.sel_pages = a.sel_pages;
+  if (a.sel_indptr && (a.sel_count < 0 || a.sel_count > INT_MAX)) return Status::Shape;
+  p.sel_count = a.sel_indptr ? int(a.sel_count) : 0;
   p.score_pool = a.score_pool;
   p.reduce = int(a.reduce);
   p.lse = a.lse;
@@ -1202,6 +1236,15 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   const size_t o_lse2 = off; off = align256(off + size_t(nl64) * g * sizeof(float));
   const size_t o_logits = off;
   if (a.score_pool) off = align256(off + size_t(a.num_pages) * a.page_size * g * sizeof(float));
+  const bool subset = a.sel_indptr != nullptr;
+  const size_t o_ucnt = off;
+  if (subset) off = align256(off + size_t(nl64) * sizeof(int));
+  const size_t o_upg = off;
+  if (subset) off = align256(off + size_t(p.sel_count) * sizeof(int));
+  const size_t o_umask = off;
+  if (subset) off = align256(off + size_t(p.sel_count) * sizeof(unsigned));
+  const size_t o_uid = off;
+  if (subset) off = align256(off + size_t(p.sel_count) * sizeof(int));
   void* ws = nullptr;
   KVSQ_CUDA_TRY(cudaMallocAsync(&ws, off, st));
   char* w = static_cast<char*>(ws);
@@ -1213,13 +1256,18 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   p.part_acc = reinterpret_cast<float*>(w + o_acc);
   p.lse2 = reinterpret_cast<float*>(w + o_lse2);
   p.logits = a.score_pool ? reinterpret_cast<float*>(w + o_logits) : nullptr;
+  p.u_cnt = subset ? reinterpret_cast<int*>(w + o_ucnt) : nullptr;
+  p.u_pg = subset ? reinterpret_cast<int*>(w + o_upg) : nullptr;
+  p.u_mask = subset ? reinterpret_cast<unsigned*>(w + o_umask) : nullptr;
+  p.u_id = subset ? reinterpret_cast<int*>(w + o_uid) : nullptr;
 
+  // Every kernel of the step is a dependent launch (sm_90+): each may be
+  // scheduled before the kernel ahead of it ends and waits for it in the
+  // kernel (cu::pdl_wait), which hides the launch gaps of the step (with
+  // Quest, the selection's last kernel -> union -> plan -> attention).
   Status s = Status::Ok;
-  plan_kernel<<<1, 1024, 0, st>>>(p);
-  s = cuda_launch_status();
-  // The attention and score kernels are dependent launches (sm_90+): each
-  // may be scheduled before the kernel ahead of it ends and waits for it in
-  // the kernel (cu::pdl_wait), which hides the launch gaps of the step.
+  if (subset) s = cuda_status(cu::launch_pdl(di.pdl, union_kernel, dim3(unsigned(nl64)), dim3(kUnionThreads), 0, st, p));
+  if (s == Status::Ok) s = cuda_status(cu::launch_pdl(di.pdl, plan_kernel, dim3(1), dim3(1024), 0, st, p));
   if (s == Status::Ok) s = cuda_status(cu::launch_pdl(di.pdl, fn, dim3(unsigned(items_max)), dim3(kThreads), smem, st, p));
   // The before/after records are flat copies of the lists' pool rows, the
   // read_scores kernel's job, stream-ordered around the score pass.

@@ -26,6 +26,9 @@ Status topk_flag_status(unsigned host_flag);
 // Tests and benchmarks: false makes cuda_topk skip its sampled one-pass
 // kernel and radix-select every row (same results; default true).
 void cuda_topk_set_filter(bool on);
+// Benchmarks: false launches every kernel in the ordinary way, without
+// programmatic dependent launch (sm_90+; same results; default true).
+void cuda_set_dependent_launch(bool on);
 Status cuda_quest_bounds(const QuestBoundsArgs& a, void* stream);
 // Bounds, top-k and the selection on the device (no host copy of the bounds);
 // unless a.q_checked, synchronises the stream at the end to report a

@@ -43,6 +43,8 @@ constexpr int kPPW = 4;  // pages per warp
 // PER: values of each of kmin/kmax per lane (ceil(D / 32) rounded up: 4 or 8).
 template <class TQ, class TK, int PER>
 __global__ void __launch_bounds__(kWarps * 32) quest_kernel(const QuestBoundsArgs a, int g) {
+  cu::pdl_wait();     // dependent launch (sm_90+): the previous kernel is complete from here on
+  cu::pdl_trigger();  // ... so the next one may be scheduled (it waits for this one)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t list = blockIdx.y;
   const int64_t p0 = (int64_t(blockIdx.x) * kWarps + warp) * kPPW;
@@ -141,9 +143,10 @@ Status cuda_quest_bounds(const QuestBoundsArgs& a, void* stream) {
     using TQ = decltype(qt);
     return cu::with_float_dtype(a.kv_dtype, [&](auto kt) -> Status {
       using TK = decltype(kt);
-      if (a.head_dim <= 128) quest_kernel<TQ, TK, 4><<<grid, kWarps * 32, 0, st>>>(a, g);
-      else quest_kernel<TQ, TK, 8><<<grid, kWarps * 32, 0, st>>>(a, g);
-      return cuda_launch_status();
+      // a dependent launch (sm_90+): in Quest's selection it follows a short prep kernel
+      const bool pdl = cu::pdl_capable();
+      if (a.head_dim <= 128) return cuda_status(cu::launch_pdl(pdl, quest_kernel<TQ, TK, 4>, grid, dim3(kWarps * 32), 0, st, a, g));
+      return cuda_status(cu::launch_pdl(pdl, quest_kernel<TQ, TK, 8>, grid, dim3(kWarps * 32), 0, st, a, g));
     });
   });
 }

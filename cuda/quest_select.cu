@@ -59,6 +59,8 @@ struct SelParams {
 __device__ inline int pages_of(int len, int P) { return (len + P - 1) / P; }
 
 __global__ void prep_kernel(SelParams p) {
+  cu::pdl_wait();     // dependent launch (sm_90+): the previous kernel is complete from here on
+  cu::pdl_trigger();  // ... so the next one may be scheduled (it waits for this one)
   const int rows = p.share ? p.batch * p.hkv : p.batch * p.hq;
   for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += gridDim.x * blockDim.x) {
     const int l = p.share ? r : (r / p.hq) * p.hkv + (r % p.hq) / p.g;
@@ -71,6 +73,8 @@ __global__ void prep_kernel(SelParams p) {
 // One block: a scan of the per-row counts gives sel_indptr, then each warp
 // copies rows (the top pages and the last page, or 0 .. n-1).
 __global__ void __launch_bounds__(kAsmThreads) assemble_kernel(SelParams p) {
+  cu::pdl_wait();     // dependent launch (sm_90+): the previous kernel is complete from here on
+  cu::pdl_trigger();  // ... so the next one may be scheduled (it waits for this one)
   if (*p.flag || *p.nonfinite) return;  // non-finite q or a failed top-k: nothing written
   __shared__ int32_t s_carry;
   __shared__ int32_t s_warp[kAsmThreads / 32];
@@ -89,19 +93,11 @@ __global__ void __launch_bounds__(kAsmThreads) assemble_kernel(SelParams p) {
       c = min(pages_of(p.kv_len[l], p.P), p.budget);
     }
     // inclusive warp scan, then across warps
-    int x = c;
-    for (int o = 1; o < 32; o <<= 1) {
-      const int y = __shfl_up_sync(0xffffffffu, x, o);
-      if (lane >= o) x += y;
-    }
+    const int x = cu::warp_incl_sum(c, lane);
     if (lane == 31) s_warp[warp] = x;
     __syncthreads();
     if (warp == 0) {
-      int w = lane < kAsmThreads / 32 ? s_warp[lane] : 0;
-      for (int o = 1; o < 32; o <<= 1) {
-        const int y = __shfl_up_sync(0xffffffffu, w, o);
-        if (lane >= o) w += y;
-      }
+      const int w = cu::warp_incl_sum(lane < kAsmThreads / 32 ? s_warp[lane] : 0, lane);
       if (lane < kAsmThreads / 32) s_warp[lane] = w;
     }
     __syncthreads();
@@ -192,6 +188,10 @@ Status cuda_quest_select(const QuestSelectArgs& a, void* stream) {
   auto fail = [&](cudaError_t e) {
     if (s == Status::Ok && e != cudaSuccess) s = cuda_status(e);
   };
+  // Dependent launches (sm_90+): each kernel of the chain waits for the one
+  // before and lets the next be scheduled at once, hiding the launch gaps of
+  // the five or six launches (with the decode step's three after them).
+  const bool pdl = cu::pdl_capable();
   fail(cudaMemsetAsync(w + o_flag, 0, sizeof(Verdict), st));
   if (s == Status::Ok && !a.q_checked) {
     NonFiniteArgs nf;
@@ -202,8 +202,7 @@ Status cuda_quest_select(const QuestSelectArgs& a, void* stream) {
     s = cuda_count_nonfinite(nf, stream);
   }
   if (s == Status::Ok && sparse) {
-    prep_kernel<<<unsigned((rows + 255) / 256), 256, 0, st>>>(p);
-    s = cuda_launch_status();
+    s = cuda_status(cu::launch_pdl(pdl, prep_kernel, dim3(unsigned((rows + 255) / 256)), dim3(256), 0, st, p));
     if (s == Status::Ok) {
       QuestBoundsArgs b = qb;
       b.out = reinterpret_cast<float*>(w + o_bounds);
@@ -223,8 +222,7 @@ Status cuda_quest_select(const QuestSelectArgs& a, void* stream) {
     }
   }
   if (s == Status::Ok) {
-    assemble_kernel<<<1, kAsmThreads, 0, st>>>(p);
-    s = cuda_launch_status();
+    s = cuda_status(cu::launch_pdl(pdl, assemble_kernel, dim3(1), dim3(kAsmThreads), 0, st, p));
   }
   if (a.q_checked) {  // no read back, no wait (the free is stream-ordered)
     fail(cudaFreeAsync(ws, st));

@@ -287,6 +287,8 @@ __device__ __forceinline__ void emit_selected(int n, const KeyAt& key_at, const 
 
 // Kernel A (see the header). Grid: rows x CS blocks, clusters of CS.
 __global__ void __launch_bounds__(kThreads, 2) topk_filter_kernel(const TkParams p) {
+  cu::pdl_wait();     // dependent launch (sm_90+): the previous kernel is complete from here on
+  cu::pdl_trigger();  // ... so the next one may be scheduled (it waits for this one)
   extern __shared__ __align__(16) uint32_t sm[];
   uint32_t* hist = sm + kFOffHist;
   uint32_t* sc = sm + kFOffScan;
@@ -449,6 +451,8 @@ __global__ void __launch_bounds__(kThreads, 2) topk_filter_kernel(const TkParams
 // Kernel B (see the header). Grid: clusters of CS blocks; cluster c does
 // rows (or listed rows) c, c + clusters, ...
 __global__ void __launch_bounds__(kThreads) topk_kernel(const TkParams p) {
+  cu::pdl_wait();     // dependent launch (sm_90+): the previous kernel is complete from here on
+  cu::pdl_trigger();  // ... so the next one may be scheduled (it waits for this one)
   extern __shared__ __align__(16) uint32_t sm[];
   uint32_t* histw = sm + kOffHistW;
   uint32_t* tot = sm + kOffTot;
@@ -620,6 +624,8 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(const TkParams p) {
 // Copies the staged rows to out/count when no row reported an error.
 __global__ void topk_commit_kernel(const unsigned* flag, const int32_t* stage, const int32_t* stage_count,
                                    int32_t* out, int32_t* count, int64_t n_out, int rows) {
+  cu::pdl_wait();     // dependent launch (sm_90+): the previous kernel is complete from here on
+  cu::pdl_trigger();  // ... so the next one may be scheduled (it waits for this one)
   if (*flag) return;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n_out; i += stride) out[i] = stage[i];
@@ -688,16 +694,9 @@ Status cuda_topk_enqueue(const TopkArgs& a, unsigned* flag, void* stream) {
   auto fail = [&](cudaError_t e) {
     if (s == Status::Ok && e != cudaSuccess) s = cuda_status(e);
   };
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = unsigned(cs);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.blockDim = dim3(kThreads);
-  cfg.stream = st;
-  cfg.attrs = attr;
-  cfg.numAttrs = cs > 1 ? 1 : 0;
+  // Dependent launches (sm_90+): each kernel waits for the one before, then
+  // lets the next be scheduled, so the launch gaps overlap the kernels.
+  const bool pdl = cu::pdl_capable();
   int64_t b_clusters = a.rows;  // B's grid: one cluster per row, or enough to fill the GPU for A's list
   if (filter) {
     int sms = 1;
@@ -705,23 +704,18 @@ Status cuda_topk_enqueue(const TopkArgs& a, unsigned* flag, void* stream) {
     b_clusters = std::min<int64_t>(a.rows, std::max<int64_t>(1, 2 * int64_t(sms) / cs));
     fail(cudaMemsetAsync(list_len, 0, sizeof(unsigned), st));
     fail(cudaFuncSetAttribute(topk_filter_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kFilterBytes)));
-    if (s == Status::Ok) {
-      cfg.gridDim = dim3(unsigned(int64_t(a.rows) * cs));
-      cfg.dynamicSmemBytes = kFilterBytes;
-      fail(cudaLaunchKernelEx(&cfg, topk_filter_kernel, p));  // p.list is A's list here
-    }
+    if (s == Status::Ok)  // p.list is A's list here
+      fail(cu::launch_ex(pdl, unsigned(cs), topk_filter_kernel, dim3(unsigned(int64_t(a.rows) * cs)), dim3(kThreads),
+                         kFilterBytes, st, p));
   }
   if (s == Status::Ok) fail(cudaFuncSetAttribute(topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  if (s == Status::Ok) {
-    cfg.gridDim = dim3(unsigned(b_clusters * cs));
-    cfg.dynamicSmemBytes = smem;
-    fail(cudaLaunchKernelEx(&cfg, topk_kernel, p));
-  }
+  if (s == Status::Ok)
+    fail(cu::launch_ex(pdl, unsigned(cs), topk_kernel, dim3(unsigned(b_clusters * cs)), dim3(kThreads), smem, st, p));
   if (s == Status::Ok) {
     const int64_t work = std::max<int64_t>(int64_t(n_out), a.rows);
     const unsigned blocks = unsigned(std::min<int64_t>(2048, (work + 255) / 256));
-    topk_commit_kernel<<<blocks, 256, 0, st>>>(p.flag, p.stage, p.stage_count, a.out, a.count, int64_t(n_out), a.rows);
-    fail(cudaGetLastError());
+    fail(cu::launch_pdl(pdl, topk_commit_kernel, dim3(blocks), dim3(256), 0, st, p.flag, p.stage, p.stage_count, a.out,
+                        a.count, int64_t(n_out), a.rows));
   }
   fail(cudaFreeAsync(ws, st));
   return s;

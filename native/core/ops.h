@@ -63,6 +63,7 @@ struct DecodeAttnArgs {
   // per query head b*Hq + h. Null = dense.
   const int32_t* sel_indptr = nullptr;   // [B*Hq + 1]
   const int32_t* sel_pages = nullptr;
+  int64_t sel_count = 0;                 // elements of sel_pages (the CUDA twin's workspace size)
   // Optional accumulation (see above). Null = none.
   float* score_pool = nullptr;           // [num_pages, P]
   Reduce reduce = Reduce::Mean;

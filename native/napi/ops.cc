@@ -529,6 +529,7 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
   args.kv_len = h_len;
   args.sel_indptr = h_sel_indptr;
   args.sel_pages = h_sel_pages;
+  args.sel_count = sel_pages ? S(sel_pages).numel() : 0;
   args.score_pool = score ? static_cast<float*>(S(score).data) : nullptr;
   args.reduce = parse_reduce(a);
   args.score_before = before ? static_cast<float*>(S(before).data) : nullptr;

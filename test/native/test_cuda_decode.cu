@@ -121,6 +121,7 @@ struct Config {
   DType qdt = DType::F32, kvdt = DType::F32;
   std::vector<int> lens;
   bool subset = false, score = false, lse = true;
+  int sel_offset = 0;  // subset: sel_indptr[0] (entries before it are never read)
   Reduce reduce = Reduce::Mean;
   float scale_mult = 1.f;
 };
@@ -162,7 +163,8 @@ struct Problem {
     for (size_t i = 0; i < q.val.size(); ++i) q.set(i, kvsqtest::normal());
     scale = c.scale_mult / std::sqrt(float(c.D));
     if (c.subset) {
-      sel_indptr.assign(1, 0);
+      sel_pages.assign(size_t(c.sel_offset), -7);
+      sel_indptr.assign(1, c.sel_offset);
       for (int b = 0; b < c.B; ++b)
         for (int h = 0; h < c.Hq; ++h) {
           const int len = c.lens[b * c.Hkv + h / g], npg = (len + c.P - 1) / c.P;
@@ -217,7 +219,7 @@ struct Problem {
     DecodeAttnArgs d = base();
     d.q = dq.p, d.o = dout.p, d.k_pool = dk.p, d.v_pool = dv.p;
     d.page_indptr = dind.as<int32_t>(), d.page_ids = dids.as<int32_t>(), d.kv_len = dlen.as<int32_t>();
-    if (c.subset) d.sel_indptr = dsi.as<int32_t>(), d.sel_pages = dsp.as<int32_t>();
+    if (c.subset) d.sel_indptr = dsi.as<int32_t>(), d.sel_pages = dsp.as<int32_t>(), d.sel_count = int64_t(sel_pages.size());
     d.score_pool = c.score ? dsc.as<float>() : nullptr;
     d.lse = c.lse ? dlse.as<float>() : nullptr;
     int64_t total = 0;
@@ -401,6 +403,12 @@ KVSQ_TEST(cuda_decode_many_lists) {
     c.qdt = kDts[randint(0, 2)], c.kvdt = kDts[randint(0, 2)];
     c.subset = subset, c.score = true;
     for (int l = 0; l < c.B * c.Hkv; ++l) c.lens.push_back(randint(0, 4) == 0 ? 0 : randint(1, 300));
+    // The subset run without dependent launches (the path below sm_90, and
+    // the benchmarks' comparison): same results.
+    struct Pdl {
+      explicit Pdl(bool on) { cuda_set_dependent_launch(on); }
+      ~Pdl() { cuda_set_dependent_launch(true); }
+    } pdl(!subset);
     Problem(c).run_and_compare();
   }
 }
@@ -431,6 +439,13 @@ KVSQ_TEST(cuda_decode_subset_scores) {
   c.B = 2, c.Hkv = 2, c.Hq = 8, c.D = 128, c.P = 16, c.kvdt = DType::BF16;
   c.lens = {4097, 1000, 17, 1};
   Problem(c).run_and_compare();
+  // Lists of more pages than the union kernel's 4096-page chunk (P 1: 9000
+  // and 4097 pages), selections that start past entry 0, scores on.
+  Config u;
+  u.subset = true, u.score = true, u.sel_offset = 5;
+  u.B = 1, u.Hkv = 2, u.Hq = 8, u.D = 64, u.P = 1, u.kvdt = DType::BF16, u.qdt = DType::BF16;
+  u.lens = {9000, 4097};
+  Problem(u).run_and_compare();
 }
 
 KVSQ_TEST(cuda_decode_unsupported_shapes) {
@@ -720,7 +735,7 @@ KVSQ_TEST(cuda_decode_bench) {
     const double h2o = median_ms([&] { run(h); }, flush.p, flush_bytes, 50);
     CHECK_MSG(st == Status::Ok, status_name(st));
     DecodeAttnArgs qs = a;
-    qs.sel_indptr = dsi.as<int32_t>(), qs.sel_pages = dsp.as<int32_t>();
+    qs.sel_indptr = dsi.as<int32_t>(), qs.sel_pages = dsp.as<int32_t>(), qs.sel_count = int64_t(sp.size());
     const double quest = median_ms([&] { run(qs); }, flush.p, flush_bytes, 50);
     CHECK_MSG(st == Status::Ok, status_name(st));
     sync_ok();
@@ -728,6 +743,17 @@ KVSQ_TEST(cuda_decode_bench) {
     std::printf("BENCH decode bf16 B=%d Hq=%d Hkv=%d D=%d ctx=%d (B*Hkv=%d): plain %.3f ms %.0f GB/s = %.0f%% of copy; "
                 "H2O fused %.3f ms (%.2fx plain); Quest 1/8 pages %.3f ms\n",
                 B, Hq, Hkv, D, ctx, nl, plain, gbs, 100.0 * gbs / copy_gbs, h2o, h2o / plain, quest);
+    // The same three without dependent launches (what they are worth).
+    cuda_set_dependent_launch(false);
+    const double plain_n = median_ms([&] { run(a); }, flush.p, flush_bytes, 50);
+    const double h2o_n = median_ms([&] { run(h); }, flush.p, flush_bytes, 50);
+    const double quest_n = median_ms([&] { run(qs); }, flush.p, flush_bytes, 50);
+    cuda_set_dependent_launch(true);
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    sync_ok();
+    std::printf("BENCH decode_nopdl B=%d: plain %.3f ms (with PDL %.3f); H2O fused %.3f ms (%.3f, %.2fx plain); "
+                "Quest 1/8 pages %.3f ms (%.3f)\n",
+                B, plain_n, plain, h2o_n, h2o, h2o_n / plain_n, quest_n, quest);
   }
 
   // Quest end to end at 128K, budget 2048 tokens (128 pages of 16), one
@@ -767,7 +793,7 @@ KVSQ_TEST(cuda_decode_bench) {
     const double dense = median_ms([&] { st = cuda_decode_attention(a, nullptr); }, flush.p, flush_bytes, 30);
     CHECK_MSG(st == Status::Ok, status_name(st));
     DecodeAttnArgs qs = a;
-    qs.sel_indptr = dsi.as<int32_t>(), qs.sel_pages = dsp.as<int32_t>();
+    qs.sel_indptr = dsi.as<int32_t>(), qs.sel_pages = dsp.as<int32_t>(), qs.sel_count = int64_t(B * Hq) * budget;
     const double sel = median_ms([&] { st2 = cuda_quest_select(s, nullptr); }, flush.p, flush_bytes, 30);
     CHECK_MSG(st2 == Status::Ok, status_name(st2));
     const double both = median_ms([&] {
@@ -780,7 +806,15 @@ KVSQ_TEST(cuda_decode_bench) {
       if (st2 == Status::Ok) st = cuda_decode_attention(qs, nullptr);
     }, flush.p, flush_bytes, 30);
     CHECK_MSG(st2 == Status::Ok && st == Status::Ok, status_name(st2) << " " << status_name(st));
+    cuda_set_dependent_launch(false);
+    const double both_n = median_ms([&] {
+      st2 = cuda_quest_select(s, nullptr);
+      if (st2 == Status::Ok) st = cuda_decode_attention(qs, nullptr);
+    }, flush.p, flush_bytes, 30);
+    cuda_set_dependent_launch(true);
+    CHECK_MSG(st2 == Status::Ok && st == Status::Ok, status_name(st2) << " " << status_name(st));
     sync_ok();
+    std::printf("BENCH quest_nopdl: select + sparse attention %.3f ms (with PDL %.3f)\n", both_n, both);
     std::printf("BENCH quest bf16 B=1 Hq=%d Hkv=%d D=%d ctx=%d budget=2048: dense %.3f ms %.0f GB/s; "
                 "select %.3f ms; select + sparse attention %.3f ms = %.1fx faster than dense (target 6x); "
                 "with q checked on the device and waited for: %.3f ms = %.1fx\n",

@@ -922,6 +922,11 @@ KVSQ_TEST(cuda_bench_scores) {
                 "mem_floor_ms=%.4f pct_of_mem_roofline=%.1f%% pct_of_989TF=%.1f%% target_ms=0.150\n",
                 L, w, Hq, Hkv, D, ms, bytes / (ms * 1e-3) / 1e9, flops / (ms * 1e-3) / 1e12, floor_ms,
                 100.0 * floor_ms / ms, 100.0 * flops / (ms * 1e-3) / 989e12);
+    cuda_set_dependent_launch(false);  // the same launches without PDL
+    const double ms_n = time_median([&] { st = cuda_window_scores(a, nullptr); }, 30, flush.p, flush_bytes);
+    cuda_set_dependent_launch(true);
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    std::printf("BENCH window_scores_nopdl ms=%.4f (with PDL %.4f)\n", ms_n, ms);
   }
 
   // top-k: 256 rows x 128K, k 2048
