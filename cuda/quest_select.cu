@@ -7,8 +7,9 @@
 // budget_pages pages, else the row's top pages followed by page n - 1.
 //
 // Work, all stream-ordered on the device (no host copy of bounds or pages):
-//   1. prep kernel: per top-k row, its length (n - 1, or 0 for a dense list)
-//      and k, from the device kv_len;
+//   1. prep kernel: zeroes the verdict (error word, and q's non-finite count
+//      when nothing counts it), and per top-k row its length (n - 1, or 0 for
+//      a dense list) and k, from the device kv_len;
 //   2. cuda_quest_bounds into scratch [rows, max_pages - 1];
 //   3. cuda_topk_enqueue (error bits in a device word);
 //   4. assemble kernel (one block): if no error, sel_indptr by a block scan of
@@ -23,11 +24,14 @@
 // failure left then, NaN metadata (the cache never stores it), goes
 // unreported: the assembly writes nothing, and the outputs keep what the
 // caller put there (the bindings zero them: every row empty, memory-safe).
+// Every kernel is a dependent launch (sm_90+) of the one before, with no
+// memset between them (prep zeroes, top-k marks its rows instead of
+// counting them), so the launch gaps of the chain overlap its kernels.
 //
 // Tolerance vs the CPU twin: the bounds differ by at most twice the bound
 // stated in quest_bounds.cu, so a page whose bound is that close to the k-th
 // largest may be chosen on one device and not the other; every other choice
-// is the same (test/native/test_cuda_quest_select.cu checks exactly that).
+// is the same (test/native/test_cuda_scores.cu checks exactly that).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -50,8 +54,9 @@ struct SelParams {
   int32_t* lens;  // [rows]
   int32_t* ks;    // [rows]
   const int32_t* top;  // [rows, k]
-  const unsigned* flag;
-  const int64_t* nonfinite;  // q's non-finite values (0 unless counted)
+  unsigned* flag;       // top-k's error word (zeroed by prep)
+  int64_t* nonfinite;   // q's non-finite values (counted first, or zeroed by prep)
+  bool zero_nonfinite;  // q_checked: nothing counts them; prep writes 0
   int32_t* sel_indptr;
   int32_t* sel_pages;
 };
@@ -61,6 +66,12 @@ __device__ inline int pages_of(int len, int P) { return (len + P - 1) / P; }
 __global__ void prep_kernel(SelParams p) {
   cu::pdl_wait();     // dependent launch (sm_90+): the previous kernel is complete from here on
   cu::pdl_trigger();  // ... so the next one may be scheduled (it waits for this one)
+  // The verdict's zeroing, here rather than a memset: a memset between two
+  // kernels would break the chain of dependent launches.
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    *p.flag = 0u;
+    if (p.zero_nonfinite) *p.nonfinite = 0;
+  }
   const int rows = p.share ? p.batch * p.hkv : p.batch * p.hq;
   for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += gridDim.x * blockDim.x) {
     const int l = p.share ? r : (r / p.hq) * p.hkv + (r % p.hq) / p.g;
@@ -181,6 +192,7 @@ Status cuda_quest_select(const QuestSelectArgs& a, void* stream) {
   p.flag = reinterpret_cast<unsigned*>(w + o_flag);
   int64_t* nonfinite = reinterpret_cast<int64_t*>(w + o_flag + offsetof(Verdict, nonfinite));
   p.nonfinite = nonfinite;
+  p.zero_nonfinite = a.q_checked;
   p.sel_indptr = a.sel_indptr;
   p.sel_pages = a.sel_pages;
 
@@ -192,8 +204,7 @@ Status cuda_quest_select(const QuestSelectArgs& a, void* stream) {
   // before and lets the next be scheduled at once, hiding the launch gaps of
   // the five or six launches (with the decode step's three after them).
   const bool pdl = cu::pdl_capable();
-  fail(cudaMemsetAsync(w + o_flag, 0, sizeof(Verdict), st));
-  if (s == Status::Ok && !a.q_checked) {
+  if (!a.q_checked) {
     NonFiniteArgs nf;
     nf.dtype = qb.q_dtype;
     nf.x = qb.q;
@@ -201,14 +212,14 @@ Status cuda_quest_select(const QuestSelectArgs& a, void* stream) {
     nf.count = nonfinite;
     s = cuda_count_nonfinite(nf, stream);
   }
-  if (s == Status::Ok && sparse) {
+  // prep always runs: it zeroes the verdict (and sizes the top-k rows)
+  if (s == Status::Ok)
     s = cuda_status(cu::launch_pdl(pdl, prep_kernel, dim3(unsigned((rows + 255) / 256)), dim3(256), 0, st, p));
-    if (s == Status::Ok) {
-      QuestBoundsArgs b = qb;
-      b.out = reinterpret_cast<float*>(w + o_bounds);
-      b.out_stride = int32_t(width);
-      s = cuda_quest_bounds(b, stream);
-    }
+  if (s == Status::Ok && sparse) {
+    QuestBoundsArgs b = qb;
+    b.out = reinterpret_cast<float*>(w + o_bounds);
+    b.out_stride = int32_t(width);
+    s = cuda_quest_bounds(b, stream);
     if (s == Status::Ok) {
       TopkArgs t;
       t.rows = int32_t(rows);

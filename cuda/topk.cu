@@ -37,7 +37,8 @@
 //     lower index wins" still holds): block 0 gathers them (block order = index
 //     order), the others exit, and block 0 radix-selects the kk-th largest among
 //     <= 6144 keys (11/11/10-bit digits, stopping at a bucket taken whole) and
-//     emits. Otherwise the row is appended to a device list for B.
+//     emits. Otherwise the row is marked for B (A writes every row's mark,
+//     so nothing needs zeroing first: no memset between the launches).
 //    Cost: one read of the row (the sample lines are read once from HBM) plus
 //    O(kCap) work per row, against B's four radix passes and two emission
 //    passes over the whole segment.
@@ -62,8 +63,8 @@
 //     (tied << 16 | above) flags: an element's output slot is
 //     above_before + min(tied_before, need) -- ascending order and "ties: the
 //     lower index wins" at once.
-//    With A's list, a grid of about two clusters per SM loops over the listed
-//    rows (it reads the list's length on the device: no host round trip).
+//    After A, a grid of about two clusters per SM loops over the rows and
+//    takes the marked ones (A's marks are device data: no host round trip).
 //    Rows whose segment does not fit shared memory (row_stride > 8 * ~48K)
 //    re-read the row from global memory in each pass (same result, more traffic).
 //
@@ -148,8 +149,8 @@ struct TkParams {
   int cs;                // blocks per row (cluster size)
   int seg_cap;           // keys a block can keep in shared memory (0: none)
   int vec4;              // rows 16-byte aligned: float4 loads
-  int32_t* list;         // rows left to kernel B by kernel A (A appends, B reads); null: B does every row
-  unsigned* list_len;
+  int32_t* list;         // [rows] 1: row left to kernel B by kernel A (A writes every row); null: B does every row
+  int64_t rows;
 };
 
 __device__ __forceinline__ uint32_t key_of(float x) {
@@ -310,7 +311,7 @@ __global__ void __launch_bounds__(kThreads, 2) topk_filter_kernel(const TkParams
   const bool bad = len < 0 || len > p.row_stride || kr < 0 || !p.scores;
   const int64_t kk = bad ? 0 : min(kr, len);
   if (bad || kk == 0 || kk >= len || kk > p.out_stride || kk > kCap) {
-    if (tid == 0 && rank == 0) p.list[atomicAdd(p.list_len, 1u)] = int32_t(row);
+    if (tid == 0 && rank == 0) p.list[row] = 1;
     return;
   }
   const int64_t segsz = ((len + cs - 1) / cs + 3) / 4 * 4;
@@ -437,9 +438,8 @@ __global__ void __launch_bounds__(kThreads, 2) topk_filter_kernel(const TkParams
       }
     }
     for (int64_t j = kk + int64_t(rank) * kThreads + tid; j < p.out_stride; j += int64_t(cs) * kThreads) out[j] = -1;
-  } else if (rank == 0 && tid == 0) {
-    p.list[atomicAdd(p.list_len, 1u)] = int32_t(row);
   }
+  if (rank == 0 && tid == 0) p.list[row] = go ? 0 : 1;
   cl_sync(cs);  // (c) no block reads another's shared memory after this: the others may exit
   if (!go || rank != 0) return;
   const Sel s = block_select(ckey, int(C), uint32_t(kk), hist, misc + 4, sc);
@@ -462,9 +462,10 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(const TkParams p) {
   const int rank = blockIdx.x % cs;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t clusters = gridDim.x / cs;
-  const int64_t items = p.list ? int64_t(*p.list_len) : clusters;
+  const int64_t items = p.list ? p.rows : clusters;
   for (int64_t item = blockIdx.x / cs; item < items; item += clusters) {
-    const int64_t row = p.list ? int64_t(p.list[item]) : item;
+    if (p.list && __ldcg(p.list + item) == 0) continue;  // A's row (uniform: one address per cluster)
+    const int64_t row = item;
 
     // ---- row checks (row-uniform: every block of the cluster takes the same exit)
     const int64_t len = p.lengths ? int64_t(p.lengths[row]) : p.row_stride;
@@ -668,9 +669,9 @@ Status cuda_topk_enqueue(const TopkArgs& a, unsigned* flag, void* stream) {
   const bool filter = g_filter.load(std::memory_order_relaxed) && a.row_stride > kCap && seg <= kSegMax &&
                       kFilterBytes <= limit;
 
-  // scratch: staged out, staged count, A's list of rows for B, its length
+  // scratch: staged out, staged count, A's marks of the rows for B
   const size_t n_out = size_t(a.rows) * size_t(a.out_stride);
-  const size_t bytes = (n_out + 2 * size_t(a.rows) + 1) * sizeof(int32_t);
+  const size_t bytes = (n_out + 2 * size_t(a.rows)) * sizeof(int32_t);
   void* ws = nullptr;
   KVSQ_CUDA_TRY(cudaMallocAsync(&ws, bytes, st));
   TkParams p;
@@ -685,10 +686,8 @@ Status cuda_topk_enqueue(const TopkArgs& a, unsigned* flag, void* stream) {
   p.cs = cs;
   p.seg_cap = seg_cap;
   p.vec4 = (reinterpret_cast<uintptr_t>(a.scores) % 16 == 0 && a.row_stride % 4 == 0) ? 1 : 0;
-  int32_t* list = p.stage_count + a.rows;
-  unsigned* list_len = reinterpret_cast<unsigned*>(list + a.rows);
-  p.list = filter ? list : nullptr;
-  p.list_len = filter ? list_len : nullptr;
+  p.list = filter ? p.stage_count + a.rows : nullptr;
+  p.rows = a.rows;
 
   Status s = Status::Ok;
   auto fail = [&](cudaError_t e) {
@@ -702,9 +701,8 @@ Status cuda_topk_enqueue(const TopkArgs& a, unsigned* flag, void* stream) {
     int sms = 1;
     fail(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     b_clusters = std::min<int64_t>(a.rows, std::max<int64_t>(1, 2 * int64_t(sms) / cs));
-    fail(cudaMemsetAsync(list_len, 0, sizeof(unsigned), st));
     fail(cudaFuncSetAttribute(topk_filter_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kFilterBytes)));
-    if (s == Status::Ok)  // p.list is A's list here
+    if (s == Status::Ok)  // p.list takes A's marks here
       fail(cu::launch_ex(pdl, unsigned(cs), topk_filter_kernel, dim3(unsigned(int64_t(a.rows) * cs)), dim3(kThreads),
                          kFilterBytes, st, p));
   }
