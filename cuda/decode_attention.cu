@@ -261,10 +261,11 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
 // chunks of kUnionChunk: each selection entry sets its head's bit in a
 // shared mask (atomicOr), then a block scan of the non-empty masks in page
 // order places the chunk's union pages. Reads sum_h |S_h| entries per chunk
-// (one chunk up to 64K tokens at P = 16) and the chunk's masks, no chain of
-// dependent loads longer than kv_len -> page id.
-constexpr int kUnionThreads = 256;
-constexpr int kUnionChunk = 4096;                       // pages per pass: 16 KB of masks
+// (one chunk up to 128K tokens at P = 16) and the chunk's masks, no chain of
+// dependent loads longer than kv_len -> page id. 1024 threads: a chunk's scan
+// is 8 masks per thread (the grid is only one block per list).
+constexpr int kUnionThreads = 1024;
+constexpr int kUnionChunk = 8192;                       // pages per pass: 32 KB of masks
 constexpr int kUnionPer = kUnionChunk / kUnionThreads;  // consecutive pages per thread
 
 __global__ void __launch_bounds__(kUnionThreads) union_kernel(Params p) {

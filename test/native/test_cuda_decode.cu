@@ -439,12 +439,12 @@ KVSQ_TEST(cuda_decode_subset_scores) {
   c.B = 2, c.Hkv = 2, c.Hq = 8, c.D = 128, c.P = 16, c.kvdt = DType::BF16;
   c.lens = {4097, 1000, 17, 1};
   Problem(c).run_and_compare();
-  // Lists of more pages than the union kernel's 4096-page chunk (P 1: 9000
-  // and 4097 pages), selections that start past entry 0, scores on.
+  // Lists of more pages than the union kernel's 8192-page chunk (P 1: 17000
+  // and 8193 pages), selections that start past entry 0, scores on.
   Config u;
   u.subset = true, u.score = true, u.sel_offset = 5;
   u.B = 1, u.Hkv = 2, u.Hq = 8, u.D = 64, u.P = 1, u.kvdt = DType::BF16, u.qdt = DType::BF16;
-  u.lens = {9000, 4097};
+  u.lens = {17000, 8193};
   Problem(u).run_and_compare();
 }
 
