@@ -371,6 +371,7 @@ struct Fiber {
   };
   std::vector<AsyncCopy> async_copies;
   uint64_t async_groups = 0;  // cp.async.commit_group count
+  bool grid_waited = false;   // griddepcontrol.wait executed
 };
 
 struct Run {
@@ -931,7 +932,7 @@ inline std::vector<WarpDeposit>& deposits() {
   return d;
 }
 
-enum class Ptx { NoOp, Commit, Wait, CpAsync, Ldsm, LdsmTrans, MmaF16, MmaBf16, Other };
+enum class Ptx { GridWait, GridTrigger, Commit, Wait, CpAsync, Ldsm, LdsmTrans, MmaF16, MmaBf16, Other };
 
 // The instruction of a template (classified once per call site: the
 // template is a string literal).
@@ -941,7 +942,8 @@ inline Ptx classify(const char* tpl) {
   if (starts("cp.async.commit_group")) return Ptx::Commit;
   if (starts("cp.async.wait_group")) return Ptx::Wait;
   // dependent launch control: launches are sequential (cudaLaunchKernelEx)
-  if (starts("griddepcontrol.wait") || starts("griddepcontrol.launch_dependents")) return Ptx::NoOp;
+  if (starts("griddepcontrol.wait")) return Ptx::GridWait;
+  if (starts("griddepcontrol.launch_dependents")) return Ptx::GridTrigger;
   if (starts("cp.async.cg.shared.global")) return Ptx::CpAsync;
   if (starts("ldmatrix.sync.aligned.m8n8.x4")) return has(".trans") ? Ptx::LdsmTrans : Ptx::Ldsm;
   if (starts("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32")) return Ptx::MmaF16;
@@ -1036,7 +1038,15 @@ inline void ptx(const char* tpl, std::initializer_list<Opnd> list) {
     last_tpl = tpl;
   }
   switch (last_kind) {
-    case Ptx::NoOp: return;
+    // Launches run one after another, so both are no-ops for the data; the
+    // project's rule (cuda/common.cuh) is checked instead: a thread waits
+    // for the previous grid before it lets the next one start, which is
+    // what makes kernels two launches back complete for a dependent's
+    // preamble.
+    case Ptx::GridWait: self().grid_waited = true; return;
+    case Ptx::GridTrigger:
+      if (!self().grid_waited) fail("griddepcontrol.launch_dependents before griddepcontrol.wait (cuda/common.cuh: wait, then trigger)");
+      return;
     case Ptx::Commit: ++self().async_groups; return;
     case Ptx::Wait: {
       // cp.async.wait_group N: every group but the N most recent committed
