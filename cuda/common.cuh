@@ -16,7 +16,8 @@
 //   cu::with_float_dtype(DType, f)       calls f(T{}) for the storage type of a float DType
 //   cu::ldsm_x4 / ldsm_x4_trans, mma16816<F16>, pack_bf16, split_bf16   tensor-core fragments (sm_80+)
 //   cu::neg_inf(), cu::pos_inf(), cu::kLog2e, cu::kLn2
-//   cu::pdl_wait / pdl_trigger, cu::launch_pdl   programmatic dependent launch (sm_90+; plain launch below)
+//   cu::pdl_wait / pdl_trigger / pdl_wait_then_trigger, cu::launch_pdl / launch_ex, cu::pdl_capable()
+//                                        programmatic dependent launch (sm_90+; plain launch below)
 //
 // Conversions match native/core/dtype.h: f16/bf16 -> f32 exact; f32 -> f16/bf16
 // round to nearest even (NaN stays NaN; its payload may differ from the CPU's).
@@ -293,6 +294,14 @@ __device__ __forceinline__ void pdl_trigger() {
 inline std::atomic<bool>& dependent_launch_flag() {
   static std::atomic<bool> on{true};
   return on;
+}
+
+// The start of a short kernel in a chain of dependent launches: the previous
+// kernel is complete from here on, and the next may be scheduled (it waits
+// for this one).
+__device__ __forceinline__ void pdl_wait_then_trigger() {
+  pdl_wait();
+  pdl_trigger();
 }
 
 // k<<<grid, block, smem, st>>>(args...) in clusters of `cluster` blocks

@@ -175,8 +175,7 @@ __device__ __forceinline__ long long list_work(const Params& p, int l) {
 // Launched as a dependent (sm_90+) of whatever the stream ran before (with
 // Quest subsets: the union kernel): everything it reads or writes waits.
 __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
-  cu::pdl_wait();
-  cu::pdl_trigger();  // the attention blocks may be scheduled (they wait for the plan)
+  cu::pdl_wait_then_trigger();  // the attention blocks may be scheduled (they wait for the plan)
   __shared__ unsigned long long s_total;
   __shared__ int s_warp[32];
   __shared__ long long s_chunk;
@@ -272,8 +271,7 @@ __global__ void __launch_bounds__(kUnionThreads) union_kernel(Params p) {
   __shared__ unsigned s_mask[kUnionChunk];
   __shared__ int s_ind[kMaxG + 1];
   __shared__ int s_warp[kUnionThreads / 32];
-  cu::pdl_wait();  // the selection may be the previous kernel's output (Quest's selection)
-  cu::pdl_trigger();  // the plan may be scheduled (it waits for this kernel)
+  cu::pdl_wait_then_trigger();  // the selection may be the previous kernel's output; the plan waits for this one
   const int l = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = p.g;
   const int r0 = (l / p.Hkv) * p.Hq + (l % p.Hkv) * g;
   if (tid <= g) s_ind[tid] = p.sel_indptr[r0 + tid];
@@ -1079,12 +1077,7 @@ DevInfo dev_info(int dev) {
       n = 132;
     }
     cache[dev].sms = n;
-    int major = 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-      cudaGetLastError();
-      major = 0;
-    }
-    cache[dev].pdl = major >= 9;
+    cache[dev].pdl = cu::pdl_capable();
   }
   if (!pool_set[dev]) {
     pool_set[dev] = true;

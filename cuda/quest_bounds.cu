@@ -43,8 +43,7 @@ constexpr int kPPW = 4;  // pages per warp
 // PER: values of each of kmin/kmax per lane (ceil(D / 32) rounded up: 4 or 8).
 template <class TQ, class TK, int PER>
 __global__ void __launch_bounds__(kWarps * 32) quest_kernel(const QuestBoundsArgs a, int g) {
-  cu::pdl_wait();     // dependent launch (sm_90+): the previous kernel is complete from here on
-  cu::pdl_trigger();  // ... so the next one may be scheduled (it waits for this one)
+  cu::pdl_wait_then_trigger();  // a link of a dependent-launch chain (sm_90+)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t list = blockIdx.y;
   const int64_t p0 = (int64_t(blockIdx.x) * kWarps + warp) * kPPW;

@@ -64,8 +64,7 @@ struct SelParams {
 __device__ inline int pages_of(int len, int P) { return (len + P - 1) / P; }
 
 __global__ void prep_kernel(SelParams p) {
-  cu::pdl_wait();     // dependent launch (sm_90+): the previous kernel is complete from here on
-  cu::pdl_trigger();  // ... so the next one may be scheduled (it waits for this one)
+  cu::pdl_wait_then_trigger();  // a link of a dependent-launch chain (sm_90+)
   // The verdict's zeroing, here rather than a memset: a memset between two
   // kernels would break the chain of dependent launches.
   if (blockIdx.x == 0 && threadIdx.x == 0) {
@@ -84,8 +83,7 @@ __global__ void prep_kernel(SelParams p) {
 // One block: a scan of the per-row counts gives sel_indptr, then each warp
 // copies rows (the top pages and the last page, or 0 .. n-1).
 __global__ void __launch_bounds__(kAsmThreads) assemble_kernel(SelParams p) {
-  cu::pdl_wait();     // dependent launch (sm_90+): the previous kernel is complete from here on
-  cu::pdl_trigger();  // ... so the next one may be scheduled (it waits for this one)
+  cu::pdl_wait_then_trigger();  // a link of a dependent-launch chain (sm_90+)
   if (*p.flag || *p.nonfinite) return;  // non-finite q or a failed top-k: nothing written
   __shared__ int32_t s_carry;
   __shared__ int32_t s_warp[kAsmThreads / 32];

@@ -288,8 +288,7 @@ __device__ __forceinline__ void emit_selected(int n, const KeyAt& key_at, const 
 
 // Kernel A (see the header). Grid: rows x CS blocks, clusters of CS.
 __global__ void __launch_bounds__(kThreads, 2) topk_filter_kernel(const TkParams p) {
-  cu::pdl_wait();     // dependent launch (sm_90+): the previous kernel is complete from here on
-  cu::pdl_trigger();  // ... so the next one may be scheduled (it waits for this one)
+  cu::pdl_wait_then_trigger();  // a link of a dependent-launch chain (sm_90+)
   extern __shared__ __align__(16) uint32_t sm[];
   uint32_t* hist = sm + kFOffHist;
   uint32_t* sc = sm + kFOffScan;
@@ -451,8 +450,7 @@ __global__ void __launch_bounds__(kThreads, 2) topk_filter_kernel(const TkParams
 // Kernel B (see the header). Grid: clusters of CS blocks; cluster c does
 // rows (or listed rows) c, c + clusters, ...
 __global__ void __launch_bounds__(kThreads) topk_kernel(const TkParams p) {
-  cu::pdl_wait();     // dependent launch (sm_90+): the previous kernel is complete from here on
-  cu::pdl_trigger();  // ... so the next one may be scheduled (it waits for this one)
+  cu::pdl_wait_then_trigger();  // a link of a dependent-launch chain (sm_90+)
   extern __shared__ __align__(16) uint32_t sm[];
   uint32_t* histw = sm + kOffHistW;
   uint32_t* tot = sm + kOffTot;
@@ -625,8 +623,7 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(const TkParams p) {
 // Copies the staged rows to out/count when no row reported an error.
 __global__ void topk_commit_kernel(const unsigned* flag, const int32_t* stage, const int32_t* stage_count,
                                    int32_t* out, int32_t* count, int64_t n_out, int rows) {
-  cu::pdl_wait();     // dependent launch (sm_90+): the previous kernel is complete from here on
-  cu::pdl_trigger();  // ... so the next one may be scheduled (it waits for this one)
+  cu::pdl_wait_then_trigger();  // a link of a dependent-launch chain (sm_90+)
   if (*flag) return;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n_out; i += stride) out[i] = stage[i];

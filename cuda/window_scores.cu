@@ -509,14 +509,13 @@ struct WsDev {
 };
 WsDev ws_device() {
   WsDev d;
-  int dev = 0, n = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
     cudaGetLastError();
     return d;
   }
   if (n > 0) d.sms = n;
-  d.pdl = major >= 9;
+  d.pdl = cu::pdl_capable();
   return d;
 }
 

@@ -603,7 +603,9 @@ KVSQ_TEST(cuda_read_scores_matches_cpu) {
     std::vector<float> pool(size_t(std::max<int64_t>(total_pages, 1)) * P);
     for (auto& x : pool) x = uniform(-3.f, 3.f);
     const size_t n_out = std::accumulate(len.begin(), len.end(), size_t(0));
-    std::vector<float> out(n_out, 9.f);
+    // at least one element: with every list empty, out.data() of an empty
+    // vector may be null, which the CPU twin refuses (Shape)
+    std::vector<float> out(std::max<size_t>(n_out, 1), 9.f);
     ReadScoresArgs a;
     a.lists = lists, a.page_size = P, a.num_pages = std::max<int64_t>(total_pages, 1);
     a.score_pool = pool.data(), a.page_indptr = indptr.data(), a.page_ids = ids.data(), a.kv_len = len.data();
