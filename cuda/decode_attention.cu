@@ -450,8 +450,27 @@ struct TRed {
 // zero-filled so a 0 weight never meets stale (possibly non-finite) data.
 // On CUDA cores the same tile cost ~250 instructions per warp for q.k and
 // ~200 for p.V (Nsight Compute: 58% issue-slot use at 55% of copy bandwidth).
+// Resident blocks per SM that ptxas may plan registers for (0: no hint, its
+// own choice). A block's tiles take kStages * kTR rows of K and of V, up to
+// LPR * 16 bytes each: 24 / 48 / 96 KB for LPR 8 / 16 / 32, so shared memory
+// alone caps an SM at 7 / 4 / 2 attention blocks (H100; fewer on sm_86/89).
+// The CUDA-core kernels' registers grow with the group: G <= 2 fit 7 blocks
+// (72 registers), G 4 fit 4 (128), G 8 only 2 (up to 255). Left to itself,
+// ptxas cut some of them (CUDA-core G <= 2 on sm_90, f32 G 4 on sm_89, the D 64
+// tensor-core kernel) to 64-72 registers and spilled 4-12 bytes; the smaller
+// of the two counts lets every one keep its state in registers at no
+// occupancy cost. The D 128 / 256 tensor-core kernels (the measured target
+// shape among them) never spilled and keep ptxas's own allocation: no hint.
+template <int LPR, int G, bool MMA>
+constexpr int attn_min_blocks() {
+  if (MMA && LPR != 8) return 0;
+  const int by_smem = LPR == 8 ? 7 : LPR == 16 ? 4 : 2;
+  const int by_regs = MMA || G <= 2 ? 7 : G == 4 ? 4 : 2;
+  return by_smem < by_regs ? by_smem : by_regs;
+}
+
 template <class T, int LPR, int G, bool MMA>
-__global__ void __launch_bounds__(kThreads) attn_kernel(Params p) {
+__global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) attn_kernel(Params p) {
   constexpr int E = cu::Vec16<T>::N;       // elements per 16-byte vector
   constexpr int RGW = 32 / LPR;            // row groups per warp
   constexpr int RPL = kRowsPerWarp / RGW;  // rows per lane per tile

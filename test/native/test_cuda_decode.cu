@@ -18,6 +18,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -30,6 +31,7 @@
 #include "core/device.h"
 #include "core/dtype.h"
 #include "cpu/kernels.h"
+#include "cuda_need_device.h"
 #include "harness.h"
 
 using namespace kvsq;
@@ -40,15 +42,6 @@ namespace {
 
 constexpr double kU = 1.0 / 16777216.0;
 
-void need_device() {  // always there under the CPU emulator (KVSQ_CUDA_EMU)
-#ifdef KVSQ_CUDA_EMU
-  return;
-#endif
-  if (cuda_device_count() == 0) {
-    const CudaInfo ci = cuda_info();
-    SKIP("no CUDA device: " + (ci.reason.empty() ? std::string("none found") : ci.reason));
-  }
-}
 
 #define CU_OK(expr)                                                                      \
   do {                                                                                   \
@@ -468,6 +461,14 @@ KVSQ_TEST(cuda_decode_unsupported_shapes) {
   DecodeAttnArgs a = args(64, DType::F16, 1);
   a.k_pool = static_cast<char*>(buf.p) + 2;  // misaligned pool
   CHECK(cuda_decode_attention(a, nullptr) == Status::Shape);
+  // a page subset whose element count cannot size the union workspace
+  std::vector<int32_t> si = {0, 1}, sp = {0};
+  Dev dsi(si), dsp(sp);
+  for (int64_t bad : {int64_t(-1), int64_t(INT_MAX) + 1}) {
+    DecodeAttnArgs s = args(64, DType::F16, 1);
+    s.sel_indptr = dsi.as<int32_t>(), s.sel_pages = dsp.as<int32_t>(), s.sel_count = bad;
+    CHECK(cuda_decode_attention(s, nullptr) == Status::Shape);
+  }
   sync_ok();
 }
 

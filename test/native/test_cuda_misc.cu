@@ -11,20 +11,12 @@
 #include "core/device.h"
 #include "core/dtype.h"
 #include "cpu/kernels.h"
+#include "cuda_need_device.h"
 #include "harness.h"
 
 using namespace kvsq;
 
 namespace {
-void need_device() {  // always there under the CPU emulator (KVSQ_CUDA_EMU)
-#ifdef KVSQ_CUDA_EMU
-  return;
-#endif
-  if (cuda_device_count() == 0) {
-    CudaInfo ci = cuda_info();
-    SKIP("no CUDA device: " + (ci.reason.empty() ? std::string("none found") : ci.reason));
-  }
-}
 template <class T>
 T* upload(const std::vector<T>& h) {
   T* d = nullptr;

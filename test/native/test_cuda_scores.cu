@@ -36,6 +36,7 @@
 #include "core/device.h"
 #include "core/dtype.h"
 #include "cpu/kernels.h"
+#include "cuda_need_device.h"
 #include "harness.h"
 #include "quest_overflow_case.h"
 
@@ -44,17 +45,6 @@ using kvsqtest::normal;
 using kvsqtest::randint;
 
 namespace {
-
-// Under the CPU emulator (test/native/emu: this file rebuilt by
-// scripts/cuda-emu.js with KVSQ_CUDA_EMU) the device is always there.
-void need_device() {
-#ifndef KVSQ_CUDA_EMU
-  if (cuda_device_count() == 0) {
-    const std::string why = "no CUDA device: " + cuda_info().reason;
-    SKIP(why);
-  }
-#endif
-}
 
 template <class T>
 struct DBuf {

@@ -15,11 +15,15 @@
 // memory (both are filled with a byte pattern, so such reads give garbage
 // results), writes past a shared-memory or device allocation (guard bytes
 // after each, checked after the kernel), and the launcher's host logic (it
-// runs unchanged against the runtime stand-ins below). What it cannot check:
-// timing, memory-model races between fibers (one runs at a time, so a
-// missing barrier may still give the right answer: racecheck on a GPU is
-// still needed), and anything the translation does not support (inline asm,
-// static __shared__ arrays, textures: the generator refuses them).
+// runs unchanged against the runtime stand-ins below). Missing barriers, in
+// part: the threads between two barriers run in a shuffled order (Order,
+// below), so a thread that reads what another writes with no barrier between
+// them sees stale data in about half the launches. What it cannot check:
+// timing, races inside one thread's run between two of its barriers (a fiber
+// is never pre-empted there, so an interleaving of single loads and stores is
+// never tried: racecheck on a GPU is still needed), and anything the
+// translation does not support (inline asm it has no model for, textures:
+// the generator refuses them).
 //
 // Context switches: a few instructions of assembly on x86-64 (callee-saved
 // registers and the stack pointer; ucontext's swapcontext makes a signal-mask
@@ -42,6 +46,7 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -208,8 +213,25 @@ constexpr unsigned char kFill = 0xa5;  // fresh device and shared memory
 constexpr size_t kGuard = 256;         // guard bytes after every allocation
 constexpr unsigned char kGuardByte = 0x5c;
 
+// The order in which the scheduler resumes runnable fibers (and runs the
+// clusters of a grid). On the device nothing orders the threads of a block
+// between two barriers, so a result that depends on the order is a missing
+// barrier or a race; running the threads in different orders turns such a
+// bug into a wrong result (with the fixed ascending order, a warp that reads
+// what a lower warp wrote without a barrier in between always saw the data).
+//   Forward: ascending thread index, clusters in grid order;
+//   Reverse: descending, clusters last to first;
+//   Shuffle: a fresh random permutation of the threads at every pass of the
+//            scheduler and of the clusters at every launch (the default).
+// KVSQ_EMU_ORDER=forward|reverse|shuffle picks one for the process; the
+// shuffle's generator is seeded by schedule_seed() (the tests seed it from
+// their own replayable generator) or else from KVSQ_SEED or the clock.
+enum class Order { Forward, Reverse, Shuffle };
+
 struct State {
   Device dev;
+  Order order = Order::Shuffle;
+  std::mt19937_64 order_rng;
   std::map<const void*, size_t> allocs;    // device allocations -> size
   std::map<const void*, int> smem_limit;   // kernel -> MaxDynamicSharedMemorySize
   std::atomic<long> failures{0};           // every error ever reported (tests compare before / after)
@@ -219,7 +241,31 @@ struct State {
 };
 inline State& st() {
   static State s;
+  static const bool configured = [] {
+    const char* o = std::getenv("KVSQ_EMU_ORDER");
+    const std::string os = o ? o : "";
+    if (os == "forward") s.order = Order::Forward;
+    else if (os == "reverse") s.order = Order::Reverse;
+    else if (!os.empty() && os != "shuffle") {
+      std::fprintf(stderr, "cuda-emu: KVSQ_EMU_ORDER must be forward, reverse or shuffle, not '%s'\n", o);
+      std::abort();
+    }
+    const char* seed = std::getenv("KVSQ_SEED");
+    s.order_rng.seed(seed ? std::strtoull(seed, nullptr, 10) : uint64_t(std::random_device{}()));
+    return true;
+  }();
+  (void)configured;
   return s;
+}
+// Seeds the shuffle order (under the launch lock's caller: call it between
+// launches, as the tests do at their start).
+inline void schedule_seed(uint64_t seed) { st().order_rng.seed(seed); }
+// A visiting order for n items by the current Order (rng: st().order_rng).
+inline void schedule_order(std::vector<size_t>& v, size_t n) {
+  v.resize(n);
+  for (size_t i = 0; i < n; ++i) v[i] = st().order == Order::Reverse ? n - 1 - i : i;
+  if (st().order == Order::Shuffle)
+    for (size_t i = n; i > 1; --i) std::swap(v[i - 1], v[size_t(st().order_rng() % i)]);
 }
 // The first error of the calling thread's current launch (cleared when one
 // starts); per thread, as the runtime's last error is.
@@ -567,7 +613,10 @@ inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)
   blockDim = block;
   // clusters run one after another: x fastest, then y, then z (clusters span x)
   const size_t clusters = size_t(grid.x / cs) * grid.y * grid.z;
-  for (size_t c = 0; c < clusters && err().empty(); ++c) {
+  std::vector<size_t> cluster_order, fiber_order;
+  schedule_order(cluster_order, clusters);
+  for (size_t ci = 0; ci < clusters && err().empty(); ++ci) {
+    const size_t c = cluster_order[ci];
     const unsigned c0 = unsigned(c % (grid.x / cs)) * cs, cy = unsigned(c / (grid.x / cs) % grid.y),
                    cz = unsigned(c / (grid.x / cs) / grid.y);
     r.smem.assign(cs, std::vector<unsigned char>(smem + kGuard + kStaticSmem, kFill));
@@ -597,7 +646,8 @@ inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)
     }
     for (;;) {
       bool progressed = false, live = false;
-      for (size_t i = 0; i < nthreads; ++i) {
+      schedule_order(fiber_order, nthreads);
+      for (size_t i : fiber_order) {
         Fiber& f = r.fibers[i];
         if (f.done) continue;
         live = true;
