@@ -11,6 +11,7 @@
 //   cu::load_vec16 / store_vec16         16-byte vectorised load/store with conversion to/from f32
 //   cu::unpack16<T>(uint4, floats)        16 raw bytes (e.g. from shared memory) -> floats
 //   cu::warp_sum / warp_max<W>()         butterfly reductions over W lanes (power of 2, <= 32)
+//   cu::TRed<N, O>::run(v, lane)         N sums at once over 2*O lanes, each lane left with its share
 //   cu::warp_incl_sum(x, lane)           inclusive prefix sum of an int over a warp
 //   cu::block_sum / block_max            whole-block reductions through 32 floats of shared memory
 //   cu::with_float_dtype(DType, f)       calls f(T{}) for the storage type of a float DType
@@ -170,6 +171,33 @@ __device__ __forceinline__ float warp_max(float v) {
   for (int o = W / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o, W));
   return v;
 }
+
+// Transposed butterfly: N sums at once (v[0..N-1] per lane), each over a
+// group of L = 2*O lanes. Each halving step sends half the values and keeps
+// the other half (the upper half on lanes with bit O set), so after log2(L)
+// steps lane x holds the full sums of max(1, N/L) values starting at index
+// (x % L) * N / L (when N < L, lanes sharing that index hold copies). With
+// N <= L it costs N - 1 + log2(L / N) shuffles; N separate sums, N log2(L).
+template <int N, int O>
+struct TRed {
+  static __device__ __forceinline__ void run(float* v, int lane) {
+    if constexpr (O > 0) {
+      if constexpr (N >= 2) {
+        const bool hi = (lane & O) != 0;
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) {
+          const float send = hi ? v[i] : v[i + N / 2];
+          const float keep = hi ? v[i + N / 2] : v[i];
+          v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+        }
+        TRed<N / 2, O / 2>::run(v, lane);
+      } else {
+        v[0] += __shfl_xor_sync(0xffffffffu, v[0], O);
+        TRed<1, O / 2>::run(v, lane);
+      }
+    }
+  }
+};
 
 // Inclusive prefix sum over the 32 lanes of a warp (all lanes call it).
 __device__ __forceinline__ int warp_incl_sum(int x, int lane) {

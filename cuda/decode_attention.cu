@@ -406,32 +406,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
-// Transposed butterfly: N values per lane, reduced over groups of 2*O lanes.
-// Each halving step sends half the values and keeps the other half (the upper
-// half on lanes with bit O set), so after log2(LPR) steps lane x of a group of
-// LPR lanes holds values max(1, N/LPR) values starting at index
-// (x % LPR) * N / LPR (when N < LPR, lanes sharing that index hold copies).
-template <int N, int O>
-struct TRed {
-  static __device__ __forceinline__ void run(float* v, int lane) {
-    if constexpr (O > 0) {
-      if constexpr (N >= 2) {
-        const bool hi = (lane & O) != 0;
-#pragma unroll
-        for (int i = 0; i < N / 2; ++i) {
-          const float send = hi ? v[i] : v[i + N / 2];
-          const float keep = hi ? v[i + N / 2] : v[i];
-          v[i] = keep + __shfl_xor_sync(kFull, send, O);
-        }
-        TRed<N / 2, O / 2>::run(v, lane);
-      } else {
-        v[0] += __shfl_xor_sync(kFull, v[0], O);
-        TRed<1, O / 2>::run(v, lane);
-      }
-    }
-  }
-};
-
 // ---------------------------------------------------------------- attention
 // T: K/V storage type; LPR: lanes per row (pow2 >= 16-byte vectors per row);
 // G: group size rounded up to a power of two (heads >= g are zero padding).
@@ -682,7 +656,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
             v[k * G + h] = s;
           }
         }
-        TRed<NV, LPR / 2>::run(v, lane);
+        cu::TRed<NV, LPR / 2>::run(v, lane);
         constexpr int NF = NV >= LPR ? NV / LPR : 1;
         constexpr int DUP = NV >= LPR ? 1 : LPR / NV;
         if (vec % DUP == 0) {

@@ -10,8 +10,9 @@
 // kmin/kmax row (meta pool, 2*D values in the K dtype) is loaded once,
 // coalesced (lane d, d + 32, ...; D <= 256 -> at most 8 values of each per
 // lane, kept in registers; the 4 pages' loads are all issued before use) and
-// reused for all g query heads of the group (q is tiny and stays in L1); one
-// warp sum per (head, page). Grid: x covers out_stride pages in blocks of 8
+// reused for all g query heads of the group (q is tiny and stays in L1); the
+// 4 page sums of a head in one transposed butterfly (6 shuffles where 4 warp
+// sums took 20; lanes 0, 8, 16, 24 store). Grid: x covers out_stride pages in blocks of 8
 // warps x 4 pages, y the lists, so every out entry is written exactly once,
 // the -inf tail included.
 // Index contents (page_indptr, page_ids, kv_len) are device memory: the caller
@@ -23,8 +24,8 @@
 // |kmax_d|) of the exact value, so they are within twice that of each other.
 // Overflow (ops.h): a NaN sum from a finite q row and a finite page row
 // (inf - inf) is stored as +inf, as on the CPU; non-finite inputs propagate.
-// The page row is checked only once the sum is NaN (warp-uniform: every lane
-// ends the butterfly with the same bits).
+// The page rows are checked only once one of the head's sums is NaN (a warp
+// vote), so finite data pay nothing for the rule.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -85,9 +86,13 @@ __global__ void __launch_bounds__(kWarps * 32) quest_kernel(const QuestBoundsArg
     }
   }
   const TQ* q = static_cast<const TQ*>(a.q);
-  float best[kPPW];
-#pragma unroll
-  for (int i = 0; i < kPPW; ++i) best[i] = cu::neg_inf();
+  // The kPPW page sums of a head in one transposed butterfly (cu::TRed: 6
+  // shuffles, not 4 x 5): lane x ends with the full sum of page i = x / 8,
+  // so lanes 0, 8, 16, 24 hold the warp's four results.
+  static_assert(kPPW == 4, "lane x holds page x / 8");
+  const int i = lane >> 3;
+  const bool writer = (lane & 7) == 0 && i < nv;
+  float best = cu::neg_inf();
   for (int h = 0; h < g; ++h) {
     const TQ* qh = q + (h0 + h) * D;
     float qd[PER];
@@ -99,28 +104,33 @@ __global__ void __launch_bounds__(kWarps * 32) quest_kernel(const QuestBoundsArg
       fin = fin && isfinite(qd[e]);
     }
     const bool q_finite = __all_sync(0xffffffffu, fin);
+    float s[kPPW];
 #pragma unroll
-    for (int i = 0; i < kPPW; ++i) {
-      // same per-lane order and butterfly as before: bit-identical bounds
-      float s = 0.f;
+    for (int k = 0; k < kPPW; ++k) {
+      s[k] = 0.f;
 #pragma unroll
       for (int e = 0; e < PER; ++e)
-        if (lane + 32 * e < D) s += fmaxf(qd[e] * khi[i][e], qd[e] * klo[i][e]);
-      s = cu::warp_sum(s);
-      if (q_finite && s != s) {
+        if (lane + 32 * e < D) s[k] += fmaxf(qd[e] * khi[k][e], qd[e] * klo[k][e]);
+    }
+    cu::TRed<kPPW, 16>::run(s, lane);
+    float v = s[0];
+    const bool nan = q_finite && v != v;
+    if (__any_sync(0xffffffffu, nan)) {  // rare: an overflow, or a non-finite page row
+      bool kfin_mine = false;
+#pragma unroll
+      for (int k = 0; k < kPPW; ++k) {
         bool kfin = true;
 #pragma unroll
-        for (int e = 0; e < PER; ++e) kfin = kfin && isfinite(klo[i][e]) && isfinite(khi[i][e]);
-        if (__all_sync(0xffffffffu, kfin)) s = cu::pos_inf();
+        for (int e = 0; e < PER; ++e) kfin = kfin && isfinite(klo[k][e]) && isfinite(khi[k][e]);
+        kfin = __all_sync(0xffffffffu, kfin);
+        if (k == i) kfin_mine = kfin;
       }
-      if (a.share) best[i] = fmaxf(best[i], s);
-      else if (lane == 0 && i < nv) a.out[(h0 + h) * a.out_stride + p0 + i] = s;
+      if (nan && kfin_mine) v = cu::pos_inf();
     }
+    if (a.share) best = fmaxf(best, v);
+    else if (writer) a.out[(h0 + h) * a.out_stride + p0 + i] = v;
   }
-  if (a.share && lane == 0)
-#pragma unroll
-    for (int i = 0; i < kPPW; ++i)
-      if (i < nv) a.out[list * a.out_stride + p0 + i] = best[i];
+  if (a.share && writer) a.out[list * a.out_stride + p0 + i] = best;
 }
 
 }  // namespace

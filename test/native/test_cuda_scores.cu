@@ -1156,15 +1156,19 @@ KVSQ_TEST(cuda_quest_select_overflow_and_nan) {
     // NaN metadata on a candidate page of list 0 (not its overflow page), in
     // both kmin and kmax: fmaxf would pass over a NaN in one of them
     // (non-finite metadata is outside the kernels' contract; the cache never
-    // stores it).
-    const int64_t page = c.ids[size_t(c.overflow_page[0] == 0 ? 1 : 0)];
+    // stores it). Logical pages 0 and 2: the bounds kernel takes pages in
+    // fours, and the NaN page must not borrow a finite neighbour's verdict.
     const std::vector<uint8_t> meta0 = c.meta;
-    c.set(page, 0, 5, std::numeric_limits<float>::quiet_NaN());
-    c.set(page, 1, 5, std::numeric_limits<float>::quiet_NaN());
-    dm.up(c.meta.data());
-    expect_nan(c.budget, false, "NaN metadata");
-    c.meta = meta0;
-    dm.up(c.meta.data());
+    for (int logical : {0, 2}) {
+      CHECK(logical != c.overflow_page[0]);
+      const int64_t page = c.ids[size_t(logical)];
+      c.set(page, 0, 5, std::numeric_limits<float>::quiet_NaN());
+      c.set(page, 1, 5, std::numeric_limits<float>::quiet_NaN());
+      dm.up(c.meta.data());
+      expect_nan(c.budget, false, "NaN metadata");
+      c.meta = meta0;
+      dm.up(c.meta.data());
+    }
     c.q[3] = std::numeric_limits<float>::quiet_NaN();
     dq.up(c.q.data());
     for (bool share : {false, true}) {
