@@ -406,24 +406,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
-// ---------------------------------------------------------------- attention
-// T: K/V storage type; LPR: lanes per row (pow2 >= 16-byte vectors per row);
-// G: group size rounded up to a power of two (heads >= g are zero padding).
-//
-// MMA (bf16 K/V, D in {64, 128, 256}: LPR = nvr): q.k and p.V on tensor
-// cores (mma.sync m16n8k16, f32 accumulators), the group's heads as N = 8.
-// Phase A: warps 0-1 take 16 rows each, A = K rows (ldmatrix), B = the
-// query vectors, unscaled (a bf16 q is exact; f16 or f32 q is split into
-// bf16 hi + lo, two mma, ~2^-17 relative), z = qs * (q.k): the CPU twin
-// rounds q * qs first, a difference far inside the tolerance. Phase C: O^T
-// [d, h] += V^T [d, rows] P^T [rows, h], each warp a quarter of D, A = V
-// (ldmatrix.trans), B = p split into bf16 hi + lo (p is not rounded to bf16:
-// the two products sum to p within ~2^-17). K and V rows sit in shared memory
-// with their 16-byte chunks XOR-swizzled by row % 8, so the 8 row addresses
-// of an ldmatrix fall in distinct banks; rows past the tile's end are
-// zero-filled so a 0 weight never meets stale (possibly non-finite) data.
-// On CUDA cores the same tile cost ~250 instructions per warp for q.k and
-// ~200 for p.V (Nsight Compute: 58% issue-slot use at 55% of copy bandwidth).
 // Resident blocks per SM that ptxas may plan registers for (0: no hint, its
 // own choice). A block's tiles take kStages * kTR rows of K and of V, up to
 // LPR * 16 bytes each: 24 / 48 / 96 KB for LPR 8 / 16 / 32, so shared memory
@@ -443,6 +425,24 @@ constexpr int attn_min_blocks() {
   return by_smem < by_regs ? by_smem : by_regs;
 }
 
+// ---------------------------------------------------------------- attention
+// T: K/V storage type; LPR: lanes per row (pow2 >= 16-byte vectors per row);
+// G: group size rounded up to a power of two (heads >= g are zero padding).
+//
+// MMA (bf16 K/V, D in {64, 128, 256}: LPR = nvr): q.k and p.V on tensor
+// cores (mma.sync m16n8k16, f32 accumulators), the group's heads as N = 8.
+// Phase A: warps 0-1 take 16 rows each, A = K rows (ldmatrix), B = the
+// query vectors, unscaled (a bf16 q is exact; f16 or f32 q is split into
+// bf16 hi + lo, two mma, ~2^-17 relative), z = qs * (q.k): the CPU twin
+// rounds q * qs first, a difference far inside the tolerance. Phase C: O^T
+// [d, h] += V^T [d, rows] P^T [rows, h], each warp a quarter of D, A = V
+// (ldmatrix.trans), B = p split into bf16 hi + lo (p is not rounded to bf16:
+// the two products sum to p within ~2^-17). K and V rows sit in shared memory
+// with their 16-byte chunks XOR-swizzled by row % 8, so the 8 row addresses
+// of an ldmatrix fall in distinct banks; rows past the tile's end are
+// zero-filled so a 0 weight never meets stale (possibly non-finite) data.
+// On CUDA cores the same tile cost ~250 instructions per warp for q.k and
+// ~200 for p.V (Nsight Compute: 58% issue-slot use at 55% of copy bandwidth).
 template <class T, int LPR, int G, bool MMA>
 __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) attn_kernel(Params p) {
   constexpr int E = cu::Vec16<T>::N;       // elements per 16-byte vector

@@ -12,9 +12,9 @@
 // lane, kept in registers; the 4 pages' loads are all issued before use) and
 // reused for all g query heads of the group (q is tiny and stays in L1); the
 // 4 page sums of a head in one transposed butterfly (6 shuffles where 4 warp
-// sums took 20; lanes 0, 8, 16, 24 store). Grid: x covers out_stride pages in blocks of 8
-// warps x 4 pages, y the lists, so every out entry is written exactly once,
-// the -inf tail included.
+// sums took 20; lanes 0, 8, 16, 24 store). Grid: x covers out_stride pages
+// in blocks of 8 warps x 4 pages, y the lists, so every out entry is written
+// exactly once, the -inf tail included.
 // Index contents (page_indptr, page_ids, kv_len) are device memory: the caller
 // validates them on the host (cuda/launchers.h); out_stride must cover every
 // list's n - 1.

@@ -257,8 +257,8 @@ inline State& st() {
   (void)configured;
   return s;
 }
-// Seeds the shuffle order (under the launch lock's caller: call it between
-// launches, as the tests do at their start).
+// Seeds the shuffle's generator. Call it between launches (the tests do, at
+// their start); launches draw from it under the launch lock.
 inline void schedule_seed(uint64_t seed) { st().order_rng.seed(seed); }
 // A visiting order for n items by the current Order (rng: st().order_rng).
 inline void schedule_order(std::vector<size_t>& v, size_t n) {
