@@ -115,3 +115,45 @@ KVSQ_TEST(cuda_read_write_scores_vs_cpu) {
   for (int64_t i = 0; i < total; ++i) CHECK_EQ(out[i], flat[i]);
   for (void* p : {(void*)dpool, (void*)dind, (void*)dids, (void*)dlen, (void*)dflat, (void*)dout}) cudaFree(p);
 }
+
+#ifdef KVSQ_CUDA_EMU
+// The emulator's thread order (cuda_emu.h "Order"), checked on a kernel with
+// a deliberate race, so emulator-only: thread 0 writes a shared word and
+// every thread reads it with no barrier in between. Ascending order hides the
+// bug (thread 0 always runs first); descending and shuffled orders expose it
+// (the other threads read the fill pattern).
+namespace {
+__global__ void missing_barrier_kernel(int* out) {
+  __shared__ int word;
+  if (threadIdx.x == 0) word = 1;
+  out[threadIdx.x] = word;  // a race: the __syncthreads() that belongs here is missing
+}
+}  // namespace
+
+KVSQ_TEST(cuda_emulator_thread_order_exposes_missing_barrier) {
+  need_device();
+  struct Restore {
+    cuda_emu::Order o = cuda_emu::st().order;
+    ~Restore() { cuda_emu::st().order = o; }
+  } restore;
+  constexpr int kN = 64;
+  int* d = upload(std::vector<int>(kN, 0));
+  auto stale = [&](cuda_emu::Order o) {  // threads that did not see thread 0's write
+    cuda_emu::st().order = o;
+    missing_barrier_kernel<<<1, kN>>>(d);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess);
+    const std::vector<int> h = download(d, kN);
+    CHECK_EQ(h[0], 1);
+    int n = 0;
+    for (int v : h) n += v != 1;
+    return n;
+  };
+  CHECK_EQ(stale(cuda_emu::Order::Forward), 0);
+  CHECK_EQ(stale(cuda_emu::Order::Reverse), kN - 1);
+  int shuffled = 0;
+  for (int i = 0; i < 8; ++i) shuffled += stale(cuda_emu::Order::Shuffle);
+  CHECK_MSG(shuffled > 0, "eight shuffled launches all ran thread 0 first");
+  CHECK_MSG(shuffled < 8 * (kN - 1), "eight shuffled launches all ran thread 0 last");
+  cudaFree(d);
+}
+#endif
