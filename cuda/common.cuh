@@ -272,6 +272,126 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t addr, uint32_t& r0, uint3
                : "r"(addr));
 }
 
+// ---------------------------------------------------------------- warpgroup MMA (sm_90a)
+// wgmma.mma_async m64nNk16, f32 += f16/bf16, A from registers, B from shared
+// memory through a matrix descriptor. These are arch-specific instructions:
+// they exist only in code compiled for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL), so
+// elsewhere the wrappers trap and host code must not launch a kernel that
+// reaches them (wgmma_usable() decides: a 9.0 device and a build with 90a).
+//
+// A warpgroup = 4 consecutive warps (threads 128w .. 128w + 127); every
+// thread of it executes each instruction (.sync.aligned). Warp i of the group
+// holds rows 16i .. 16i + 15 of A and D in exactly the m16n8k16 fragment
+// layout (A: a0 a1 row g, k 2t..2t+1; a2 a3 row g + 8; a4..a7 the same at
+// k + 8; g = lane / 4, t = lane % 4), and D's n8 block j in d[4j .. 4j + 3]
+// (rows g, g + 8; columns 8j + 2t, + 1), so mma.sync epilogues carry over.
+// B, K-major without swizzle: "core matrices" of 8 rows x 16 contiguous bytes
+// (128 contiguous bytes); the descriptor's leading byte offset (LBO) steps
+// from one core matrix to the next along K, the stride byte offset (SBO)
+// from one group of 8 rows (N) to the next. Start address, LBO and SBO are
+// stored >> 4 in 14-bit fields (bits 0-13, 16-29, 32-45; swizzle bits 62-63
+// = 0).
+//
+// Ordering: wg_fence() before the first wgmma that touches registers other
+// instructions wrote; wg_commit() closes a group of issued wgmmas;
+// wg_wait<N>() returns when all but the N most recent groups are complete
+// (the D registers must not be read or written before). Shared memory that
+// ordinary stores or cp.async wrote is read by wgmma through the async
+// proxy: the writer executes fence_proxy_async_smem() after its data has
+// landed and before the barrier that publishes it.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define KVSQ_WGMMA_DEVICE 1
+#endif
+__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
+  return uint64_t((saddr & 0x3FFFFu) >> 4) | (uint64_t((lbo & 0x3FFFFu) >> 4) << 16) |
+         (uint64_t((sbo & 0x3FFFFu) >> 4) << 32);
+}
+__device__ __forceinline__ void wg_fence() {
+#ifdef KVSQ_WGMMA_DEVICE
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void wg_commit() {
+#ifdef KVSQ_WGMMA_DEVICE
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+#ifdef KVSQ_WGMMA_DEVICE
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void fence_proxy_async_smem() {
+#ifdef KVSQ_WGMMA_DEVICE
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// D (64 x 32, f32) = A (64 x 16, registers) . B (16 x 32, K-major in shared
+// memory at desc) + (accumulate ? D : 0).
+template <bool F16>
+__device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], const uint32_t (&a)[4], uint64_t desc, int accumulate) {
+#ifdef KVSQ_WGMMA_DEVICE
+  if constexpr (F16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(accumulate));
+  }
+#else
+  (void)d, (void)a, (void)desc, (void)accumulate;
+  __trap();
+#endif
+}
+
+// Whether kernels may take their wgmma path on the current device: compute
+// capability exactly 9.0 (sm_90a code runs on nothing else) and a build that
+// compiled 90a code (KVSQ_CUDA_ARCHS names it; the emulator models it).
+// wgmma_enabled_flag(): benchmarks and tests turn the paths off (default on).
+inline std::atomic<bool>& wgmma_enabled_flag() {
+  static std::atomic<bool> on{true};
+  return on;
+}
+inline bool build_has_sm90a() {
+#if defined(KVSQ_CUDA_EMU)
+  return true;
+#elif defined(KVSQ_CUDA_ARCHS)
+  const char* s = KVSQ_CUDA_ARCHS;
+  for (; *s; ++s)
+    if (s[0] == '9' && s[1] == '0' && s[2] == 'a') return true;
+  return false;
+#else
+  return false;
+#endif
+}
+inline bool wgmma_usable() {
+  if (!wgmma_enabled_flag().load(std::memory_order_relaxed) || !build_has_sm90a()) return false;
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return major == 9 && minor == 0;
+}
+
 // ---------------------------------------------------------------- dtype dispatch
 // f(T{}) with T the storage type of t; Status::DType for a non-float dtype.
 template <class F>

@@ -29,6 +29,11 @@ void cuda_topk_set_filter(bool on);
 // Benchmarks: false launches every kernel in the ordinary way, without
 // programmatic dependent launch (sm_90+; same results; default true).
 void cuda_set_dependent_launch(bool on);
+// Tests and benchmarks: false keeps kernels off their wgmma (sm_90a) paths
+// and on mma.sync (same results within the stated tolerance; default true;
+// the wgmma paths run only on a compute capability 9.0 device with a build
+// that has 90a code, see cu::wgmma_usable).
+void cuda_set_wgmma(bool on);
 Status cuda_quest_bounds(const QuestBoundsArgs& a, void* stream);
 // Bounds, top-k and the selection on the device (no host copy of the bounds);
 // unless a.q_checked, synchronises the stream at the end to report a

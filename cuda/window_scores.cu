@@ -29,7 +29,11 @@
 // (a 3-stage cp.async ring for f16/bf16, one block barrier per chunk) and
 // every warp multiplies its Q fragment (registers, loaded once) with the
 // chunk: mma.sync m16n8k16, f32 accumulate, half a chunk (32 keys) at a time
-// so that pass 2 runs two blocks per SM. The three launches per batch of KV
+// so that pass 2 runs two blocks per SM. On a 9.0 device with sm_90a code,
+// f16/bf16 inputs take the wgmma variant instead (ws_pass_kernel's WG: one
+// wgmma m64n32k16 per warpgroup and k-step, B read from shared memory by the
+// tensor core, same fragments after the products); cuda_set_wgmma(false)
+// keeps the mma.sync kernels (tests run both). The three launches per batch of KV
 // heads are dependent launches on sm_90+ (see ws_pass_kernel). One K chunk in shared memory serves all g*rt rows (GQA reuse).
 //   * w*g <= 128 (the SnapKV case): one tile per head, every key column is
 //     produced by exactly one CTA, which applies the group reduce and stores
@@ -61,8 +65,11 @@
 // once from HBM (~90 us at 3 TB/s; the second read hits L2), 2 x 34.4 GFLOP of
 // MMA (pass 1 and pass 2: ~105 us at the ~650 TFLOP/s mma.sync can reach on
 // H100) and 2 x 134M exp2 on the MUFU (16/clk/SM: ~70 us, overlappable with
-// the MMAs). Compute-bound: the bench reports TFLOP/s against the measured
-// MMA peak and GB/s against the copy bandwidth.
+// the MMAs). Compute-bound: the bench reports TFLOP/s against the 989 TFLOP/s
+// dense bf16 peak (H100 SXM) and GB/s against the copy bandwidth. The
+// mma.sync kernels are bound below that by shared-memory reads of B (every
+// warp reads every chunk); wgmma (~990 TFLOP/s peak, 2 x 34.4 GFLOP in ~70 us)
+// removes that read, which is what a 150 us layer needs.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -155,11 +162,21 @@ __device__ __forceinline__ void load_q_pair(const T* row, int c, uint32_t& hi, u
 // f16/bf16, the hi and lo halves of one chunk for f32. Then pass 2's column
 // sums cs[2][gh][kTc] (double-buffered: chunk n adds into cs[n & 1] while the
 // sums of chunk n - 1 are stored from the other half).
+//
+// The wgmma variant (WG, f16/bf16 on sm_90a) keeps each chunk in the
+// K-major core-matrix layout that wgmma reads without swizzling: key row t,
+// 16-byte vector v (dims 8v .. 8v + 7) at byte
+//   (t / 8) * (D * 16) + v * 128 + (t % 8) * 16,
+// i.e. 8 keys x 16 bytes contiguous (a core matrix), the D / 8 vectors of a
+// group of 8 keys one after another. Descriptor: LBO 128 (the next 8 dims),
+// SBO D * 16 (the next 8 keys); k-step ks starts ks * 256 bytes in. No pad:
+// a core matrix is 128 contiguous bytes, conflict-free for the tensor core,
+// and the cp.async writes below put 8 consecutive threads on one core matrix.
 constexpr int kStages = 3;
-template <int D>
-constexpr int k_tile_elems() { return kTc * (D + 8); }
-template <int D>
-constexpr size_t k_ring_bytes() { return size_t(kStages) * k_tile_elems<D>() * sizeof(uint16_t); }
+template <int D, bool WG>
+constexpr int k_tile_elems() { return kTc * (WG ? D : D + 8); }
+template <int D, bool WG>
+constexpr size_t k_ring_bytes() { return size_t(kStages) * k_tile_elems<D, WG>() * sizeof(uint16_t); }
 
 // ---------------------------------------------------------------- the two passes
 // Per chunk, one block barrier (f16/bf16): after it, chunk n has landed for
@@ -171,16 +188,27 @@ constexpr size_t k_ring_bytes() { return size_t(kStages) * k_tile_elems<D>() * s
 // Launched as dependents (sm_90+): the Q fragments and the first K chunks are
 // loaded before cu::pdl_wait(); nothing the previous launch writes (part,
 // stats, out) is touched before it.
-template <class T, int D, int PASS>
+//
+// WG: S = Q K^T by wgmma (sm_90a) instead of ldmatrix + mma.sync. With
+// mma.sync every warp reads the whole chunk from shared memory into its own
+// B fragments (8 warps x 16 KB per 64-key chunk at D 128: 1024 cycles of
+// shared-memory bandwidth against ~512 of tensor work); a warpgroup's wgmma
+// reads it once for its 64 rows. Both halves of the chunk are issued before
+// the first is waited for, so the tensor core works on half 1 while the
+// threads run half 0's epilogue. The accumulator layout equals mma.sync's, so
+// everything after the products is shared. Threads: whole warpgroups (rows
+// padded to 64; padding rows are masked as in the mma.sync path).
+template <class T, int D, int PASS, bool WG>
 __global__ void __launch_bounds__(256, sizeof(T) == 4 ? 1 : 2) ws_pass_kernel(const WsParams p) {
   constexpr bool kF32 = sizeof(T) == 4;
+  static_assert(!(WG && kF32), "the wgmma path takes 16-bit inputs");
   constexpr bool kF16 = std::is_same<T, __half>::value;
   constexpr int KS = D / 16;           // k-steps
   constexpr int LDS = D + 8;           // smem row stride, elements
   constexpr int kHalf = kNT / 2;       // n-tiles per half chunk
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint16_t* kbuf = reinterpret_cast<uint16_t*>(smem_raw);  // [kStages][kTc][LDS]
-  float* cs = reinterpret_cast<float*>(smem_raw + k_ring_bytes<D>());  // [2][gh][kTc]
+  float* cs = reinterpret_cast<float*>(smem_raw + k_ring_bytes<D, WG>());  // [2][gh][kTc]
 
   const int tile = blockIdx.y;
   const TileGeo tg = tile_geo(p, tile);
@@ -218,13 +246,23 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 ? 1 : 2) ws_pass_kernel(co
   auto stage = [&](int64_t c, int b) {
     const int64_t t0 = c * kTc;
     constexpr int V = D / 8;  // 16-byte vectors per key row
-    uint16_t* dst = kbuf + b * k_tile_elems<D>();
+    uint16_t* dst = kbuf + b * k_tile_elems<D, WG>();
     for (int idx = tid; idx < kTc * V; idx += nthr) {
-      const int row = idx / V, col = (idx % V) * 8;
+      int row, col, off;
+      if constexpr (WG) {  // 8 consecutive threads: one core matrix (8 keys, one vector)
+        const int vv = (idx >> 3) % V;
+        row = idx / (8 * V) * 8 + (idx & 7);
+        col = vv * 8;
+        off = (row >> 3) * (V * 64) + vv * 64 + (row & 7) * 8;
+      } else {
+        row = idx / V;
+        col = (idx % V) * 8;
+        off = row * LDS + col;
+      }
       const int64_t t = t0 + row;
       const bool in = t < tg.Lr;
       const T* src = kbase + (in ? t : 0) * D + col;
-      cp_async16(smem_u32(dst + row * LDS + col), src, in ? 16 : 0);
+      cp_async16(smem_u32(dst + off), src, in ? 16 : 0);
     }
   };
   // f32: chunk c split into bf16 hi (slot 0) and lo (slot 1), synchronously.
@@ -232,7 +270,7 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 ? 1 : 2) ws_pass_kernel(co
     const int64_t t0 = c * kTc;
     constexpr int V = D / 4;
     uint16_t* dh = kbuf;
-    uint16_t* dl = kbuf + k_tile_elems<D>();
+    uint16_t* dl = kbuf + k_tile_elems<D, WG>();
     for (int idx = tid; idx < kTc * V; idx += nthr) {
       const int row = idx / V, col = (idx % V) * 4;
       const int64_t t = t0 + row;
@@ -334,6 +372,7 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 ? 1 : 2) ws_pass_kernel(co
     int buf = 0;
     if constexpr (!kF32) {
       cp_async_wait<kStages - 2>();  // chunk n has landed (this thread's copies)
+      if constexpr (WG) cu::fence_proxy_async_smem();  // ... visible to wgmma's async-proxy reads
       __syncthreads();               // ... everyone's; chunk n - 1 is done with
       if (n + kStages - 1 < nloc) stage(chunk_of(n + kStages - 1), int((n + kStages - 1) % kStages));
       cp_async_commit();
@@ -346,35 +385,62 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 ? 1 : 2) ws_pass_kernel(co
     if constexpr (PASS == 2) {
       if (n > 0) store_cols(chunk_of(n - 1), int((n - 1) & 1));
     }
-    const uint16_t* kt = kbuf + buf * k_tile_elems<D>();
+    const uint16_t* kt = kbuf + buf * k_tile_elems<D, WG>();
     float* csn = cs + int(n & 1) * p.gh * kTc;
     const bool need_mask = t0 + kTc - 1 > min_pos;  // block-uniform
+
+    // wgmma: both halves of the chunk issued now, as two commit groups.
+    [[maybe_unused]] float accw[WG ? 2 : 1][kHalf][4];
+    if constexpr (WG) {
+      constexpr uint32_t kSbo = D * 16;
+      const uint64_t desc0 = cu::wg_desc(smem_u32(kt), 128, kSbo);
+      cu::wg_fence();
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+          // + (byte offset >> 4) in the start-address field: keys half * 32, dims ks * 16
+          const uint64_t desc = desc0 + ((uint32_t(half) * (kHalf * kSbo) + uint32_t(ks) * 256u) >> 4);
+          cu::wgmma_m64n32k16<kF16>(*reinterpret_cast<float(*)[kHalf * 4]>(&accw[half][0][0]), qa[ks], desc, ks > 0);
+        }
+        cu::wg_commit();
+      }
+    }
 
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       // ---- S = Q K^T for this warp's 16 rows and 32 keys of the chunk
       float acc[kHalf][4];
+      if constexpr (WG) {
+        if (half == 0) cu::wg_wait<1>();
+        else cu::wg_wait<0>();
 #pragma unroll
-      for (int nt = 0; nt < kHalf; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+        for (int nt = 0; nt < kHalf; ++nt)
 #pragma unroll
-      for (int nt = 0; nt < kHalf; ++nt) {
-        // ldmatrix.x4: matrices = 8 keys x 8 dims at dims kp*32 + {0, 8, 16, 24}:
-        // the B fragments (b0, b1) of k-steps 2kp and 2kp + 1.
-        const int key0 = (half * kHalf + nt) * 8;
-        const uint32_t rowaddr = smem_u32(kt + (key0 + (lane & 7)) * LDS + (lane >> 3) * 8);
+          for (int e = 0; e < 4; ++e) acc[nt][e] = accw[half][nt][e];
+      } else {
 #pragma unroll
-        for (int kp = 0; kp < KS / 2; ++kp) {
-          uint32_t b0, b1, b2, b3;
-          ldsm_x4(rowaddr + kp * 32 * 2, b0, b1, b2, b3);
-          mma16816<kF16>(acc[nt], qa[2 * kp], b0, b1);
-          mma16816<kF16>(acc[nt], qa[2 * kp + 1], b2, b3);
-          if constexpr (kF32) {
-            uint32_t c0, c1, c2, c3;  // k lo
-            ldsm_x4(rowaddr + (k_tile_elems<D>() + kp * 32) * 2, c0, c1, c2, c3);
-            mma16816<false>(acc[nt], qa[2 * kp], c0, c1);
-            mma16816<false>(acc[nt], qa[2 * kp + 1], c2, c3);
-            mma16816<false>(acc[nt], qb[2 * kp], b0, b1);
-            mma16816<false>(acc[nt], qb[2 * kp + 1], b2, b3);
+        for (int nt = 0; nt < kHalf; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < kHalf; ++nt) {
+          // ldmatrix.x4: matrices = 8 keys x 8 dims at dims kp*32 + {0, 8, 16, 24}:
+          // the B fragments (b0, b1) of k-steps 2kp and 2kp + 1.
+          const int key0 = (half * kHalf + nt) * 8;
+          const uint32_t rowaddr = smem_u32(kt + (key0 + (lane & 7)) * LDS + (lane >> 3) * 8);
+#pragma unroll
+          for (int kp = 0; kp < KS / 2; ++kp) {
+            uint32_t b0, b1, b2, b3;
+            ldsm_x4(rowaddr + kp * 32 * 2, b0, b1, b2, b3);
+            mma16816<kF16>(acc[nt], qa[2 * kp], b0, b1);
+            mma16816<kF16>(acc[nt], qa[2 * kp + 1], b2, b3);
+            if constexpr (kF32) {
+              uint32_t c0, c1, c2, c3;  // k lo
+              ldsm_x4(rowaddr + (k_tile_elems<D, WG>() + kp * 32) * 2, c0, c1, c2, c3);
+              mma16816<false>(acc[nt], qa[2 * kp], c0, c1);
+              mma16816<false>(acc[nt], qa[2 * kp + 1], c2, c3);
+              mma16816<false>(acc[nt], qb[2 * kp], b0, b1);
+              mma16816<false>(acc[nt], qb[2 * kp + 1], b2, b3);
+            }
           }
         }
       }
@@ -519,7 +585,7 @@ WsDev ws_device() {
   return d;
 }
 
-template <class T, int D>
+template <class T, int D, bool WG>
 Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
   const int g = a.num_q_heads / a.num_kv_heads;
   const int Hkv = a.num_kv_heads, L = a.seq_len, w = a.window;
@@ -571,12 +637,13 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
   p.add_mul = (a.reduce == Reduce::Mean && !max_split) ? 1.f / float(g) : 1.f;
   p.target = max_split ? accbuf : a.out;
 
-  const int rows_pad = std::min(kMaxRows, (gh * rt + 15) / 16 * 16);
+  // a warp per 16 rows; the wgmma path in whole warpgroups (64 rows)
+  const int rows_pad = std::min(kMaxRows, WG ? (gh * rt + 63) / 64 * 64 : (gh * rt + 15) / 16 * 16);
   const int threads = rows_pad / 16 * 32;
-  const size_t smem1 = k_ring_bytes<D>();
+  const size_t smem1 = k_ring_bytes<D, WG>();
   const size_t smem2 = smem1 + 2 * size_t(gh) * kTc * sizeof(float);
-  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)));
-  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
+  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 1, WG>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)));
+  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 2, WG>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
 
   if (s == Status::Ok && !direct && !max_split) fail(cudaMemsetAsync(a.out, 0, size_t(Hkv) * L * sizeof(float), st));
   const int nhh = max_split ? g : 1;
@@ -590,11 +657,11 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
       // Dependent launches (sm_90+): each kernel's preamble (Q fragments, the
       // first K chunks) overlaps the end of the one before; the 3 x (KV head
       // batches) launches were each a launch gap and a pipeline fill apart.
-      fail(cu::launch_pdl(pdl, ws_pass_kernel<T, D, 1>, grid, dim3(threads), smem1, st, p));
+      fail(cu::launch_pdl(pdl, ws_pass_kernel<T, D, 1, WG>, grid, dim3(threads), smem1, st, p));
       const int64_t nrows = int64_t(nb) * ntile * kMaxRows;
       fail(cu::launch_pdl(pdl, ws_merge_kernel, dim3(unsigned((nrows + kMergeWarps - 1) / kMergeWarps)),
                           dim3(kMergeWarps * 32), 0, st, p, nb * ntile));
-      fail(cu::launch_pdl(pdl, ws_pass_kernel<T, D, 2>, grid, dim3(threads), smem2, st, p));
+      fail(cu::launch_pdl(pdl, ws_pass_kernel<T, D, 2, WG>, grid, dim3(threads), smem2, st, p));
     }
     if (max_split && s == Status::Ok) {
       const int64_t n = int64_t(Hkv) * L;
@@ -625,8 +692,14 @@ Status cuda_window_scores(const WindowScoresArgs& a, void* stream) {
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   return cu::with_float_dtype(a.dtype, [&](auto tag) -> Status {
     using T = decltype(tag);
-    return a.head_dim == 64 ? run_window_scores<T, 64>(a, st) : run_window_scores<T, 128>(a, st);
+    if constexpr (sizeof(T) == 2) {
+      if (cu::wgmma_usable())
+        return a.head_dim == 64 ? run_window_scores<T, 64, true>(a, st) : run_window_scores<T, 128, true>(a, st);
+    }
+    return a.head_dim == 64 ? run_window_scores<T, 64, false>(a, st) : run_window_scores<T, 128, false>(a, st);
   });
 }
+
+void cuda_set_wgmma(bool on) { cu::wgmma_enabled_flag().store(on, std::memory_order_relaxed); }
 
 }  // namespace kvsq

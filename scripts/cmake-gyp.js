@@ -15,7 +15,7 @@ if (args[0] !== 'rebuild') {
   process.exit(2);
 }
 const debug = args.includes('--debug');
-const archs = process.env.KVSQ_CUDA_ARCHS || '80-real;86-real;89-real;90-real;90-virtual';
+const archs = process.env.KVSQ_CUDA_ARCHS || '80-real;86-real;89-real;90a-real;90-virtual';
 const cuda = process.env.KVSQ_CUDA || 'AUTO';
 const cmakeJs = require.resolve('cmake-js/bin/cmake-js', { paths: [root] });
 const cmd = [cmakeJs, 'rebuild', `--CDKVSQ_CUDA=${cuda}`, `--CDKVSQ_CUDA_ARCHS=${archs}`];

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Builds, on a machine with nvcc (no GPU needed), everything scripts/gpu-check.sh
 # runs on a GPU machine without network access, into .gpu-carry/ (ignored by git):
-#   kvsq_native_tests, kvsqueeze.node   native suite and addon, CUDA sm_90 (KVSQ_CUDA_ARCHS to change)
+#   kvsq_native_tests, kvsqueeze.node   native suite and addon, CUDA sm_90a (KVSQ_CUDA_ARCHS to change)
 #   dist/           the compiled TypeScript (the smoke test and the CLI load it)
 #   node_modules/   the CLI's runtime packages (commander, cli-progress + deps)
 #   node.xz         this machine's node binary, for GPU machines without node
 # Carry .gpu-carry with the working tree, then run: bash scripts/gpu-check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-archs=${KVSQ_CUDA_ARCHS:-90}
+archs=${KVSQ_CUDA_ARCHS:-90a-real;90-virtual}
 out=.gpu-carry
 mkdir -p "$out"
 # Build trees stay out of the carried folder (it must stay small): only the

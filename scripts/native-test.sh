@@ -16,7 +16,7 @@ if [ "$mode" = "--sanitize" ]; then
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 else
   dir=build-test
-  cfg=(-DKVSQ_CUDA=${KVSQ_CUDA:-AUTO} -DKVSQ_CUDA_ARCHS=${KVSQ_CUDA_ARCHS:-90})
+  cfg=(-DKVSQ_CUDA=${KVSQ_CUDA:-AUTO} "-DKVSQ_CUDA_ARCHS=${KVSQ_CUDA_ARCHS:-90a-real;90-virtual}")
 fi
 gen=()
 command -v ninja >/dev/null 2>&1 && gen=(-G Ninja)

@@ -2,7 +2,7 @@
  * CMakeLists.txt's choice of CUDA architectures when none is given (what
  * `npm install` builds from source): the GPUs nvidia-smi reports (SASS for
  * each, PTX for the newest), none below sm_80 (a GPU that old gets the CPU
- * build), "90" when no GPU is visible. A stand-in nvidia-smi first on PATH
+ * build), "90a-real;90-virtual" when no GPU is visible. A stand-in nvidia-smi first on PATH
  * plays the machine's GPUs (or fails, as it does without a driver); only
  * CMake's configure step runs (about 5 s each).
  * Needs cmake and nvcc; without them the cases are skipped.
@@ -46,13 +46,13 @@ describe('CUDA architectures of a source build', () => {
     expect(configure(['8.0', '8.6', '8.0'])).toContain('archs 80-real;86-real;86-virtual');
   }, 60000);
   maybe('a GPU below sm_80 is left out; with no other GPU the build is CPU-only', () => {
-    expect(configure(['7.5', '9.0'])).toContain('archs 90-real;90-virtual');
+    expect(configure(['7.5', '9.0'])).toContain('archs 90a-real;90-virtual');
     const cpu = configure(['7.5']);
     expect(cpu).toContain('CPU-only build');
     expect(cpu).toContain('below the sm_80');
   }, 60000);
-  maybe('nvidia-smi failing (no driver): sm_90; KVSQ_CUDA_ARCHS given: used as it is', () => {
-    expect(configure([])).toContain('archs 90\n');
+  maybe('nvidia-smi failing (no driver): sm_90a + PTX 90; KVSQ_CUDA_ARCHS given: used as it is', () => {
+    expect(configure([])).toContain('archs 90a-real;90-virtual\n');
     expect(configure(['8.0'], ['-DKVSQ_CUDA_ARCHS=89-real'])).toContain('archs 89-real\n');
   }, 60000);
 });

@@ -131,38 +131,47 @@ void ws_run(const WsCase& c) {
   DBuf<float> dout(got.size());
   dq.up(q.data());
   dk.up(k.data());
-  CHECK(cudaMemset(dout.p, 0xff, got.size() * 4) == cudaSuccess);  // NaN sentinel: every entry must be written
   a.q = dq.p;
   a.k = dk.p;
   a.out = dout.p;
-  const Status st = cuda_window_scores(a, nullptr);
-  CHECK_MSG(st == Status::Ok, status_name(st) << " " << last_cuda_error());
-  CHECK(cudaDeviceSynchronize() == cudaSuccess);
-  dout.down(got.data());
+  // 16-bit inputs: the wgmma path (on a 9.0 device with 90a code, and the
+  // emulator) and the mma.sync path, each against the CPU.
+  struct Restore {
+    ~Restore() { cuda_set_wgmma(true); }
+  } restore;
+  for (const bool wg : {true, false}) {
+    if (!wg && c.dt == DType::F32) break;  // f32 has the mma.sync path only
+    cuda_set_wgmma(wg);
+    CHECK(cudaMemset(dout.p, 0xff, got.size() * 4) == cudaSuccess);  // NaN sentinel: every entry must be written
+    const Status st = cuda_window_scores(a, nullptr);
+    CHECK_MSG(st == Status::Ok, status_name(st) << " " << last_cuda_error());
+    CHECK(cudaDeviceSynchronize() == cudaSuccess);
+    dout.down(got.data());
 
-  const double u24 = std::ldexp(1.0, -24), u22 = std::ldexp(1.0, -22), u14 = std::ldexp(1.0, -14);
-  for (int j = 0; j < c.Hkv; ++j) {
-    std::vector<double> kabs(D, 0.0);
-    for (int t = 0; t < L; ++t)
-      for (int d = 0; d < D; ++d) kabs[d] = std::max(kabs[d], double(std::fabs(k.get((size_t(j) * L + t) * D + d))));
-    double rel = 0.0;
-    for (int hh = 0; hh < c.g; ++hh)
-      for (int i = 0; i < w; ++i) {
-        const size_t row = (size_t(j) * c.g + hh) * QR + (QR - w + i);
-        double B = 0.0;
-        for (int d = 0; d < D; ++d) B += std::fabs(q.get(row * D + d)) * kabs[d];
-        const double zmax = std::fabs(scale) * B;
-        const double dz_cpu = std::fabs(scale) * D * u24 * B + u24 * zmax;
-        const double dz_gpu = std::fabs(scale) * B * ((D + 2) * u22 + (c.dt == DType::F32 ? u14 : 0.0)) + u22 * zmax;
-        rel = std::max(rel, 2.0 * (dz_cpu + dz_gpu) + 1.4e-4);
+    const double u24 = std::ldexp(1.0, -24), u22 = std::ldexp(1.0, -22), u14 = std::ldexp(1.0, -14);
+    for (int j = 0; j < c.Hkv; ++j) {
+      std::vector<double> kabs(D, 0.0);
+      for (int t = 0; t < L; ++t)
+        for (int d = 0; d < D; ++d) kabs[d] = std::max(kabs[d], double(std::fabs(k.get((size_t(j) * L + t) * D + d))));
+      double rel = 0.0;
+      for (int hh = 0; hh < c.g; ++hh)
+        for (int i = 0; i < w; ++i) {
+          const size_t row = (size_t(j) * c.g + hh) * QR + (QR - w + i);
+          double B = 0.0;
+          for (int d = 0; d < D; ++d) B += std::fabs(q.get(row * D + d)) * kabs[d];
+          const double zmax = std::fabs(scale) * B;
+          const double dz_cpu = std::fabs(scale) * D * u24 * B + u24 * zmax;
+          const double dz_gpu = std::fabs(scale) * B * ((D + 2) * u22 + (c.dt == DType::F32 ? u14 : 0.0)) + u22 * zmax;
+          rel = std::max(rel, 2.0 * (dz_cpu + dz_gpu) + 1.4e-4);
+        }
+      for (int t = 0; t < L; ++t) {
+        const double r = ref[size_t(j) * L + t], x = got[size_t(j) * L + t];
+        const double tol = rel * std::fabs(r) * 1.01 + 1e-30 * w * c.g;
+        CHECK_MSG(std::fabs(x - r) <= tol, "Hkv " << c.Hkv << " g " << c.g << " D " << D << " L " << L << " w " << w
+                                                  << " q_rows " << QR << " " << dtype_name(c.dt) << " " << rname(c.red)
+                                                  << (wg ? " wgmma allowed" : " mma.sync") << ": out[" << j << ","
+                                                  << t << "] gpu " << x << " cpu " << r << " tol " << tol);
       }
-    for (int t = 0; t < L; ++t) {
-      const double r = ref[size_t(j) * L + t], x = got[size_t(j) * L + t];
-      const double tol = rel * std::fabs(r) * 1.01 + 1e-30 * w * c.g;
-      CHECK_MSG(std::fabs(x - r) <= tol, "Hkv " << c.Hkv << " g " << c.g << " D " << D << " L " << L << " w " << w
-                                                << " q_rows " << QR << " " << dtype_name(c.dt) << " " << rname(c.red)
-                                                << ": out[" << j << "," << t << "] gpu " << x << " cpu " << r
-                                                << " tol " << tol);
     }
   }
 }
@@ -917,6 +926,12 @@ KVSQ_TEST(cuda_bench_scores) {
     cuda_set_dependent_launch(true);
     CHECK_MSG(st == Status::Ok, status_name(st));
     std::printf("BENCH window_scores_nopdl ms=%.4f (with PDL %.4f)\n", ms_n, ms);
+    cuda_set_wgmma(false);  // the mma.sync kernels (the wgmma ones need a 9.0 device and 90a code)
+    const double ms_m = time_median([&] { st = cuda_window_scores(a, nullptr); }, 30, flush.p, flush_bytes);
+    cuda_set_wgmma(true);
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    std::printf("BENCH window_scores_mma ms=%.4f TFLOP/s=%.1f (default path %.4f; wgmma %s)\n", ms_m,
+                flops / (ms_m * 1e-3) / 1e12, ms, prop.major == 9 && prop.minor == 0 ? "possible" : "not on this card");
   }
 
   // top-k: 256 rows x 128K, k 2048

@@ -67,6 +67,9 @@
 #ifndef __CUDA_ARCH__
 #define __CUDA_ARCH__ 900  // kernels take their sm_90 (cluster) paths; the launcher asks emu_device()
 #endif
+#ifndef __CUDA_ARCH_FEAT_SM90_ALL
+#define __CUDA_ARCH_FEAT_SM90_ALL 1  // and their sm_90a (wgmma) paths, which launchers pick on a 9.0 device only
+#endif
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -175,6 +178,7 @@ constexpr cudaError_t cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemor
 using cudaStream_t = void*;
 enum cudaDeviceAttr {
   cudaDevAttrComputeCapabilityMajor,
+  cudaDevAttrComputeCapabilityMinor,
   cudaDevAttrMaxSharedMemoryPerBlockOptin,
   cudaDevAttrMultiProcessorCount,
 };
@@ -204,7 +208,7 @@ struct cudaLaunchConfig_t {
 namespace cuda_emu {
 
 struct Device {
-  int major = 9;
+  int major = 9, minor = 0;
   int sms = 132;
   int max_optin_smem = 227 * 1024;
 };
@@ -418,6 +422,25 @@ struct Fiber {
   std::vector<AsyncCopy> async_copies;
   uint64_t async_groups = 0;  // cp.async.commit_group count
   bool grid_waited = false;   // griddepcontrol.wait executed
+  // Shared-memory addresses (16-byte units) this thread's cp.async copies
+  // wrote since its last fence.proxy.async: wgmma may not read them yet.
+  std::vector<uint32_t> landed;
+  // wgmma.mma_async issued and not yet complete, in issue order (completed
+  // by the wgmma.wait_group that completes their commit group).
+  struct WgOp {
+    uint64_t op = 0;                   // this thread's issue count: the warpgroup's op id
+    uint64_t group = ~uint64_t(0);     // commit group; ~0 until committed
+    int n = 0;                         // N of m64nNk16
+    bool f16 = false, accumulate = false;
+    uint64_t desc = 0;
+    std::vector<float*> out;           // the D registers
+    std::vector<float> in, res;        // D on entry; D computed at completion
+    int pred = -1;                     // index (in wg_ops) of the pending op this one accumulates onto
+    bool superseded = false;           // a later pending op accumulates onto this one
+  };
+  std::vector<WgOp> wg_ops;
+  uint64_t wg_issued = 0, wg_groups = 0;
+  bool wg_fenced = false;  // wgmma.fence since the last wgmma.wait_group
 };
 
 struct Run {
@@ -432,8 +455,20 @@ struct Run {
   std::vector<std::vector<unsigned char>> smem;
   std::vector<std::map<int, size_t>> static_off;
   std::vector<size_t> arena_used;
-  std::vector<Barrier> warp_bar, block_bar;
+  std::vector<Barrier> warp_bar, block_bar, wg_bar;
   Barrier cluster_bar;
+  // Per block, one flag per 16 bytes of its arena: written by a cp.async
+  // whose thread has not executed fence.proxy.async since (wgmma reads
+  // shared memory through the async proxy).
+  std::vector<std::vector<uint8_t>> unfenced;
+  // A operands of wgmma.mma_async, per (warpgroup slot, op id): 128 threads x
+  // 4 registers, deposited at issue, used at completion.
+  struct WgA {
+    uint32_t a[128][4];
+    int deposits = 0, uses = 0;
+    uint64_t desc = 0;
+  };
+  std::map<std::pair<size_t, uint64_t>, WgA> wg_a;
   std::vector<uint64_t> lane_buf;  // one word per thread for warp exchanges
   void (*body)(void*) = nullptr;
   void* arg = nullptr;
@@ -570,6 +605,7 @@ inline void fiber_main() {
   Run& r = *run();
   r.body(r.arg);
   Fiber& f = r.fibers[r.cur];
+  if (!f.wg_ops.empty()) fail("a thread exited with wgmma.mma_async not waited for (wgmma.wait_group)");
   f.done = true;
   ctx_switch(f.ctx, r.sched);
   std::abort();  // a finished fiber is never resumed
@@ -631,6 +667,10 @@ inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)
     for (auto& b : r.warp_bar) b.expected = 32, b.gen = gen0;
     r.block_bar.assign(cs, Barrier{});
     for (auto& b : r.block_bar) b.expected = int(threads);
+    r.wg_bar.assign(threads % 128 == 0 ? nthreads / 128 : 0, Barrier{});
+    for (auto& b : r.wg_bar) b.expected = 128, b.gen = gen0;
+    r.unfenced.assign(cs, std::vector<uint8_t>((r.smem[0].size() + 15) / 16, 0));
+    r.wg_a.clear();
     r.cluster_bar = Barrier{};
     r.cluster_bar.expected = int(nthreads);
     r.lane_buf.assign(nthreads, 0);
@@ -811,6 +851,7 @@ inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
   const cuda_emu::Device& d = cuda_emu::st().dev;
   switch (a) {
     case cudaDevAttrComputeCapabilityMajor: *v = d.major; break;
+    case cudaDevAttrComputeCapabilityMinor: *v = d.minor; break;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = d.max_optin_smem; break;
     case cudaDevAttrMultiProcessorCount: *v = d.sms; break;
   }
@@ -903,6 +944,7 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
   *p = cudaDeviceProp{};
   p->multiProcessorCount = cuda_emu::st().dev.sms;
   p->major = cuda_emu::st().dev.major;
+  p->minor = cuda_emu::st().dev.minor;
   return cudaSuccess;
 }
 // One emulated device.
@@ -982,7 +1024,10 @@ inline std::vector<WarpDeposit>& deposits() {
   return d;
 }
 
-enum class Ptx { GridWait, GridTrigger, Commit, Wait, CpAsync, Ldsm, LdsmTrans, MmaF16, MmaBf16, Other };
+enum class Ptx {
+  GridWait, GridTrigger, Commit, Wait, CpAsync, Ldsm, LdsmTrans, MmaF16, MmaBf16,
+  WgFence, WgCommit, WgWait, WgMma, ProxyFence, Other
+};
 
 // The instruction of a template (classified once per call site: the
 // template is a string literal).
@@ -998,6 +1043,12 @@ inline Ptx classify(const char* tpl) {
   if (starts("ldmatrix.sync.aligned.m8n8.x4")) return has(".trans") ? Ptx::LdsmTrans : Ptx::Ldsm;
   if (starts("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32")) return Ptx::MmaF16;
   if (starts("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")) return Ptx::MmaBf16;
+  if (starts("wgmma.fence.sync.aligned")) return Ptx::WgFence;
+  if (starts("wgmma.commit_group.sync.aligned")) return Ptx::WgCommit;
+  if (starts("wgmma.wait_group.sync.aligned")) return Ptx::WgWait;
+  if (starts("fence.proxy.async.shared::cta")) return Ptx::ProxyFence;
+  // (inside braces, after the setp that makes the scale-d predicate)
+  if (has("wgmma.mma_async.sync.aligned.m64n") && (has(".f32.f16.f16 ") || has(".f32.bf16.bf16 "))) return Ptx::WgMma;
   return Ptx::Other;
 }
 
@@ -1078,6 +1129,135 @@ inline void ptx_warp(Ptx kind, const Opnd* ops, size_t nops) {
   for (int i = 0; i < 4; ++i) std::memcpy(ops[i].p, &out[i], 4);
 }
 
+
+// ---- wgmma (sm_90a): m64nNk16, f32 += f16/bf16, A in registers, B through a
+// K-major descriptor without swizzle (cuda/common.cuh). Issue records the
+// thread's operands (A into the warpgroup's record for this op id, its D
+// registers, their entry values) and fills the D registers with a NaN
+// pattern, so a read before the wait sees garbage; wgmma.wait_group waits
+// for the whole warpgroup (every thread has issued), then computes each
+// completed op for this thread from shared memory as it is at that moment
+// (a slot overwritten before the wait is caught), in issue order, and fails
+// if a D register was written while the op was in flight.
+constexpr uint32_t kWgPoison = 0x7fc0dead;
+inline size_t wg_slot() {
+  Run& r = *run();
+  if (r.wg_bar.empty()) fail("wgmma in a block whose size is not a multiple of 128 (a warpgroup is 4 warps)");
+  return thread_slot() / 128;
+}
+inline void wgmma_issue(const char* tpl, const Opnd* ops, size_t nops) {
+  Run& r = *run();
+  Fiber& f = self();
+  const char* np = std::strstr(tpl, ".m64n") + 5;
+  const int n = int(std::strtol(np, nullptr, 10));
+  if (n < 8 || n > 256 || n % 8 || nops != size_t(n / 2 + 6)) {
+    unsupported((std::string("PTX `") + tpl + "` (operands)").c_str());
+    return;
+  }
+  if (!f.wg_fenced) fail("wgmma.mma_async without a wgmma.fence since the last wgmma.wait_group");
+  const size_t slot = wg_slot();
+  if (r.wg_bar.empty()) return;
+  Fiber::WgOp op;
+  op.op = f.wg_issued++;
+  op.n = n;
+  op.f16 = std::strstr(tpl, ".f32.f16.f16 ") != nullptr;
+  op.desc = ops[n / 2 + 4].v;
+  op.accumulate = uint32_t(ops[n / 2 + 5].v) != 0;
+  for (int i = 0; i < n / 2; ++i) {
+    float x;
+    const uint32_t b = uint32_t(ops[i].v);
+    std::memcpy(&x, &b, 4);
+    op.out.push_back(static_cast<float*>(ops[i].p));
+    op.in.push_back(x);
+  }
+  // accumulating onto a pending op's registers: its result is this one's input
+  for (int i = int(f.wg_ops.size()) - 1; i >= 0; --i) {
+    if (f.wg_ops[i].superseded) continue;
+    bool same = f.wg_ops[i].out.size() == op.out.size(), any = false;
+    for (size_t e = 0; e < op.out.size(); ++e) {
+      for (float* q : f.wg_ops[i].out) any = any || q == op.out[e];
+      same = same && f.wg_ops[i].out[e] == op.out[e];
+    }
+    if (same) {
+      op.pred = i;
+      f.wg_ops[i].superseded = true;
+      break;
+    }
+    if (any) fail("wgmma.mma_async D registers partly overlap a pending op's");
+  }
+  Run::WgA& rec = r.wg_a[{slot, op.op}];
+  const unsigned t = unsigned(thread_slot() % 128);
+  for (int i = 0; i < 4; ++i) rec.a[t][i] = uint32_t(ops[n / 2 + i].v);
+  if (rec.deposits++ == 0) rec.desc = op.desc;
+  else if (rec.desc != op.desc) fail("wgmma.mma_async: threads of a warpgroup gave different descriptors");
+  for (float* q : op.out) std::memcpy(q, &kWgPoison, 4);
+  f.wg_ops.push_back(std::move(op));
+}
+inline void wgmma_wait(uint64_t keep) {
+  Run& r = *run();
+  Fiber& f = self();
+  const size_t slot = wg_slot();
+  if (r.wg_bar.empty()) return;
+  arrive(r.wg_bar[slot], 0, Op::None);  // every thread of the warpgroup has issued its ops
+  f.wg_fenced = false;
+  const uint64_t done_below = f.wg_groups > keep ? f.wg_groups - keep : 0;
+  const unsigned t = unsigned(thread_slot() % 128), w = t / 32, lane = t % 32, g = lane / 4, tq = lane % 4;
+  auto& unf = r.unfenced[local_block()];
+  size_t ndone = 0;
+  while (ndone < f.wg_ops.size() && f.wg_ops[ndone].group < done_below) ++ndone;
+  for (size_t i = 0; i < ndone; ++i) {
+    Fiber::WgOp& op = f.wg_ops[i];
+    auto it = r.wg_a.find({slot, op.op});
+    if (it == r.wg_a.end() || it->second.deposits != 128) {
+      fail("wgmma.mma_async not issued by every thread of the warpgroup");
+      return;
+    }
+    const Run::WgA& rec = it->second;
+    const uint64_t d = op.desc;
+    if ((d >> 62) != 0) unsupported("a swizzled wgmma descriptor");
+    const uint32_t start = uint32_t(d & 0x3FFF) << 4, lbo = uint32_t((d >> 16) & 0x3FFF) << 4,
+                   sbo = uint32_t((d >> 32) & 0x3FFF) << 4;
+    auto half = [](uint32_t w32, int k) { return uint16_t(w32 >> (16 * (k & 1))); };
+    const std::vector<float>& in = op.pred >= 0 ? f.wg_ops[size_t(op.pred)].res : op.in;
+    op.res.assign(size_t(op.n / 2), 0.f);
+    for (int j = 0; j < op.n / 8; ++j)
+      for (int e = 0; e < 4; ++e) {
+        const int row = int(16 * w + g) + (e >= 2 ? 8 : 0), col = 8 * j + 2 * int(tq) + (e & 1);
+        double acc = op.accumulate ? double(in[size_t(4 * j + e)]) : 0.0;
+        for (int k = 0; k < 16; ++k) {
+          // A: the m16n8k16 layout within warp row / 16
+          const int rr = row % 16, wl = (rr % 8) * 4 + (k % 8) / 2;
+          const uint32_t aw = rec.a[(row / 16) * 32 + wl][(rr >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
+          const double a = b16_to_f32(half(aw, k), op.f16);
+          const uint32_t addr = start + uint32_t(col / 8) * sbo + uint32_t(k / 8) * lbo + uint32_t(col % 8) * 16 + uint32_t(k % 8) * 2;
+          uint16_t bv;
+          std::memcpy(&bv, shared_at(addr, 2), 2);
+          if (addr / 16 < unf.size() && unf[addr / 16])
+            fail("wgmma reads shared memory that a cp.async wrote without a fence.proxy.async by its thread since");
+          acc += a * double(b16_to_f32(bv, op.f16));
+        }
+        op.res[size_t(4 * j + e)] = float(acc);
+      }
+    if (!op.superseded) {
+      for (size_t e = 0; e < op.out.size(); ++e) {
+        uint32_t now;
+        std::memcpy(&now, op.out[e], 4);
+        if (now != kWgPoison) fail("a wgmma.mma_async D register was written before its wgmma.wait_group");
+        std::memcpy(op.out[e], &op.res[e], 4);
+      }
+    }
+    if (++it->second.uses == 128) r.wg_a.erase(it);
+  }
+  // keep the incomplete ops; predecessor indices shift by ndone
+  std::vector<Fiber::WgOp> rest;
+  for (size_t i = ndone; i < f.wg_ops.size(); ++i) {
+    Fiber::WgOp op = std::move(f.wg_ops[i]);
+    if (op.pred >= 0) op.pred = op.pred >= int(ndone) ? op.pred - int(ndone) : -1;
+    rest.push_back(std::move(op));
+  }
+  f.wg_ops = std::move(rest);
+}
+
 inline void ptx(const char* tpl, std::initializer_list<Opnd> list) {
   const Opnd* ops = list.begin();
   const size_t n = list.size();
@@ -1106,10 +1286,16 @@ inline void ptx(const char* tpl, std::initializer_list<Opnd> list) {
       Fiber& f = self();
       const uint64_t done_below = f.async_groups > keep ? f.async_groups - keep : 0;
       size_t w = 0;
+      auto& unf = run()->unfenced[local_block()];
       for (size_t i = 0; i < f.async_copies.size(); ++i) {
         Fiber::AsyncCopy& c = f.async_copies[i];
-        if (c.group < done_below) std::memcpy(shared_at(c.dst, 16), c.data, 16);
-        else f.async_copies[w++] = c;
+        if (c.group < done_below) {
+          std::memcpy(shared_at(c.dst, 16), c.data, 16);
+          for (uint32_t u = c.dst / 16; u <= (c.dst + 15) / 16 && u < unf.size(); ++u) unf[u] = 1;
+          f.landed.push_back(c.dst);
+        } else {
+          f.async_copies[w++] = c;
+        }
       }
       f.async_copies.resize(w);
       return;
@@ -1142,6 +1328,28 @@ inline void ptx(const char* tpl, std::initializer_list<Opnd> list) {
       if (n != 10) break;
       ptx_warp(last_kind, ops, n);
       return;
+    case Ptx::WgFence: self().wg_fenced = true; return;
+    case Ptx::WgCommit: {
+      Fiber& f = self();
+      for (Fiber::WgOp& op : f.wg_ops)
+        if (op.group == ~uint64_t(0)) op.group = f.wg_groups;
+      ++f.wg_groups;
+      return;
+    }
+    case Ptx::WgWait: {
+      const char* nstr = std::strstr(tpl, "wait_group") + std::strlen("wait_group");
+      wgmma_wait(std::strstr(nstr, "%0") ? (n > 0 ? ops[0].v : 0) : std::strtoull(nstr, nullptr, 10));
+      return;
+    }
+    case Ptx::WgMma: wgmma_issue(tpl, ops, n); return;
+    case Ptx::ProxyFence: {
+      Fiber& f = self();
+      auto& unf = run()->unfenced[local_block()];
+      for (uint32_t a : f.landed)
+        for (uint32_t u = a / 16; u <= (a + 15) / 16 && u < unf.size(); ++u) unf[u] = 0;
+      f.landed.clear();
+      return;
+    }
     case Ptx::Other: break;
   }
   unsupported((std::string("PTX `") + tpl + "`").c_str());
@@ -1153,6 +1361,7 @@ inline uint32_t __cvta_generic_to_shared(const void* p) { return cuda_emu::share
 template <class T>
 inline T __ldcg(const T* p) { return *p; }
 inline void __threadfence() {}  // one thread runs at a time: every write is visible
+inline void __trap() { cuda_emu::fail("__trap(): the kernel reached a trap"); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
   if (mask != 0xffffffffu) cuda_emu::fail("partial-warp __syncwarp is not emulated");
   cuda_emu::arrive(cuda_emu::warp_bar(), 0, cuda_emu::Op::None, "__syncwarp");
