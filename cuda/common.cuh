@@ -11,7 +11,8 @@
 //   cu::load_vec16 / store_vec16         16-byte vectorised load/store with conversion to/from f32
 //   cu::unpack16<T>(uint4, floats)        16 raw bytes (e.g. from shared memory) -> floats
 //   cu::warp_sum / warp_max<W>()         butterfly reductions over W lanes (power of 2, <= 32)
-//   cu::TRed<N, O>::run(v, lane)         N sums at once over 2*O lanes, each lane left with its share
+//   cu::TRed<N, O[, Stop]>::run(v, lane) N sums at once over 2*O lanes (lane bits below Stop kept apart),
+//                                        each lane left with its share
 //   cu::warp_incl_sum(x, lane)           inclusive prefix sum of an int over a warp
 //   cu::block_sum / block_max            whole-block reductions through 32 floats of shared memory
 //   cu::with_float_dtype(DType, f)       calls f(T{}) for the storage type of a float DType
@@ -178,10 +179,13 @@ __device__ __forceinline__ float warp_max(float v) {
 // steps lane x holds the full sums of max(1, N/L) values starting at index
 // (x % L) * N / L (when N < L, lanes sharing that index hold copies). With
 // N <= L it costs N - 1 + log2(L / N) shuffles; N separate sums, N log2(L).
-template <int N, int O>
+// Stop > 0 leaves out the lane bits below it: TRed<8, 16, 2> sums over the
+// 8 lanes that share lane % 4 (offsets 16, 8, 4), lane x keeping the sum of
+// value (x / 4) % 8.
+template <int N, int O, int Stop = 0>
 struct TRed {
   static __device__ __forceinline__ void run(float* v, int lane) {
-    if constexpr (O > 0) {
+    if constexpr (O > Stop) {
       if constexpr (N >= 2) {
         const bool hi = (lane & O) != 0;
 #pragma unroll
@@ -190,10 +194,10 @@ struct TRed {
           const float keep = hi ? v[i + N / 2] : v[i];
           v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
         }
-        TRed<N / 2, O / 2>::run(v, lane);
+        TRed<N / 2, O / 2, Stop>::run(v, lane);
       } else {
         v[0] += __shfl_xor_sync(0xffffffffu, v[0], O);
-        TRed<1, O / 2>::run(v, lane);
+        TRed<1, O / 2, Stop>::run(v, lane);
       }
     }
   }

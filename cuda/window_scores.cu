@@ -483,17 +483,21 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 ? 1 : 2) ws_pass_kernel(co
         if (warp * 16 >= tg.R) {
           // a short last tile leaves whole warps without rows: nothing to add
         } else if (uniform_head) {
+          // The warp's 16 rows are one head. A lane's 8 values (nt, e) are
+          // its 2 rows' shares of 8 columns; the 8 lanes of a column pair
+          // (same tig) sum them in one transposed butterfly (7 shuffles, was
+          // 24), after which lane (gid, tig) holds column nt = gid / 2,
+          // e = gid % 2, and every lane adds one (one atomic instruction
+          // per warp, was 8 with 4 lanes each).
+          static_assert(kHalf * 2 == 8, "one column per lane of a column pair");
+          float v[kHalf * 2];
 #pragma unroll
           for (int nt = 0; nt < kHalf; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              float v = acc[nt][e] + acc[nt][e + 2];
-              v += __shfl_xor_sync(0xffffffffu, v, 4);
-              v += __shfl_xor_sync(0xffffffffu, v, 8);
-              v += __shfl_xor_sync(0xffffffffu, v, 16);
-              if (gid == 0) atomicAdd(&csn[head_w * kTc + (half * kHalf + nt) * 8 + tig * 2 + e], v);
-            }
+            v[2 * nt] = acc[nt][0] + acc[nt][2];
+            v[2 * nt + 1] = acc[nt][1] + acc[nt][3];
           }
+          cu::TRed<kHalf * 2, 16, 2>::run(v, lane);
+          atomicAdd(&csn[head_w * kTc + (half * kHalf + (gid >> 1)) * 8 + tig * 2 + (gid & 1)], v[0]);
         } else {
 #pragma unroll
           for (int nt = 0; nt < kHalf; ++nt) {

@@ -185,7 +185,13 @@ for (const src of srcs) {
   const isTest = /(^|\/)test\//.test(path.relative(path.resolve(__dirname, '..'), path.resolve(src)));
   if (isTest && addon) die(`${src}: test files have no place in an addon`);
   body += '#define KVSQ_CUDA_EMU 1\n';
-  if (!isTest) body += `// ---- common.cuh\n${rewrite(common, commonText)}\n`;
-  body += `// ---- ${path.basename(src)}\n${rewrite(src, fs.readFileSync(src, 'utf8'), isTest)}`;
+  let text = fs.readFileSync(src, 'utf8');
+  // A test file may use common.cuh's device helpers (its own small kernels):
+  // they come emulated, in kvsq::emu_cuda as for the kernel files (the real
+  // copy is in the nvcc-compiled twin of the file: one definition each).
+  const testCommon = /^#include "(?:\.\.\/)*cuda\/common\.cuh"\s*$/m;
+  if (!isTest || testCommon.test(text)) body += `// ---- common.cuh\n${rewrite(common, commonText)}\n`;
+  if (isTest) text = text.replace(testCommon, '');
+  body += `// ---- ${path.basename(src)}\n${rewrite(src, text, isTest)}`;
   fs.writeFileSync(path.join(out, `${name}_emu.cc`), body);
 }

@@ -35,7 +35,7 @@ CS=${CS:-compute-sanitizer}
 tests=$carry/kvsq_native_tests
 if ! "$tests" no_test_has_this_name > /dev/null 2>&1; then
   echo "carried test binary does not start here; rebuilding with $(command -v nvcc)" | tee -a "$log/gpu.txt"
-  cmake -S . -B /tmp/kvsq-build -G Ninja -DKVSQ_CUDA=ON -DKVSQ_CUDA_ARCHS=90 -DKVSQ_TESTS=ON > "$log/rebuild.txt" 2>&1 &&
+  cmake -S . -B /tmp/kvsq-build -G Ninja -DKVSQ_CUDA=ON "-DKVSQ_CUDA_ARCHS=90a-real;90-virtual" -DKVSQ_TESTS=ON > "$log/rebuild.txt" 2>&1 &&
     cmake --build /tmp/kvsq-build --target kvsq_native_tests -j 16 >> "$log/rebuild.txt" 2>&1
   tests=/tmp/kvsq-build/kvsq_native_tests
 fi

@@ -1,12 +1,16 @@
 // CUDA twins of the small kernels: count_nonfinite and the score restore
 // (read_scores with write_back), against their CPU twins. Skipped without a
-// device. Tolerance: exact (counts and copies).
+// device. Tolerance: exact (counts and copies). Also the wgmma operand
+// layouts of cuda/common.cuh on their own (a 64 x 32 x 32 product against a
+// double reference), so a misread layout shows there and not only as a
+// wrong window score.
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <numeric>
 #include <vector>
 
+#include "../../cuda/common.cuh"
 #include "../../cuda/launchers.h"
 #include "core/device.h"
 #include "core/dtype.h"
@@ -114,6 +118,82 @@ KVSQ_TEST(cuda_read_write_scores_vs_cpu) {
   for (size_t i = 0; i < pool.size(); ++i) CHECK_EQ(gpu_pool[i], cpu_pool[i]);
   for (int64_t i = 0; i < total; ++i) CHECK_EQ(out[i], flat[i]);
   for (void* p : {(void*)dpool, (void*)dind, (void*)dids, (void*)dlen, (void*)dflat, (void*)dout}) cudaFree(p);
+}
+
+// One warpgroup: D (64 x 32) = A (64 x 32) . B^T with B given as 32 rows
+// (N) of 32 (K), in two k-steps of wgmma m64n32k16, the first with scale-d
+// 0 over a D full of NaN (which must not leak in), the second accumulating.
+// A row-major [64][32] and B [32][32] as 16-bit words; D row-major [64][32].
+// B is staged as window scores stages K: K-major core matrices without
+// swizzle, byte (n / 8) * 512 + (k / 8) * 128 + (n % 8) * 16 + (k % 8) * 2
+// (LBO 128, SBO 512), k-step ks at + 256 ks.
+namespace {
+template <bool F16>
+__global__ void wgmma_layout_kernel(const uint16_t* A, const uint16_t* B, float* D) {
+  __shared__ __align__(128) uint16_t sb[32 * 32];
+  const int t = threadIdx.x, w = t / 32, lane = t % 32, g = lane / 4, tq = lane % 4;
+  for (int i = t; i < 32 * 32; i += 128) {
+    const int n = i / 32, k = i % 32;
+    sb[((n / 8) * 512 + (k / 8) * 128 + (n % 8) * 16 + (k % 8) * 2) / 2] = B[i];
+  }
+  cu::fence_proxy_async_smem();  // plain stores, read by the async proxy
+  __syncthreads();
+  uint32_t a[2][4];
+  for (int ks = 0; ks < 2; ++ks)
+    for (int r = 0; r < 4; ++r) {  // r: +8 rows (bit 0), +8 columns (bit 1)
+      const int row = 16 * w + g + 8 * (r & 1), col = 16 * ks + 2 * tq + 8 * (r >> 1);
+      a[ks][r] = uint32_t(A[row * 32 + col]) | (uint32_t(A[row * 32 + col + 1]) << 16);
+    }
+  float d[16];
+  for (float& x : d) x = __int_as_float(0x7fc00000);
+  const uint64_t desc = cu::wg_desc(static_cast<uint32_t>(__cvta_generic_to_shared(sb)), 128, 512);
+  cu::wg_fence();
+  cu::wgmma_m64n32k16<F16>(d, a[0], desc, 0);
+  cu::wgmma_m64n32k16<F16>(d, a[1], desc + (256 >> 4), 1);
+  cu::wg_commit();
+  cu::wg_wait<0>();
+  for (int j = 0; j < 4; ++j)
+    for (int e = 0; e < 4; ++e) D[(16 * w + g + 8 * (e >> 1)) * 32 + 8 * j + 2 * tq + (e & 1)] = d[4 * j + e];
+}
+}  // namespace
+
+KVSQ_TEST(cuda_wgmma_fragment_layout) {
+  need_device();
+  if (!cu::wgmma_usable()) SKIP("wgmma needs a compute capability 9.0 device and a build with sm_90a code");
+  for (const bool f16 : {false, true}) {
+    std::vector<uint16_t> A(64 * 32), B(32 * 32);
+    std::vector<float> af(A.size()), bf(B.size());
+    auto enc = [&](float x, float& back) {
+      const uint16_t h = f16 ? f32_to_f16(x) : f32_to_bf16(x);
+      back = f16 ? f16_to_f32(h) : bf16_to_f32(h);
+      return h;
+    };
+    for (size_t i = 0; i < A.size(); ++i) A[i] = enc(kvsqtest::normal(), af[i]);
+    for (size_t i = 0; i < B.size(); ++i) B[i] = enc(kvsqtest::normal(), bf[i]);
+    uint16_t* dA = upload(A);
+    uint16_t* dB = upload(B);
+    float* dD = nullptr;
+    CHECK(cudaMalloc(&dD, 64 * 32 * sizeof(float)) == cudaSuccess);
+    if (f16) wgmma_layout_kernel<true><<<1, 128>>>(dA, dB, dD);
+    else wgmma_layout_kernel<false><<<1, 128>>>(dA, dB, dD);
+    const cudaError_t err = cudaDeviceSynchronize();
+    CHECK_MSG(err == cudaSuccess, cudaGetErrorString(err));
+    const std::vector<float> got = download(dD, 64 * 32);
+    for (int r = 0; r < 64; ++r)
+      for (int n = 0; n < 32; ++n) {
+        double ref = 0.0, mag = 0.0;
+        for (int k = 0; k < 32; ++k) {
+          ref += double(af[r * 32 + k]) * bf[n * 32 + k];
+          mag += std::fabs(double(af[r * 32 + k]) * bf[n * 32 + k]);
+        }
+        // products exact in f32; the tensor core's f32 sum of 32 terms
+        CHECK_MSG(std::fabs(got[r * 32 + n] - ref) <= 34 * std::ldexp(1.0, -22) * mag + 1e-30,
+                  (f16 ? "f16" : "bf16") << " D[" << r << "][" << n << "] = " << got[r * 32 + n] << ", expected " << ref);
+      }
+    cudaFree(dA);
+    cudaFree(dB);
+    cudaFree(dD);
+  }
 }
 
 #ifdef KVSQ_CUDA_EMU
