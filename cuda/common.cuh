@@ -30,6 +30,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 #include <utility>
 
@@ -368,9 +369,11 @@ __device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], const uint32_t (
 // Whether kernels may take their wgmma path on the current device: compute
 // capability exactly 9.0 (sm_90a code runs on nothing else) and a build that
 // compiled 90a code (KVSQ_CUDA_ARCHS names it; the emulator models it).
-// wgmma_enabled_flag(): benchmarks and tests turn the paths off (default on).
+// wgmma_enabled_flag(): benchmarks and tests turn the paths off (default on;
+// KVSQ_NO_WGMMA=1 in the environment starts the process with them off, so a
+// card where they misbehave can be run on mma.sync without a rebuild).
 inline std::atomic<bool>& wgmma_enabled_flag() {
-  static std::atomic<bool> on{true};
+  static std::atomic<bool> on{std::getenv("KVSQ_NO_WGMMA") == nullptr};
   return on;
 }
 inline bool build_has_sm90a() {

@@ -57,12 +57,17 @@ step() { # name, time limit in seconds, command...
   tail -4 "$log/$name.txt"
 }
 
+# The wgmma operand layouts first, in a process of their own: if this
+# project's reading of them is wrong on the card, this line says so even when
+# a faulting kernel takes the rest of a run with it (KVSQ_NO_WGMMA=1 then
+# keeps every kernel on mma.sync for a rerun).
+step wgmma 15 "$tests" cuda_wgmma_fragment_layout
 step native 100 "$tests" -emu_  # the emulated copies of the CUDA tests ran in CI already
 step smoke 60 env KVSQ_ADDON="$carry/kvsqueeze.node" KVSQ_DIST="$carry/dist" "$NODE" scripts/gpu-smoke.js
 step bench 90 env KVSQ_CUDA_BENCH=1 "$tests" bench
 # The same kernels through the library, as a user runs them (L2 flushed
 # between launches by the bench itself).
-step cli-bench 90 env KVSQ_ADDON="$carry/kvsqueeze.node" NODE_PATH="$PWD/$carry/node_modules" "$NODE" -e \
+step cli-bench 75 env KVSQ_ADDON="$carry/kvsqueeze.node" NODE_PATH="$PWD/$carry/node_modules" "$NODE" -e \
   "require('./$carry/dist/cli.js').main(['node', 'kvsqueeze', 'bench', '--backend', 'cuda', '--no-ort', '--kernel', 'decode-f16,decode-f32,topk,window,quest,quest-share,quest-select,quest-select-share,pool1d-max,pool1d-avg,chunk,append,gather']).then((c) => { process.exitCode = c; })"
 if python3 -c 'import torch' 2>/dev/null; then
   step torch 60 env PYTHONUNBUFFERED=1 python3 scripts/torch-baseline.py
@@ -74,8 +79,8 @@ step racecheck 100 "$CS" --tool racecheck --error-exitcode 9 "$tests" cuda_
 
 echo
 echo "== kvsqueeze GPU check: $(head -1 "$log/gpu.txt"), $((SECONDS - t_start)) s"
-for k in native smoke bench cli-bench torch memcheck racecheck; do printf '%-10s %s\n' "$k" "${result[$k]:-not run}"; done
-grep -hE 'FAIL|ERROR SUMMARY|RACECHECK SUMMARY' "$log/native.txt" "$log/smoke.txt" "$log/memcheck.txt" "$log/racecheck.txt" 2>/dev/null | head -20 || true
+for k in wgmma native smoke bench cli-bench torch memcheck racecheck; do printf '%-10s %s\n' "$k" "${result[$k]:-not run}"; done
+grep -hE 'FAIL|ERROR SUMMARY|RACECHECK SUMMARY' "$log/wgmma.txt" "$log/native.txt" "$log/smoke.txt" "$log/memcheck.txt" "$log/racecheck.txt" 2>/dev/null | head -20 || true
 grep -hE '^(BENCH|TORCH|SMOKE)' "$log/bench.txt" "$log/torch.txt" "$log/smoke.txt" 2>/dev/null || true
 grep -hE '^[a-zA-Z]+ +(f16|bf16|f32) ' "$log/cli-bench.txt" 2>/dev/null | cut -c1-160 || true
 grep -hE 'passed, [0-9]+ failed' "$log/native.txt" || true
