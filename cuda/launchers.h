@@ -34,6 +34,9 @@ void cuda_set_dependent_launch(bool on);
 // the wgmma paths run only on a compute capability 9.0 device with a build
 // that has 90a code, see cu::wgmma_usable).
 void cuda_set_wgmma(bool on);
+// Benchmarks: the CTAs per SM that window scores splits the keys over
+// (1..64; anything else restores the default, 4). Same results.
+void cuda_window_scores_set_ctas_per_sm(int n);
 Status cuda_quest_bounds(const QuestBoundsArgs& a, void* stream);
 // Bounds, top-k and the selection on the device (no host copy of the bounds);
 // unless a.q_checked, synchronises the stream at the end to report a

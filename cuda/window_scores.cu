@@ -572,6 +572,10 @@ __global__ void ws_max_merge_kernel(float* out, const float* acc, int64_t n, int
     out[i] = first ? acc[i] : fmaxf(out[i], acc[i]);
 }
 
+// CTAs per SM the key splits aim at (two waves of two resident blocks by
+// default; benchmarks sweep it: cuda_window_scores_set_ctas_per_sm).
+std::atomic<int> g_ctas_per_sm{4};
+
 // SM count and whether dependent launches are available (sm_90+).
 struct WsDev {
   int sms = 132;
@@ -606,7 +610,7 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
   const int64_t nchunk_max = (int64_t(L) + kTc - 1) / kTc;
   const WsDev dv = ws_device();
   const bool pdl = dv.pdl;
-  const int64_t target_ctas = int64_t(dv.sms) * 4;
+  const int64_t target_ctas = int64_t(dv.sms) * g_ctas_per_sm.load(std::memory_order_relaxed);
   const int nsplit = int(std::max<int64_t>(1, std::min<int64_t>(nchunk_max, (target_ctas + tiles - 1) / tiles)));
 
   // workspace: part, stats (and the Max scratch rows)
@@ -705,5 +709,9 @@ Status cuda_window_scores(const WindowScoresArgs& a, void* stream) {
 }
 
 void cuda_set_wgmma(bool on) { cu::wgmma_enabled_flag().store(on, std::memory_order_relaxed); }
+
+void cuda_window_scores_set_ctas_per_sm(int n) {
+  g_ctas_per_sm.store(n >= 1 && n <= 64 ? n : 4, std::memory_order_relaxed);
+}
 
 }  // namespace kvsq

@@ -262,6 +262,27 @@ KVSQ_TEST(cuda_window_scores_tiles_and_logits) {
   ws_run(c);
 }
 
+// The key split at other CTA counts per SM than the default: 1 leaves whole
+// splits without keys (they report (-inf, 0) to the merge), 64 gives every
+// split one chunk. (4 KV heads of L 3001: 47 chunks over 33 or 47 splits.)
+KVSQ_TEST(cuda_window_scores_key_splits) {
+  need_device();
+  struct Restore {
+    ~Restore() { cuda_window_scores_set_ctas_per_sm(0); }
+  } restore;
+  for (int per_sm : {1, 64}) {
+    cuda_window_scores_set_ctas_per_sm(per_sm);
+    WsCase c;
+    c.Hkv = 4;
+    c.g = 4;
+    c.L = 3001;
+    c.w = c.q_rows = 32;
+    c.dt = per_sm == 1 ? DType::BF16 : DType::F16;
+    c.red = per_sm == 1 ? Reduce::Mean : Reduce::Max;
+    ws_run(c);
+  }
+}
+
 // Sum reduce: each row's probabilities sum to 1, so sum_t out[j, t] = g * w (long L).
 KVSQ_TEST(cuda_window_scores_rows_sum_to_one_long) {
   need_device();
@@ -932,6 +953,14 @@ KVSQ_TEST(cuda_bench_scores) {
     CHECK_MSG(st == Status::Ok, status_name(st));
     std::printf("BENCH window_scores_mma ms=%.4f TFLOP/s=%.1f (default path %.4f; wgmma %s)\n", ms_m,
                 flops / (ms_m * 1e-3) / 1e12, ms, prop.major == 9 && prop.minor == 0 ? "possible" : "not on this card");
+    // the key split: CTAs per SM (default 4), for the next choice of default
+    for (int per_sm : {2, 8}) {
+      cuda_window_scores_set_ctas_per_sm(per_sm);
+      const double ms_c = time_median([&] { st = cuda_window_scores(a, nullptr); }, 30, flush.p, flush_bytes);
+      CHECK_MSG(st == Status::Ok, status_name(st));
+      std::printf("BENCH window_scores_split ctas_per_sm=%d ms=%.4f (default 4: %.4f)\n", per_sm, ms_c, ms);
+    }
+    cuda_window_scores_set_ctas_per_sm(0);
   }
 
   // top-k: 256 rows x 128K, k 2048
