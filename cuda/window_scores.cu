@@ -8,8 +8,10 @@
 //   A_h[t] = sum_i P_i[t];  out[j, t] = mean / sum / max over hh of A_h[t]
 //
 // Layout. q [Hq, q_rows, D], k [Hkv, L, D] (f32, f16 or bf16), out [Hkv, L] f32.
-// Supported: D in {64, 128} (tensor-core fragments are unrolled over D),
-// g = Hq / Hkv <= 128; anything else is Status::Shape (the CPU twin covers it).
+// Supported: D <= 256 with rows of whole 16-byte vectors (D % 8 == 0 for
+// f16/bf16, D % 4 == 0 for f32; the kernels are unrolled for D = 64, 128 and
+// 256 and zero-pad a smaller D to the next of them), g = Hq / Hkv <= 128;
+// anything else is Status::Shape (the CPU twin covers it).
 // q and k must be 16-byte aligned (cp.async / vector loads; cudaMalloc gives 256).
 //
 // Why two passes (and not one). A column sum mixes the R query rows of a tile
@@ -198,8 +200,8 @@ constexpr size_t k_ring_bytes() { return size_t(kStages) * k_tile_elems<D, WG>()
 // threads run half 0's epilogue. The accumulator layout equals mma.sync's, so
 // everything after the products is shared. Threads: whole warpgroups (rows
 // padded to 64; padding rows are masked as in the mma.sync path).
-template <class T, int D, int PASS, bool WG>
-__global__ void __launch_bounds__(256, sizeof(T) == 4 ? 1 : 2) ws_pass_kernel(const WsParams p) {
+template <class T, int D, int PASS, bool WG, bool PAD>
+__global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pass_kernel(const WsParams p) {
   constexpr bool kF32 = sizeof(T) == 4;
   static_assert(!(WG && kF32), "the wgmma path takes 16-bit inputs");
   constexpr bool kF16 = std::is_same<T, __half>::value;
@@ -238,13 +240,21 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 ? 1 : 2) ws_pass_kernel(co
     return;
   }
 
-  const T* kbase = static_cast<const T*>(p.k) + int64_t(tg.j) * p.L * D;
+  // dk: the true head dim. With PAD it is p.D < D (the template, which the
+  // fragments are unrolled over) and columns dk .. D - 1 are zeros in shared
+  // memory and in the Q fragments, so they add nothing to q . k; without it
+  // dk is the constant D (no runtime stride or guard in the loops: the
+  // mma.sync pass 2 sits at its 128-register bound).
+  const int dk = PAD ? p.D : D;
+  const T* kbase = static_cast<const T*>(p.k) + int64_t(tg.j) * p.L * dk;
   const int64_t nloc = ce - cb;
   auto chunk_of = [&](int64_t n) -> int64_t { return PASS == 1 ? cb + n : ce - 1 - n; };
 
   // Stage chunk c into ring slot b (f16/bf16: cp.async, keys past Lr zero-filled).
   auto stage = [&](int64_t c, int b) {
     const int64_t t0 = c * kTc;
+    const T* cbase = kbase + t0 * dk;  // the chunk's first key row
+    const int rows_in = int(min(int64_t(kTc), tg.Lr - t0));
     constexpr int V = D / 8;  // 16-byte vectors per key row
     uint16_t* dst = kbuf + b * k_tile_elems<D, WG>();
     for (int idx = tid; idx < kTc * V; idx += nthr) {
@@ -259,9 +269,8 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 ? 1 : 2) ws_pass_kernel(co
         col = (idx % V) * 8;
         off = row * LDS + col;
       }
-      const int64_t t = t0 + row;
-      const bool in = t < tg.Lr;
-      const T* src = kbase + (in ? t : 0) * D + col;
+      const bool in = row < rows_in && col < dk;  // (dk % 8 == 0: a vector is all in or all out)
+      const T* src = in ? cbase + row * dk + col : kbase;
       cp_async16(smem_u32(dst + off), src, in ? 16 : 0);
     }
   };
@@ -275,7 +284,7 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 ? 1 : 2) ws_pass_kernel(co
       const int row = idx / V, col = (idx % V) * 4;
       const int64_t t = t0 + row;
       float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (t < tg.Lr) v = __ldg(reinterpret_cast<const float4*>(kbase + t * D + col));
+      if (t < tg.Lr && col < dk) v = __ldg(reinterpret_cast<const float4*>(kbase + t * dk + col));
       float h0, l0, h1, l1, h2, l2, h3, l3;
       split_bf16(v.x, h0, l0);
       split_bf16(v.y, h1, l1);
@@ -301,7 +310,7 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 ? 1 : 2) ws_pass_kernel(co
     auto qrow = [&](int r) -> const T* {
       const int hl = r / tg.rtt, ii = r % tg.rtt;
       const int64_t h = int64_t(tg.j) * p.g + p.hh0 + hl;
-      return qbase + (h * p.q_rows + (p.q_rows - p.w + tg.i0 + ii)) * D;
+      return qbase + (h * p.q_rows + (p.q_rows - p.w + tg.i0 + ii)) * dk;
     };
     const T* q0 = ok_lo ? qrow(r_lo) : nullptr;
     const T* q1 = ok_hi ? qrow(r_hi) : nullptr;
@@ -309,8 +318,11 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 ? 1 : 2) ws_pass_kernel(co
     for (int ks = 0; ks < KS; ++ks) {
       uint32_t h[4] = {0, 0, 0, 0}, l[4] = {0, 0, 0, 0};
       const int c0 = ks * 16 + tig * 2, c1 = c0 + 8;
-      if (q0) { load_q_pair(q0, c0, h[0], l[0]); load_q_pair(q0, c1, h[2], l[2]); }
-      if (q1) { load_q_pair(q1, c0, h[1], l[1]); load_q_pair(q1, c1, h[3], l[3]); }
+      // (dk even: a pair is all in or all out; the padding stays zero)
+      if (q0 && c0 < dk) load_q_pair(q0, c0, h[0], l[0]);
+      if (q0 && c1 < dk) load_q_pair(q0, c1, h[2], l[2]);
+      if (q1 && c0 < dk) load_q_pair(q1, c0, h[1], l[1]);
+      if (q1 && c1 < dk) load_q_pair(q1, c1, h[3], l[3]);
 #pragma unroll
       for (int x = 0; x < 4; ++x) {
         qa[ks][x] = h[x];
@@ -593,7 +605,7 @@ WsDev ws_device() {
   return d;
 }
 
-template <class T, int D, bool WG>
+template <class T, int D, bool WG, bool PAD>
 Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
   const int g = a.num_q_heads / a.num_kv_heads;
   const int Hkv = a.num_kv_heads, L = a.seq_len, w = a.window;
@@ -602,7 +614,7 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
   const int rt = std::max(1, std::min(w, kMaxRows / gh));
   const int ntile = (w + rt - 1) / rt;
   const bool direct = ntile == 1;
-  const int64_t head_bytes = int64_t(L) * D * int64_t(sizeof(T));
+  const int64_t head_bytes = int64_t(L) * a.head_dim * int64_t(sizeof(T));
   int hb = int(std::max<int64_t>(1, std::min<int64_t>(Hkv, kTargetL2Bytes / std::max<int64_t>(1, head_bytes))));
   hb = std::max(1, std::min(hb, 65535 / ntile));
   if (ntile > 65535) return Status::Shape;
@@ -630,7 +642,7 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
   p.part = static_cast<float2*>(ws);
   p.stats = reinterpret_cast<float2*>(static_cast<char*>(ws) + part_bytes);
   float* accbuf = max_split ? reinterpret_cast<float*>(static_cast<char*>(ws) + part_bytes + stats_bytes) : nullptr;
-  p.D = D;
+  p.D = a.head_dim;
   p.L = L;
   p.w = w;
   p.q_rows = a.q_rows;
@@ -650,8 +662,8 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
   const int threads = rows_pad / 16 * 32;
   const size_t smem1 = k_ring_bytes<D, WG>();
   const size_t smem2 = smem1 + 2 * size_t(gh) * kTc * sizeof(float);
-  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 1, WG>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)));
-  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 2, WG>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
+  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 1, WG, PAD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)));
+  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 2, WG, PAD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
 
   if (s == Status::Ok && !direct && !max_split) fail(cudaMemsetAsync(a.out, 0, size_t(Hkv) * L * sizeof(float), st));
   const int nhh = max_split ? g : 1;
@@ -665,11 +677,11 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
       // Dependent launches (sm_90+): each kernel's preamble (Q fragments, the
       // first K chunks) overlaps the end of the one before; the 3 x (KV head
       // batches) launches were each a launch gap and a pipeline fill apart.
-      fail(cu::launch_pdl(pdl, ws_pass_kernel<T, D, 1, WG>, grid, dim3(threads), smem1, st, p));
+      fail(cu::launch_pdl(pdl, ws_pass_kernel<T, D, 1, WG, PAD>, grid, dim3(threads), smem1, st, p));
       const int64_t nrows = int64_t(nb) * ntile * kMaxRows;
       fail(cu::launch_pdl(pdl, ws_merge_kernel, dim3(unsigned((nrows + kMergeWarps - 1) / kMergeWarps)),
                           dim3(kMergeWarps * 32), 0, st, p, nb * ntile));
-      fail(cu::launch_pdl(pdl, ws_pass_kernel<T, D, 2, WG>, grid, dim3(threads), smem2, st, p));
+      fail(cu::launch_pdl(pdl, ws_pass_kernel<T, D, 2, WG, PAD>, grid, dim3(threads), smem2, st, p));
     }
     if (max_split && s == Status::Ok) {
       const int64_t n = int64_t(Hkv) * L;
@@ -694,17 +706,30 @@ Status cuda_window_scores(const WindowScoresArgs& a, void* stream) {
   if (!is_float_dtype(a.dtype)) return Status::DType;
   if (a.reduce != Reduce::Mean && a.reduce != Reduce::Sum && a.reduce != Reduce::Max) return Status::Range;
   // ---- what this kernel supports
-  if (a.head_dim != 64 && a.head_dim != 128) return Status::Shape;
+  // any head dim whose rows are whole 16-byte vectors, up to 256 (the
+  // kernels are built for 64, 128 and 256 and zero-pad the rest)
+  if (a.head_dim > 256 || a.head_dim % (a.dtype == DType::F32 ? 4 : 8) != 0) return Status::Shape;
   if (a.num_q_heads / a.num_kv_heads > kMaxRows) return Status::Shape;
   if ((reinterpret_cast<uintptr_t>(a.q) | reinterpret_cast<uintptr_t>(a.k)) % 16 != 0) return Status::Shape;
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   return cu::with_float_dtype(a.dtype, [&](auto tag) -> Status {
     using T = decltype(tag);
+    auto run = [&](auto wg) -> Status {
+      constexpr bool kWG = decltype(wg)::value;
+      switch (a.head_dim) {
+        case 64: return run_window_scores<T, 64, kWG, false>(a, st);
+        case 128: return run_window_scores<T, 128, kWG, false>(a, st);
+        case 256: return run_window_scores<T, 256, kWG, false>(a, st);
+        default: break;
+      }
+      if (a.head_dim < 64) return run_window_scores<T, 64, kWG, true>(a, st);
+      if (a.head_dim < 128) return run_window_scores<T, 128, kWG, true>(a, st);
+      return run_window_scores<T, 256, kWG, true>(a, st);
+    };
     if constexpr (sizeof(T) == 2) {
-      if (cu::wgmma_usable())
-        return a.head_dim == 64 ? run_window_scores<T, 64, true>(a, st) : run_window_scores<T, 128, true>(a, st);
+      if (cu::wgmma_usable()) return run(std::true_type{});
     }
-    return a.head_dim == 64 ? run_window_scores<T, 64, false>(a, st) : run_window_scores<T, 128, false>(a, st);
+    return run(std::false_type{});
   });
 }
 

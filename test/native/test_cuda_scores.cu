@@ -262,6 +262,27 @@ KVSQ_TEST(cuda_window_scores_tiles_and_logits) {
   ws_run(c);
 }
 
+// Head dims other than the unrolled 64 / 128 / 256 (zero-padded to the next
+// of them: 8, 40, 80, 96, 112, 160, 200, 248) and 256 itself, in every
+// dtype (f32 also at D % 8 == 4), on both kernels.
+KVSQ_TEST(cuda_window_scores_head_dims) {
+  need_device();
+  int n = 0;
+  for (int D : {8, 40, 80, 96, 112, 160, 200, 248, 256, 12, 100}) {
+    WsCase c;
+    c.D = D;
+    c.dt = D % 8 ? DType::F32 : kFloat[n % 3];
+    c.red = kReduce[n % 3];
+    c.g = 1 + n % 4;
+    c.Hkv = 1 + n % 2;
+    c.L = randint(30, 300);
+    c.w = std::min(c.L, randint(1, 40));
+    c.q_rows = c.w + randint(0, 2);
+    ws_run(c);
+    ++n;
+  }
+}
+
 // The key split at other CTA counts per SM than the default: 1 leaves whole
 // splits without keys (they report (-inf, 0) to the merge), 64 gives every
 // split one chunk. (4 KV heads of L 3001: 47 chunks over 33 or 47 splits.)
@@ -355,8 +376,9 @@ KVSQ_TEST(cuda_window_scores_invalid) {
     for (uint32_t x : o) CHECK_MSG(x == 0x7f7f7f7fu, what << ": out written on failure");
   };
   WindowScoresArgs a;
-  a = base; a.head_dim = 40; expect(a, Status::Shape, "D 40 (unsupported)");
-  a = base; a.head_dim = 16; expect(a, Status::Shape, "D 16 (unsupported)");
+  a = base; a.head_dim = 42; expect(a, Status::Shape, "f32 D 42 (rows not whole 16-byte vectors)");
+  a = base; a.head_dim = 260; expect(a, Status::Shape, "D 260 (above 256)");
+  a = base; a.head_dim = 36; a.dtype = DType::BF16; expect(a, Status::Shape, "bf16 D 36 (rows not whole 16-byte vectors)");
   a = base; a.head_dim = 0; expect(a, Status::Shape, "D 0");
   a = base; a.num_q_heads = 3; expect(a, Status::Shape, "Hq % Hkv");
   a = base; a.window = L + 1; a.q_rows = L + 1; expect(a, Status::Shape, "w > L");
@@ -365,10 +387,10 @@ KVSQ_TEST(cuda_window_scores_invalid) {
   a = base; a.out = nullptr; expect(a, Status::Shape, "out null");
   a = base; a.dtype = DType::I32; expect(a, Status::DType, "dtype i32");
   a = base; a.reduce = Reduce(7); expect(a, Status::Range, "reduce");
-  // D 40 is a valid CPU input: the CPU twin serves it.
-  std::vector<float> hq(size_t(Hq) * w * 40, 0.1f), hk(size_t(Hkv) * L * 40, 0.2f), ho(size_t(Hkv) * L);
+  // D 42 is a valid CPU input: the CPU twin serves it.
+  std::vector<float> hq(size_t(Hq) * w * 42, 0.1f), hk(size_t(Hkv) * L * 42, 0.2f), ho(size_t(Hkv) * L);
   a = base;
-  a.head_dim = 40;
+  a.head_dim = 42;
   a.q = hq.data();
   a.k = hk.data();
   a.out = ho.data();

@@ -1313,7 +1313,19 @@ inline void ptx(const char* tpl, std::initializer_list<Opnd> list) {
       c.dst = uint32_t(ops[0].v);
       c.group = self().async_groups;
       const void* src = reinterpret_cast<const void*>(uintptr_t(ops[1].v));
-      if (bytes) std::memcpy(c.data, src, bytes);
+      if (bytes) {
+        // the source must lie inside one device allocation (the guard bytes
+        // after it catch writes; reads past the end are caught here)
+        std::lock_guard<std::mutex> lk(st().alloc_mu);
+        auto& al = st().allocs;
+        auto it = al.upper_bound(src);
+        const unsigned char* s0 = static_cast<const unsigned char*>(src);
+        if (it == al.begin() ||
+            (--it, s0 + bytes > static_cast<const unsigned char*>(it->first) + it->second))
+          fail("cp.async reads outside a device allocation");
+        else
+          std::memcpy(c.data, src, bytes);
+      }
       std::memset(c.data + bytes, 0, 16 - bytes);
       self().async_copies.push_back(c);
       return;
