@@ -74,6 +74,47 @@ for (const [name, mk] of [['H2O', () => new k.H2O({ heavy, recent: heavy })], ['
     console.log(`SMOKE FAIL SnapKV + ${name}: ${e.code || ''} ${e.message}`);
   }
 }
+// 2b. Another head dim (80: the window-scores kernel zero-pads it to 128) and
+// a group the CUDA decode kernel does not take (16 query heads per KV head:
+// refused when the cache is made, nothing allocated).
+try {
+  const h = { Hq: 4, Hkv: 2, D: 80, L: 300 };
+  const pr = { q: randArr(h.Hq * h.L * h.D), k: randArr(h.Hkv * h.L * h.D), v: randArr(h.Hkv * h.L * h.D) };
+  const st = Array.from({ length: 3 }, () => ({ q: randArr(h.Hq * h.D), k: randArr(h.Hkv * h.D), v: randArr(h.Hkv * h.D) }));
+  const go = (device) => {
+    const T = (a, shape) => k.Tensor.from(a, shape, { dtype: 'bf16', device });
+    const cache = new k.PagedKVCache({ layers: 1, kvHeads: h.Hkv, qHeads: h.Hq, headDim: h.D, dtype: 'bf16', device, pages: 256 });
+    const seq = cache.addSequence({ prefill: new k.SnapKV({ budget: 96 }), decode: new k.H2O({ heavy: 32, recent: 32 }) });
+    seq.prefill(0, T(pr.q, [h.Hq, h.L, h.D]), T(pr.k, [h.Hkv, h.L, h.D]), T(pr.v, [h.Hkv, h.L, h.D]));
+    const outs = st.map((e) => {
+      const o = cache.decode(0, [seq], T(e.q, [1, h.Hq, h.D]), T(e.k, [1, h.Hkv, h.D]), T(e.v, [1, h.Hkv, h.D]));
+      const f = o.toFloat32();
+      o.dispose();
+      return f;
+    });
+    const kept = seq.kept(0).map((a) => Array.from(a));
+    cache.dispose();
+    return { outs, kept };
+  };
+  const cpu = go('cpu'), gpu = go('cuda:0');
+  close('SnapKV + H2O at head dim 80: decode outputs', Float32Array.from(gpu.outs.flatMap((o) => Array.from(o))), Float32Array.from(cpu.outs.flatMap((o) => Array.from(o))), 2e-2);
+  const same = JSON.stringify(cpu.kept) === JSON.stringify(gpu.kept);
+  if (!same) failures++;
+  console.log(`SMOKE ${same ? 'PASS' : 'FAIL'} SnapKV + H2O at head dim 80: kept positions identical on cpu and cuda`);
+  let code = 'none';
+  try {
+    new k.PagedKVCache({ layers: 1, kvHeads: 1, qHeads: 16, headDim: 128, dtype: 'bf16', device: 'cuda:0', pages: 16 });
+  } catch (e) {
+    code = e.code;
+  }
+  const ok = code === 'KVSQ_UNSUPPORTED';
+  if (!ok) failures++;
+  console.log(`SMOKE ${ok ? 'PASS' : 'FAIL'} 16 query heads per KV head on cuda refused when the cache is made: ${code}`);
+} catch (e) {
+  failures++;
+  console.log(`SMOKE FAIL head dim 80 / group 16: ${e.code || ''} ${e.message}`);
+}
+
 // 3. A Quest selection made on the device is used there as it is; once
 // written to, it is read back and checked like any other (a bad page:
 // KVSQ_RANGE, nothing launched).
