@@ -333,6 +333,14 @@ __device__ __forceinline__ void wg_wait() {
   __trap();
 #endif
 }
+// After wg_wait: ties the D registers to this point, so the compiler does not
+// move a read of them above the wait (the wait's asm names no registers, and
+// to the compiler the wgmma's outputs were ready when it was issued).
+template <int N>
+__device__ __forceinline__ void wg_fence_operands(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
 __device__ __forceinline__ void fence_proxy_async_smem() {
 #ifdef KVSQ_WGMMA_DEVICE
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");

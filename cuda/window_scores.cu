@@ -426,6 +426,7 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pas
       if constexpr (WG) {
         if (half == 0) cu::wg_wait<1>();
         else cu::wg_wait<0>();
+        cu::wg_fence_operands(*reinterpret_cast<float(*)[kHalf * 4]>(&accw[half][0][0]));
 #pragma unroll
         for (int nt = 0; nt < kHalf; ++nt)
 #pragma unroll

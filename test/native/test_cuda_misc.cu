@@ -152,6 +152,7 @@ __global__ void wgmma_layout_kernel(const uint16_t* A, const uint16_t* B, float*
   cu::wgmma_m64n32k16<F16>(d, a[1], desc + (256 >> 4), 1);
   cu::wg_commit();
   cu::wg_wait<0>();
+  cu::wg_fence_operands(d);
   for (int j = 0; j < 4; ++j)
     for (int e = 0; e < 4; ++e) D[(16 * w + g + 8 * (e >> 1)) * 32 + 8 * j + 2 * tq + (e & 1)] = d[4 * j + e];
 }

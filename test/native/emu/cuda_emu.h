@@ -1026,13 +1026,14 @@ inline std::vector<WarpDeposit>& deposits() {
 
 enum class Ptx {
   GridWait, GridTrigger, Commit, Wait, CpAsync, Ldsm, LdsmTrans, MmaF16, MmaBf16,
-  WgFence, WgCommit, WgWait, WgMma, ProxyFence, Other
+  WgFence, WgCommit, WgWait, WgMma, ProxyFence, Nop, Other
 };
 
 // The instruction of a template (classified once per call site: the
 // template is a string literal).
 inline Ptx classify(const char* tpl) {
   auto starts = [&](const char* p) { return std::strncmp(tpl, p, std::strlen(p)) == 0; };
+  if (tpl[std::strspn(tpl, " \t\n")] == '\0') return Ptx::Nop;  // an empty asm: a compiler fence only
   auto has = [&](const char* p) { return std::strstr(tpl, p) != nullptr; };
   if (starts("cp.async.commit_group")) return Ptx::Commit;
   if (starts("cp.async.wait_group")) return Ptx::Wait;
@@ -1340,6 +1341,7 @@ inline void ptx(const char* tpl, std::initializer_list<Opnd> list) {
       if (n != 10) break;
       ptx_warp(last_kind, ops, n);
       return;
+    case Ptx::Nop: return;
     case Ptx::WgFence: self().wg_fenced = true; return;
     case Ptx::WgCommit: {
       Fiber& f = self();
