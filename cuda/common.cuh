@@ -31,6 +31,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 
@@ -388,23 +389,26 @@ inline bool build_has_sm90a() {
 #if defined(KVSQ_CUDA_EMU)
   return true;
 #elif defined(KVSQ_CUDA_ARCHS)
-  const char* s = KVSQ_CUDA_ARCHS;
-  for (; *s; ++s)
-    if (s[0] == '9' && s[1] == '0' && s[2] == 'a') return true;
-  return false;
+  return std::strstr(KVSQ_CUDA_ARCHS, "90a") != nullptr;
 #else
   return false;
 #endif
 }
-inline bool wgmma_usable() {
-  if (!wgmma_enabled_flag().load(std::memory_order_relaxed) || !build_has_sm90a()) return false;
-  int dev = 0, major = 0, minor = 0;
+// The current device's compute capability; false (error cleared) if it
+// cannot be read.
+inline bool current_cc(int& major, int& minor) {
+  int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
     cudaGetLastError();
     return false;
   }
-  return major == 9 && minor == 0;
+  return true;
+}
+inline bool wgmma_usable() {
+  if (!wgmma_enabled_flag().load(std::memory_order_relaxed) || !build_has_sm90a()) return false;
+  int major = 0, minor = 0;
+  return current_cc(major, minor) && major == 9 && minor == 0;
 }
 
 // ---------------------------------------------------------------- dtype dispatch
@@ -507,12 +511,8 @@ inline cudaError_t launch_pdl(bool pdl, void (*k)(A...), dim3 grid, dim3 block, 
 // >= 9.0). Asked at each call, not cached: the attribute query is cheap, and
 // the emulated device of the tests changes its capability between tests.
 inline bool pdl_capable() {
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return major >= 9;
+  int major = 0, minor = 0;
+  return current_cc(major, minor) && major >= 9;
 }
 
 }  // namespace cu
