@@ -53,13 +53,26 @@
 //   size, num_pages * P * g floats, is known on the host); after the merge a
 //   small score kernel (block per item) turns them into probabilities with the
 //   final lse, reduces over the group and adds to score_pool. K is not read again.
+// * Groups of more than 8 query heads (MQA and wide GQA: g = Hq / Hkv up to
+//   Hq) run as ceil(g / 8) sub-groups of at most 8 heads, each planned,
+//   attended and merged as a list of its own (the kernels above take up to 8
+//   heads in registers and in the MMA's N = 8; ceil(g / ns) heads each, the
+//   last sub-group's missing heads computed on zero queries and never
+//   stored, e.g. 71 = 8 x 8 + 7). Each sub-group reads the KV
+//   head's rows, so K/V traffic is ceil(g / 8) times that of one pass (a
+//   sub-group loop inside the block would read them once; not done: MQA
+//   models have one KV head, a small share of the step). With H2O scores the
+//   score pass writes each sub-group's reduce to its own row of a workspace
+//   (slots a sub-group did not reach keep a marker) and a combine kernel
+//   adds the reduce over the sub-groups to the pool: no atomics, and the
+//   result does not depend on scheduling.
 // * Workspace: one cudaMallocAsync / cudaFreeAsync pair per call on the
 //   caller's stream (stream-ordered, no host sync, safe with concurrent calls
 //   on different streams). On first use of a device the default memory pool's
 //   release threshold is raised to 256 MiB (only raised, never lowered) so the
 //   workspace is reused across calls instead of being unmapped at every sync.
 //
-// Limits (Status::Shape otherwise): g = Hq/Hkv <= 8; D * sizeof(kv) a multiple
+// Limits (Status::Shape otherwise): D * sizeof(kv) a multiple
 // of 16 bytes and <= 512 bytes (D <= 256 for f16/bf16, <= 128 for f32); K/V
 // pool pointers 16-byte aligned. Pages may not be shared between lists of one
 // call when score_pool is given (the score adds would race; the CPU twin has
@@ -106,7 +119,12 @@ struct Item {
 };
 
 struct Params {
-  int B, Hq, Hkv, g, D, P, nl;
+  int B, Hq, Hkv, D, P;
+  // Groups of more than kMaxG query heads run as ns sub-groups of at most g
+  // heads (g = ceil(gq / ns)); each sub-group is a list of its own ("virtual
+  // list" v = l * ns + s, nl of them) that reads the KV head's pages. With
+  // gq <= kMaxG: ns 1, g = gq, v = l.
+  int g, gq, ns, nl;
   int nvr;        // 16-byte vectors per row
   int row_bytes;  // D * sizeof(kv)
   float qs;       // scale * log2(e)
@@ -138,10 +156,31 @@ struct Params {
   float* part_ms; // [items_max, kMaxG, 2]
   float* part_acc;// [items_max, g, D]
   float* lse2;    // [nl, g]
-  float* logits;  // [num_pages * P, g], only with score_pool
+  float* logits;  // [num_pages * P, gq], only with score_pool
+  float* score_part;  // ns > 1 with score_pool: [ns, pool_slots] sub-group reduces (kNoPart: none)
+  int64_t pool_slots; // num_pages * P
   int target_items;
   int min_chunk_pages;
 };
+
+// Sub-group v: physical list (b * Hkv + j), first head within the group, its
+// head count, and the q row of that head.
+struct Sub {
+  int list, hb, g;
+  int64_t row0;
+};
+__device__ __forceinline__ Sub sub_of(const Params& p, int v) {
+  Sub s;
+  s.list = p.ns == 1 ? v : v / p.ns;
+  s.hb = (v - s.list * p.ns) * p.g;
+  s.g = min(p.g, p.gq - s.hb);
+  s.row0 = int64_t(s.list / p.Hkv) * p.Hq + int64_t(s.list % p.Hkv) * p.gq + s.hb;
+  return s;
+}
+// The bit pattern score_part is filled with: a sub-group that did not reach
+// a slot (Quest) leaves it. Arithmetic never makes it (a NaN result of exp2f
+// and friends is the canonical 0x7fffffff).
+constexpr unsigned kNoPart = 0xffffffffu;
 
 __device__ __forceinline__ float load_q(const void* q, DType t, int64_t i) {
   if (t == DType::F16) return __half2float(static_cast<const __half*>(q)[i]);
@@ -167,9 +206,9 @@ __device__ __forceinline__ void store_o(void* o, DType t, int64_t i, float v) {
 // ~13 us for 8 lists of 66 items on an H200).
 // Work of list l in pages: its pages, or with Quest subsets its union pages
 // (an item is then a range of the union list). 0 = nothing to attend.
-__device__ __forceinline__ long long list_work(const Params& p, int l) {
-  if (p.sel_indptr) return p.u_cnt[l];
-  return (p.kv_len[l] + p.P - 1) / p.P;
+__device__ __forceinline__ long long list_work(const Params& p, int v) {
+  if (p.sel_indptr) return p.u_cnt[v];
+  return (p.kv_len[p.ns == 1 ? v : v / p.ns] + p.P - 1) / p.P;
 }
 
 // Launched as a dependent (sm_90+) of whatever the stream ran before (with
@@ -198,6 +237,9 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
   const int seg = (p.nl + nt - 1) / nt;
   const int l0 = min(p.nl, tid * seg), l1 = min(p.nl, l0 + seg);
   int cnt = 0;
+  // (not unrolled: a thread's segment is a list or two, and the unrolled 64-bit
+  // divisions' calls made ptxas spill)
+#pragma unroll 1
   for (int l = l0; l < l1; ++l) cnt += int((list_work(p, l) + chunk - 1) / chunk);
   // block exclusive scan
   const int lane = tid & 31, wid = tid >> 5;
@@ -218,18 +260,20 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
     const int n = int((list_work(p, l) + chunk - 1) / chunk);
     p.counters[l] = 0;
     p.first[l] = off;
-    if (n == 0) {  // nothing to attend
-      const int b = l / p.Hkv, j = l % p.Hkv;
-      for (int h = 0; h < p.g; ++h) {
-        const int64_t row = int64_t(b) * p.Hq + j * p.g + h;
-        for (int d = 0; d < p.D; ++d) store_o(p.o, p.q_dtype, row * p.D + d, 0.f);
-        if (p.lse) p.lse[row] = cu::neg_inf();
-        p.lse2[int64_t(l) * p.g + h] = cu::neg_inf();
-      }
-    }
     off += n;
   }
   __syncthreads();  // first[] visible to the block
+  // Lists with nothing to attend (no items): their outputs, here.
+  for (int l = l0; l < l1; ++l) {
+    if (p.first[l + 1] != p.first[l]) continue;
+    const Sub sb = sub_of(p, l);
+    for (int h = 0; h < sb.g; ++h) {
+      const int64_t row = sb.row0 + h;
+      for (int d = 0; d < p.D; ++d) store_o(p.o, p.q_dtype, row * p.D + d, 0.f);
+      if (p.lse) p.lse[row] = cu::neg_inf();
+      p.lse2[int64_t(l) * p.g + h] = cu::neg_inf();
+    }
+  }
   for (int x = tid; x < n_items; x += nt) {
     int lo = 0, hi = p.nl;  // the last l with first[l] <= x: a non-empty list
     while (hi - lo > 1) {
@@ -239,7 +283,7 @@ __global__ void __launch_bounds__(1024) plan_kernel(Params p) {
     }
     const int f = p.first[lo], n = p.first[lo + 1] - f, i = x - f;
     const long long wk = list_work(p, lo);  // pages, or union entries
-    const int base = p.sel_indptr ? p.sel_indptr[(lo / p.Hkv) * p.Hq + (lo % p.Hkv) * p.g] : 0;
+    const int base = p.sel_indptr ? p.sel_indptr[sub_of(p, lo).row0] : 0;
     Item it;
     it.list = lo;
     it.p0 = base + int(wk * i / n);
@@ -272,11 +316,12 @@ __global__ void __launch_bounds__(kUnionThreads) union_kernel(Params p) {
   __shared__ int s_ind[kMaxG + 1];
   __shared__ int s_warp[kUnionThreads / 32];
   cu::pdl_wait_then_trigger();  // the selection may be the previous kernel's output; the plan waits for this one
-  const int l = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = p.g;
-  const int r0 = (l / p.Hkv) * p.Hq + (l % p.Hkv) * g;
-  if (tid <= g) s_ind[tid] = p.sel_indptr[r0 + tid];
-  const int np = (p.kv_len[l] + p.P - 1) / p.P;
-  const int* ids = p.page_ids + p.page_indptr[l];
+  const int l = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const Sub sb = sub_of(p, l);
+  const int g = sb.g;
+  if (tid <= g) s_ind[tid] = p.sel_indptr[sb.row0 + tid];
+  const int np = (p.kv_len[sb.list] + p.P - 1) / p.P;
+  const int* ids = p.page_ids + p.page_indptr[sb.list];
   __syncthreads();
   const int e0 = s_ind[0], e1 = min(s_ind[g], p.sel_count);
   int carry = 0;
@@ -469,11 +514,17 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   if (item_idx >= *p.n_items) return;  // uniform: the plan made fewer items than the grid
   const Item it = p.items[item_idx];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int list = it.list;  // the sub-group's (virtual) list
+  const Sub sb = sub_of(p, list);
+  // Heads computed: g = p.g for every sub-group, the last one's heads past
+  // sb.g being zero queries whose results are never stored (a per-list head
+  // count held in a register through the tile loop made the 72-register
+  // G <= 2 kernels spill; p.g sits in the constant bank).
   const int g = p.g, D = p.D, nvr = p.nvr, rb = p.row_bytes;
-  const int list = it.list;
-  const int b = list / p.Hkv, j = list % p.Hkv;
-  const int64_t qrow0 = int64_t(b) * p.Hq + int64_t(j) * g;
-  const int* ids = p.page_ids + p.page_indptr[list];
+  // This sub-group's first head: logits of slot s at p.logits[s * gq + s_hb + h]
+  // (shared memory, read at the H2O-only logit stores, for the same reason).
+  __shared__ int s_hb;
+  const int* ids = p.page_ids + p.page_indptr[sb.list];
   const bool subset = p.sel_indptr != nullptr;
   const int rgl = lane / LPR, vec = lane % LPR;
   const bool vec_ok = vec < nvr;
@@ -481,6 +532,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   unsigned char* sK = smem;
   unsigned char* sV = smem + kStages * kTR * rb;
 
+  if (tid == 0) s_hb = sb.hb;
   if (tid < kMaxG) {
     s_m[tid] = cu::neg_inf();
     s_s[tid] = 0.f;
@@ -504,9 +556,9 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         float x[2] = {0.f, 0.f};
-        if (h < g)
+        if (h < sb.g)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) x[e] = load_q(p.q, p.q_dtype, (qrow0 + h) * D + ks * 16 + half * 8 + c0 + e);
+          for (int e = 0; e < 2; ++e) x[e] = load_q(p.q, p.q_dtype, (sb.row0 + h) * D + ks * 16 + half * 8 + c0 + e);
         float h0, l0, h1, l1;
         cu::split_bf16(x[0], h0, l0);
         cu::split_bf16(x[1], h1, l1);
@@ -518,7 +570,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
     for (int h = 0; h < G; ++h)
 #pragma unroll
       for (int e = 0; e < E; ++e)
-        qv[h][e] = (h < g && vec_ok) ? load_q(p.q, p.q_dtype, (qrow0 + h) * D + vec * E + e) * p.qs : 0.f;
+        qv[h][e] = (h < sb.g && vec_ok) ? load_q(p.q, p.q_dtype, (sb.row0 + h) * D + vec * E + e) * p.qs : 0.f;
   }
   (void)qv; (void)qh; (void)ql; (void)qsplit;
 
@@ -529,7 +581,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
     pr.idw = pr.pgw = 0;
     pr.mw = 0u;
     pr.p1 = it.p1;
-    pr.len = p.kv_len[list];
+    pr.len = p.kv_len[sb.list];
     pr.row = pr.rows = 0;
     pr.phys = 0;
     pr.mask = kFull;
@@ -630,7 +682,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
             const bool on = r < n && ((s_mask[st][r] >> h) & 1u);
             const float z = on ? c[e] * p.qs : cu::neg_inf();
             s_z[h][r] = z;
-            if (p.logits && r < n) p.logits[s_slot[st][r] * g + h] = z;
+            if (p.logits && r < n && s_hb + h < p.gq) p.logits[s_slot[st][r] * p.gq + s_hb + h] = z;
           }
         }
       }
@@ -670,7 +722,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
               const bool on = r < n && ((s_mask[st][r] >> h) & 1u);
               const float z = on ? v[f] : cu::neg_inf();
               s_z[h][r] = z;
-              if (p.logits && r < n) p.logits[s_slot[st][r] * g + h] = z;
+              if (p.logits && r < n && s_hb + h < p.gq) p.logits[s_slot[st][r] * p.gq + s_hb + h] = z;
             }
           }
         }
@@ -764,7 +816,8 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   cp_async_wait<0>();
   __syncthreads();
 
-  float* pacc = p.part_acc + int64_t(item_idx) * g * D;
+  // Item stride p.g * D: the last sub-group's items may have fewer heads.
+  float* pacc = p.part_acc + int64_t(item_idx) * p.g * D;
   if constexpr (MMA) {
     // each warp holds its quarter of D for all heads: no reduction
 #pragma unroll
@@ -817,6 +870,11 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   __syncthreads();
   if (!s_last) return;
   __threadfence();
+  // The sub-group's real heads and their first q row (recomputed: not held
+  // in registers through the tile loop). Partials have the item stride p.g.
+  const Sub sm = sub_of(p, list);
+  const int gv = sm.g;
+  const int64_t qrow0 = sm.row0;
 
   // Per head: M = max m_i, S = sum s_i 2^(m_i - M) (warp per head, lanes over
   // items). When they fit, the items' (m_i, s_i) pairs are loaded once into
@@ -824,10 +882,10 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   // so the output loop below is a stream of independent 16-byte loads: one
   // thread per 4 outputs, 8 items in flight. (A chain of scalar loads, two in
   // flight, made the merging block of a 66-item list a ~20 us tail.)
-  float2* wts = reinterpret_cast<float2*>(smem);  // [g][count]: (weight, unused)
-  const bool wfit = int64_t(it.count) * g * 8 <= int64_t(kStages) * kTR * rb * 2;
+  float2* wts = reinterpret_cast<float2*>(smem);  // [gv][count]: (weight, unused)
+  const bool wfit = int64_t(it.count) * gv * 8 <= int64_t(kStages) * kTR * rb * 2;
   const float2* ms = reinterpret_cast<const float2*>(p.part_ms);  // [item][kMaxG]: (m, s)
-  for (int h = warp; h < g; h += kNW) {
+  for (int h = warp; h < gv; h += kNW) {
     float M = cu::neg_inf();
     for (int i = lane; i < it.count; i += 32) {
       const float2 v = __ldcg(&ms[int64_t(it.first + i) * kMaxG + h]);
@@ -847,20 +905,21 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
       s_m[h] = M;
       s_s[h] = S;
       const float l2 = S > 0.f ? M + log2f(S) : cu::neg_inf();
-      p.lse2[int64_t(list) * g + h] = l2;
+      p.lse2[int64_t(list) * p.g + h] = l2;
       if (p.lse) p.lse[qrow0 + h] = S > 0.f ? l2 * cu::kLn2 : cu::neg_inf();
     }
   }
   __syncthreads();
-  const int gd = g * D;  // a multiple of 4: D * sizeof(kv) is a multiple of 16 bytes
+  const int gd = gv * D;  // a multiple of 4: D * sizeof(kv) is a multiple of 16 bytes
+  const int64_t ist = int64_t(p.g) * D;  // item stride of part_acc
   for (int i4 = tid; i4 < gd / 4; i4 += kThreads) {
     const int h = i4 * 4 / D;
     const float M = s_m[h], S = s_s[h];
     float4 out = make_float4(0.f, 0.f, 0.f, 0.f);
     if (wfit) {
       const float2* wh = wts + h * it.count;
-      const float4* src = reinterpret_cast<const float4*>(p.part_acc + int64_t(it.first) * gd) + i4;
-      const int64_t st4 = gd / 4;
+      const float4* src = reinterpret_cast<const float4*>(p.part_acc + it.first * ist) + i4;
+      const int64_t st4 = ist / 4;
       int t = 0;
       for (; t + 8 <= it.count; t += 8) {
         float4 a[8];
@@ -889,7 +948,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
         const float mi = __ldcg(&p.part_ms[(ii * kMaxG + h) * 2]);
         if (mi == cu::neg_inf()) continue;
         const float w = exp2f(mi - M);
-        const float4 a = __ldcg(reinterpret_cast<const float4*>(p.part_acc + ii * gd) + i4);
+        const float4 a = __ldcg(reinterpret_cast<const float4*>(p.part_acc + ii * ist) + i4);
         out.x += w * a.x;
         out.y += w * a.y;
         out.z += w * a.z;
@@ -908,6 +967,9 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
 // ---------------------------------------------------------------- score pass
 // Block per item: probabilities from the stored logits and the merged lse,
 // group-reduced, added to score_pool (each slot belongs to one item: no atomics).
+// Sub-groups (ns > 1): each item writes its sub-group's reduce (a sum for
+// Mean) to its own row of score_part instead, and score_combine_kernel adds
+// the reduce over the rows to the pool.
 // Launched as the attention kernel's dependent (sm_90+): the item, its page
 // ids and the pool scores (nothing the attention kernel writes) are loaded
 // before cu::pdl_wait(), so after the attention grid ends only the logits
@@ -918,15 +980,19 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
   const int item_idx = blockIdx.x;
   if (item_idx >= *p.n_items) return;  // the plan's output: complete before the attention kernel began
   const Item it = p.items[item_idx];
-  const int tid = threadIdx.x, g = p.g, P = p.P;
-  const int list = it.list, len = p.kv_len[list];
-  const int* ids = p.page_ids + p.page_indptr[list];
+  const int tid = threadIdx.x, P = p.P;
+  const int list = it.list;  // virtual
+  const Sub sb = sub_of(p, list);
+  const int g = sb.g, len = p.kv_len[sb.list];
+  const int* ids = p.page_ids + p.page_indptr[sb.list];
+  const float* lgt = p.logits + sb.hb;
+  float* part = p.score_part ? p.score_part + (list - sb.list * p.ns) * p.pool_slots : nullptr;
   // The group's base-2 lse, per thread (the same g addresses for the whole
   // block: broadcast loads, no barrier). Only after pdl_wait.
   float l2[kMaxG];
   auto load_lse = [&] {
 #pragma unroll
-    for (int h = 0; h < kMaxG; ++h) l2[h] = h < g ? __ldcg(p.lse2 + int64_t(list) * g + h) : cu::neg_inf();
+    for (int h = 0; h < kMaxG; ++h) l2[h] = h < g ? __ldcg(p.lse2 + int64_t(list) * p.g + h) : cu::neg_inf();
   };
   // What a slot adds to its pool score, from its g logits lg[h < g].
   auto slot_add = [&](const float (&lg)[kMaxG]) {
@@ -940,7 +1006,8 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
       acc = p.reduce == int(Reduce::Max) ? fmaxf(acc, v) : acc + v;
     }
     // CPU: acc / float(g); divide (not multiply by 1/g) to round the same way
-    return p.reduce == int(Reduce::Mean) ? acc / float(g) : acc;
+    // (sub-groups: the combine kernel divides the whole group's sum)
+    return p.reduce == int(Reduce::Mean) && !part ? acc / float(g) : acc;
   };
   // 4 slots per thread, their loads issued before any use (one slot at a
   // time was a chain of three dependent reads per slot). The ids and pool
@@ -950,7 +1017,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
   // did not choose the page have -inf logits, so they add exactly 0).
   constexpr int U = 4;
   const bool subset = p.sel_indptr != nullptr;
-  const int ubase = subset ? p.sel_indptr[(list / p.Hkv) * p.Hq + (list % p.Hkv) * g] : 0;
+  const int ubase = subset ? p.sel_indptr[sb.row0] : 0;
   const int u0 = (it.p0 - ubase) * P, u1 = subset ? (it.p1 - ubase) * P : min(it.p1 * P, len);
   int64_t ph[U];
   float sp[U];
@@ -977,7 +1044,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
       }
     }
 #pragma unroll
-    for (int k = 0; k < U; ++k) sp[k] = ph[k] >= 0 ? p.score_pool[ph[k]] : 0.f;
+    for (int k = 0; k < U; ++k) sp[k] = ph[k] >= 0 && !part ? p.score_pool[ph[k]] : 0.f;
   };
   if (ub < u1) load_slots();
   cu::pdl_wait();
@@ -987,12 +1054,47 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
 #pragma unroll
     for (int k = 0; k < U; ++k)
 #pragma unroll
-      for (int h = 0; h < kMaxG; ++h) lg[k][h] = ph[k] >= 0 && h < g ? __ldcg(p.logits + ph[k] * g + h) : 0.f;
+      for (int h = 0; h < kMaxG; ++h) lg[k][h] = ph[k] >= 0 && h < g ? __ldcg(lgt + ph[k] * p.gq + h) : 0.f;
 #pragma unroll
     for (int k = 0; k < U; ++k)
-      if (ph[k] >= 0) p.score_pool[ph[k]] = sp[k] + slot_add(lg[k]);
+      if (ph[k] >= 0) {
+        if (part) part[ph[k]] = slot_add(lg[k]);
+        else p.score_pool[ph[k]] = sp[k] + slot_add(lg[k]);
+      }
     ub += U * kScoreThreads;
     if (ub < u1) load_slots();
+  }
+}
+
+// ---------------------------------------------------------------- sub-groups
+// score_part := kNoPart, before the step's first kernel (its dependent).
+__global__ void part_fill_kernel(Params p) {
+  cu::pdl_wait_then_trigger();
+  const int64_t n = p.pool_slots * p.ns;
+  unsigned* x = reinterpret_cast<unsigned*>(p.score_part);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    x[i] = kNoPart;
+}
+
+// Pool slot i: the sub-groups that reached it (Quest: those with a head that
+// chose its page) combined in sub-group order, sum or max, Mean divided by
+// the whole group's gq; added to score_pool. A slot no sub-group reached is
+// untouched. Sums of the sub-group sums round differently from the CPU's one
+// running sum over the group: within g units of the last place, in the bound
+// test_cuda_decode.cu allows.
+__global__ void score_combine_kernel(Params p) {
+  cu::pdl_wait();
+  const int64_t n = p.pool_slots;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    float acc = 0.f;
+    bool any = false;
+    for (int s = 0; s < p.ns; ++s) {
+      const float x = __ldcg(p.score_part + s * n + i);
+      if (__float_as_uint(x) == kNoPart) continue;
+      any = true;
+      acc = p.reduce == int(Reduce::Max) ? fmaxf(acc, x) : acc + x;
+    }
+    if (any) p.score_pool[i] += p.reduce == int(Reduce::Mean) ? acc / float(p.gq) : acc;
   }
 }
 
@@ -1154,13 +1256,15 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   if ((a.score_before || a.score_after) && !pool_ok) return Status::Shape;
   if (bool(a.evict_pos) != bool(a.evict_slot) || bool(a.evict_max_pos) != bool(a.evict_slot) || (a.evict_slot && !pool_ok))
     return Status::Shape;
-  const int g = a.num_q_heads / a.num_kv_heads;
-  if (g > kMaxG) return Status::Shape;
+  const int gq = a.num_q_heads / a.num_kv_heads;
+  const int ns = (gq + kMaxG - 1) / kMaxG;  // sub-groups per KV head
+  const int g = (gq + ns - 1) / ns;         // heads per sub-group (the last may have fewer)
   const int es = int(dtype_size(a.kv_dtype));
   const int64_t row_bytes = int64_t(a.head_dim) * es;
   if (row_bytes % 16 != 0 || row_bytes > 512) return Status::Shape;
   if ((reinterpret_cast<uintptr_t>(a.k_pool) | reinterpret_cast<uintptr_t>(a.v_pool)) & 15) return Status::Shape;
-  const int64_t nl64 = int64_t(a.batch) * a.num_kv_heads;
+  const int64_t lists = int64_t(a.batch) * a.num_kv_heads;  // physical lists
+  const int64_t nl64 = lists * ns;                           // sub-group (virtual) lists
   if (nl64 > INT_MAX / 2 || int64_t(a.batch) * a.num_q_heads > INT_MAX / 2) return Status::Shape;
   if (a.num_pages > 0 && a.num_pages * a.page_size / a.page_size != a.num_pages) return Status::Shape;
 
@@ -1174,6 +1278,8 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   p.Hq = a.num_q_heads;
   p.Hkv = a.num_kv_heads;
   p.g = g;
+  p.gq = gq;
+  p.ns = ns;
   p.D = a.head_dim;
   p.P = a.page_size;
   p.nl = int(nl64);
@@ -1222,7 +1328,11 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   const size_t o_acc = off; off = align256(off + size_t(items_max) * g * a.head_dim * sizeof(float));
   const size_t o_lse2 = off; off = align256(off + size_t(nl64) * g * sizeof(float));
   const size_t o_logits = off;
-  if (a.score_pool) off = align256(off + size_t(a.num_pages) * a.page_size * g * sizeof(float));
+  p.pool_slots = a.num_pages * a.page_size;
+  if (a.score_pool) off = align256(off + size_t(p.pool_slots) * gq * sizeof(float));
+  const bool parts = a.score_pool && ns > 1;
+  const size_t o_part = off;
+  if (parts) off = align256(off + size_t(p.pool_slots) * ns * sizeof(float));
   const bool subset = a.sel_indptr != nullptr;
   const size_t o_ucnt = off;
   if (subset) off = align256(off + size_t(nl64) * sizeof(int));
@@ -1243,6 +1353,7 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   p.part_acc = reinterpret_cast<float*>(w + o_acc);
   p.lse2 = reinterpret_cast<float*>(w + o_lse2);
   p.logits = a.score_pool ? reinterpret_cast<float*>(w + o_logits) : nullptr;
+  p.score_part = parts ? reinterpret_cast<float*>(w + o_part) : nullptr;
   p.u_cnt = subset ? reinterpret_cast<int*>(w + o_ucnt) : nullptr;
   p.u_pg = subset ? reinterpret_cast<int*>(w + o_upg) : nullptr;
   p.u_mask = subset ? reinterpret_cast<unsigned*>(w + o_umask) : nullptr;
@@ -1253,13 +1364,17 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   // kernel (cu::pdl_wait), which hides the launch gaps of the step (with
   // Quest, the selection's last kernel -> union -> plan -> attention).
   Status s = Status::Ok;
-  if (subset) s = cuda_status(cu::launch_pdl(di.pdl, union_kernel, dim3(unsigned(nl64)), dim3(kUnionThreads), 0, st, p));
+  // grid-stride kernels over the pool slots: up to 8 blocks per SM
+  auto slot_blocks = [&](int64_t n) { return unsigned(std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, int64_t(di.sms) * 8))); };
+  const unsigned fill_blocks = slot_blocks(p.pool_slots * ns);
+  if (parts) s = cuda_status(cu::launch_pdl(di.pdl, part_fill_kernel, dim3(fill_blocks), dim3(256), 0, st, p));
+  if (s == Status::Ok && subset) s = cuda_status(cu::launch_pdl(di.pdl, union_kernel, dim3(unsigned(nl64)), dim3(kUnionThreads), 0, st, p));
   if (s == Status::Ok) s = cuda_status(cu::launch_pdl(di.pdl, plan_kernel, dim3(1), dim3(1024), 0, st, p));
   if (s == Status::Ok) s = cuda_status(cu::launch_pdl(di.pdl, fn, dim3(unsigned(items_max)), dim3(kThreads), smem, st, p));
   // The before/after records are flat copies of the lists' pool rows, the
   // read_scores kernel's job, stream-ordered around the score pass.
   ReadScoresArgs rs;
-  rs.lists = int32_t(nl64);
+  rs.lists = int32_t(lists);
   rs.page_size = a.page_size;
   rs.num_pages = a.num_pages;
   rs.score_pool = a.score_pool;
@@ -1272,13 +1387,15 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   }
   if (s == Status::Ok && a.score_pool) {
     s = cuda_status(cu::launch_pdl(di.pdl, score_kernel, dim3(unsigned(items_max)), dim3(kScoreThreads), 0, st, p));
+    if (s == Status::Ok && parts)
+      s = cuda_status(cu::launch_pdl(di.pdl, score_combine_kernel, dim3(slot_blocks(p.pool_slots)), dim3(256), 0, st, p));
   }
   if (s == Status::Ok && a.score_after) {
     rs.out = a.score_after;
     s = cuda_read_scores(rs, st);
   }
   if (s == Status::Ok && a.evict_slot) {
-    evict_kernel<<<int(nl64), kEvictThreads, 0, st>>>(a);
+    evict_kernel<<<int(lists), kEvictThreads, 0, st>>>(a);
     s = cuda_launch_status();
   }
   // Stream-ordered free: runs after the kernels above, whatever their status.

@@ -369,7 +369,7 @@ KVSQ_TEST(decode_attention_dense_shapes) {
   const DType dts[3] = {DType::F32, DType::F16, DType::BF16};
   int it = 0;
   for (int D : {16, 40, 64, 128, 20, 3}) {
-    for (int g : {1, 2, 4, 8, 3}) {
+    for (int g : {1, 2, 4, 8, 3, 9, 16}) {
       Config c;
       c.Hkv = pick({1, 2});
       c.Hq = c.Hkv * g;
@@ -431,7 +431,7 @@ KVSQ_TEST(decode_attention_subset_and_scores) {
   int it = 0;
   for (bool subset : {false, true}) {
     for (Reduce r : {Reduce::Mean, Reduce::Sum, Reduce::Max}) {
-      for (int g : {1, 4, 8, 3}) {
+      for (int g : {1, 4, 8, 3, 9, 17}) {
         Config c;
         c.subset = subset;
         c.score = true;
