@@ -327,17 +327,14 @@ export class PagedKVCache {
     this.device = o.device ?? 'cpu';
     this.pool = new PagePool({ numPages: pages, pageSize: this.pageSize, headDim: this.headDim, dtype, device: this.device, meta: true, scores: true });
     this.device = this.pool.k.device;
-    // What the CUDA decode kernel takes, checked here rather than at the
-    // first decode step (after a prefill that worked): at most 8 query heads
-    // per KV head, K/V rows of whole 16-byte vectors up to 512 bytes.
+    // What the CUDA kernels take, checked here rather than at the first
+    // decode step (after a prefill that worked): K/V rows of whole 16-byte
+    // vectors up to 512 bytes.
     if (this.device !== 'cpu') {
-      const g = this.numQHeads / this.numKvHeads, rowBytes = this.headDim * (dtype === 'f32' ? 4 : 2);
-      const why = g > 8 ? `${g} query heads per KV head (the CUDA decode kernel takes at most 8)`
-        : rowBytes % 16 || rowBytes > 512 ? `headDim ${this.headDim} in ${dtype} (the CUDA kernels take rows of whole 16-byte vectors up to 512 bytes: headDim % 8 == 0 and <= 256 in f16/bf16, % 4 and <= 128 in f32)`
-        : null;
-      if (why) {
+      const rowBytes = this.headDim * (dtype === 'f32' ? 4 : 2);
+      if (rowBytes % 16 || rowBytes > 512) {
         this.pool.dispose();
-        throw new UnsupportedError(`PagedKVCache: ${why} on ${this.device}; use device 'cpu' for this model`);
+        throw new UnsupportedError(`PagedKVCache: headDim ${this.headDim} in ${dtype} on ${this.device} (the CUDA kernels take rows of whole 16-byte vectors up to 512 bytes: headDim % 8 == 0 and <= 256 in f16/bf16, % 4 and <= 128 in f32); use device 'cpu' for this model`);
       }
     }
   }
