@@ -801,6 +801,42 @@ KVSQ_TEST(cuda_decode_bench) {
                 B, plain_n, plain, h2o_n, h2o, h2o_n / plain_n, quest_n, quest);
   }
 
+  // More than 8 query heads per KV head (sub-groups, each reading the KV
+  // head's pages): 32 query heads on 1 KV head against 8 on 1 (one pass over
+  // the same K/V bytes), one sequence and 8, 32K context. The ratio is what
+  // the sub-groups' repeated reads cost (L2 hits or DRAM); no target.
+  for (int B : {1, 8}) {
+    if (quest_only) break;
+    const int kvh = 1, npl = ctx / P, nl = B * kvh;
+    const int64_t num_pages = int64_t(nl) * npl;
+    const BenchLists lists(nl, npl, P);
+    const size_t pool_el = size_t(num_pages) * P * D;
+    const int hq = 32;
+    Dev k(pool_el * 2), v(pool_el * 2), q(size_t(B) * hq * D * 2), o(size_t(B) * hq * D * 2);
+    fill_bf16<<<1024, 256>>>(k.as<uint16_t>(), pool_el, 8);
+    fill_bf16<<<1024, 256>>>(v.as<uint16_t>(), pool_el, 9);
+    fill_bf16<<<64, 256>>>(q.as<uint16_t>(), size_t(B) * hq * D, 10);
+    Dev dind(lists.indptr), dids(lists.ids), dlen(lists.len), score(size_t(num_pages) * P * 4), lse(size_t(B) * hq * 4);
+    CU_OK(cudaMemset(score.p, 0, score.n));
+    sync_ok();
+    Status st = Status::Ok;
+    const DecodeAttnArgs g32 = bench_args(B, hq, kvh, D, P, num_pages, q, o, k, v, dind, dids, dlen, lse);
+    const DecodeAttnArgs g8 = bench_args(B, 8, kvh, D, P, num_pages, q, o, k, v, dind, dids, dlen, lse);
+    DecodeAttnArgs g32h = g32;
+    g32h.score_pool = score.as<float>();
+    const double t8 = median_ms([&] { st = cuda_decode_attention(g8, nullptr); }, flush.p, flush_bytes, 50);
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    const double t32 = median_ms([&] { st = cuda_decode_attention(g32, nullptr); }, flush.p, flush_bytes, 50);
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    const double t32h = median_ms([&] { st = cuda_decode_attention(g32h, nullptr); }, flush.p, flush_bytes, 50);
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    sync_ok();
+    const double gbs = 2.0 * pool_el * 2 / t32 / 1e6;
+    std::printf("BENCH decode_mqa bf16 B=%d Hq=32 Hkv=1 D=%d ctx=%d: %.3f ms %.0f GB/s of K/V = %.0f%% of copy "
+                "(4 sub-groups); Hq=8 on the same K/V %.3f ms (%.2fx); H2O fused %.3f ms (%.2fx plain)\n",
+                B, D, ctx, t32, gbs, 100.0 * gbs / copy_gbs, t8, t32 / t8, t32h, t32h / t32);
+  }
+
   // Quest end to end at 128K, budget 2048 tokens (128 pages of 16), one
   // sequence, per query head: page choice on the device (cuda_quest_select:
   // bounds + radix top-k + assembly) then sparse attention, against dense
