@@ -50,18 +50,20 @@
 //   for 8 MB of K/V.)
 // * H2O accumulation, fused: the main pass stores the raw base-2 logits per
 //   (physical slot, head) in the workspace (indexed by physical slot, so the
-//   size, num_pages * P * g floats, is known on the host); after the merge a
-//   small score kernel (block per item) turns them into probabilities with the
-//   final lse, reduces over the group and adds to score_pool. K is not read again.
+//   size, num_pages * P * g floats for the whole group, is known on the host);
+//   after the merge a small score kernel (block per item) turns them into
+//   probabilities with the final lse, reduces over the group and adds to
+//   score_pool. K is not read again.
 // * Groups of more than 8 query heads (MQA and wide GQA: g = Hq / Hkv up to
 //   Hq) run as ceil(g / 8) sub-groups of at most 8 heads, each planned,
 //   attended and merged as a list of its own (the kernels above take up to 8
 //   heads in registers and in the MMA's N = 8; ceil(g / ns) heads each, the
 //   last sub-group's missing heads computed on zero queries and never
 //   stored, e.g. 71 = 8 x 8 + 7). Each sub-group reads the KV
-//   head's rows, so K/V traffic is ceil(g / 8) times that of one pass (a
-//   sub-group loop inside the block would read them once; not done: MQA
-//   models have one KV head, a small share of the step). With H2O scores the
+//   head's rows, so K/V traffic is ceil(g / 8) times that of one pass; the
+//   sub-groups of a list are adjacent in the plan, so their repeats run in
+//   the same waves and may hit L2 (unmeasured: BENCH decode_mqa; a sub-group
+//   loop inside the block would read them once). With H2O scores the
 //   score pass writes each sub-group's reduce to its own row of a workspace
 //   (slots a sub-group did not reach keep a marker) and a combine kernel
 //   adds the reduce over the sub-groups to the pool: no atomics, and the
@@ -84,7 +86,10 @@
 // bound), so each is within the bound derived
 // in native/cpu/decode_attention.cc of the exact result and the two differ by
 // at most twice that bound (test/native/test_cuda_decode.cu asserts this).
-// Scores of slots outside the union are untouched (bit-identical).
+// Scores of slots outside the union are untouched (bit-identical). Groups
+// of more than 8 heads add their sub-groups' sums where the CPU keeps one
+// running sum over the group: up to g more units in the last place of a
+// slot's increment (the test allows 2g).
 #include <cuda_runtime.h>
 
 #include <atomic>
