@@ -174,9 +174,10 @@ struct Sub {
   int list, hb, g;
   int64_t row0;
 };
+__device__ __forceinline__ int phys_list(const Params& p, int v) { return p.ns == 1 ? v : v / p.ns; }
 __device__ __forceinline__ Sub sub_of(const Params& p, int v) {
   Sub s;
-  s.list = p.ns == 1 ? v : v / p.ns;
+  s.list = phys_list(p, v);
   s.hb = (v - s.list * p.ns) * p.g;
   s.g = min(p.g, p.gq - s.hb);
   s.row0 = int64_t(s.list / p.Hkv) * p.Hq + int64_t(s.list % p.Hkv) * p.gq + s.hb;
@@ -213,7 +214,7 @@ __device__ __forceinline__ void store_o(void* o, DType t, int64_t i, float v) {
 // (an item is then a range of the union list). 0 = nothing to attend.
 __device__ __forceinline__ long long list_work(const Params& p, int v) {
   if (p.sel_indptr) return p.u_cnt[v];
-  return (p.kv_len[p.ns == 1 ? v : v / p.ns] + p.P - 1) / p.P;
+  return (p.kv_len[phys_list(p, v)] + p.P - 1) / p.P;
 }
 
 // Launched as a dependent (sm_90+) of whatever the stream ran before (with

@@ -714,17 +714,36 @@ struct BenchLists {
   }
 };
 
-// bf16 decode attention over device buffers, the benchmark's shape.
-DecodeAttnArgs bench_args(int B, int Hq, int Hkv, int D, int P, int64_t num_pages, const Dev& q, const Dev& o,
-                          const Dev& k, const Dev& v, const Dev& ind, const Dev& ids, const Dev& len, const Dev& lse) {
-  DecodeAttnArgs a;
-  a.batch = B, a.num_q_heads = Hq, a.num_kv_heads = Hkv, a.head_dim = D, a.page_size = P;
-  a.q_dtype = DType::BF16, a.kv_dtype = DType::BF16, a.scale = 1.f / std::sqrt(float(D));
-  a.q = q.p, a.o = o.p, a.k_pool = k.p, a.v_pool = v.p, a.num_pages = num_pages;
-  a.page_indptr = ind.as<int32_t>(), a.page_ids = ids.as<int32_t>(), a.kv_len = len.as<int32_t>();
-  a.lse = lse.as<float>();
-  return a;
-}
+// A benchmark problem on the device: B sequences of ctx tokens per KV head
+// (BenchLists), bf16 K/V pools and q filled from seeds seed, seed + 1,
+// seed + 2, outputs, a zeroed score pool and lse.
+struct BenchPool {
+  int B, Hq, Hkv, D, P, nl, npl;
+  int64_t num_pages;
+  size_t pool_el;
+  BenchLists lists;
+  Dev k, v, q, o, dind, dids, dlen, score, lse;
+  BenchPool(int B_, int Hq_, int Hkv_, int D_, int P_, int ctx, int seed)
+      : B(B_), Hq(Hq_), Hkv(Hkv_), D(D_), P(P_), nl(B_ * Hkv_), npl(ctx / P_), num_pages(int64_t(nl) * npl),
+        pool_el(size_t(num_pages) * P * D), lists(nl, npl, P), k(pool_el * 2), v(pool_el * 2),
+        q(size_t(B) * Hq * D * 2), o(size_t(B) * Hq * D * 2), dind(lists.indptr), dids(lists.ids), dlen(lists.len),
+        score(size_t(num_pages) * P * 4), lse(size_t(B) * Hq * 4) {
+    fill_bf16<<<1024, 256>>>(k.as<uint16_t>(), pool_el, seed);
+    fill_bf16<<<1024, 256>>>(v.as<uint16_t>(), pool_el, seed + 1);
+    fill_bf16<<<64, 256>>>(q.as<uint16_t>(), size_t(B) * Hq * D, seed + 2);
+    CU_OK(cudaMemset(score.p, 0, score.n));
+  }
+  // bf16 decode attention over these buffers; hq query heads (<= Hq) read q's first rows.
+  DecodeAttnArgs args(int hq = 0) const {
+    DecodeAttnArgs a;
+    a.batch = B, a.num_q_heads = hq ? hq : Hq, a.num_kv_heads = Hkv, a.head_dim = D, a.page_size = P;
+    a.q_dtype = DType::BF16, a.kv_dtype = DType::BF16, a.scale = 1.f / std::sqrt(float(D));
+    a.q = q.p, a.o = o.p, a.k_pool = k.p, a.v_pool = v.p, a.num_pages = num_pages;
+    a.page_indptr = dind.as<int32_t>(), a.page_ids = dids.as<int32_t>(), a.kv_len = dlen.as<int32_t>();
+    a.lse = lse.as<float>();
+    return a;
+  }
+};
 
 }  // namespace
 
@@ -750,16 +769,8 @@ KVSQ_TEST(cuda_decode_bench) {
   const bool quest_only = only && std::strcmp(only, "quest") == 0;
   for (int B : {1, 4}) {
     if (quest_only) break;
-    const int nl = B * Hkv, npl = ctx / P;
-    const int64_t num_pages = int64_t(nl) * npl;
-    const BenchLists lists(nl, npl, P);
-    const size_t pool_el = size_t(num_pages) * P * D;
-    Dev k(pool_el * 2), v(pool_el * 2), q(size_t(B) * Hq * D * 2), o(size_t(B) * Hq * D * 2);
-    fill_bf16<<<1024, 256>>>(k.as<uint16_t>(), pool_el, 1);
-    fill_bf16<<<1024, 256>>>(v.as<uint16_t>(), pool_el, 2);
-    fill_bf16<<<64, 256>>>(q.as<uint16_t>(), size_t(B) * Hq * D, 3);
-    Dev dind(lists.indptr), dids(lists.ids), dlen(lists.len), score(size_t(num_pages) * P * 4), lse(size_t(B) * Hq * 4);
-    CU_OK(cudaMemset(score.p, 0, score.n));
+    const BenchPool bp(B, Hq, Hkv, D, P, ctx, 1);
+    const int nl = bp.nl, npl = bp.npl;
     // Quest: each head selects 1/8 of the pages (random, sorted), plus the last
     std::vector<int32_t> si(1, 0), sp;
     for (int r = 0; r < B * Hq; ++r) {
@@ -769,14 +780,14 @@ KVSQ_TEST(cuda_decode_bench) {
     }
     Dev dsi(si), dsp(sp);
     sync_ok();
-    const DecodeAttnArgs a = bench_args(B, Hq, Hkv, D, P, num_pages, q, o, k, v, dind, dids, dlen, lse);
-    const double bytes = 2.0 * pool_el * 2;  // K + V read once
+    const DecodeAttnArgs a = bp.args();
+    const double bytes = 2.0 * bp.pool_el * 2;  // K + V read once
     Status st = Status::Ok;
     auto run = [&](const DecodeAttnArgs& x) { st = cuda_decode_attention(x, nullptr); };
     const double plain = median_ms([&] { run(a); }, flush.p, flush_bytes, 50);
     CHECK_MSG(st == Status::Ok, status_name(st));
     DecodeAttnArgs h = a;
-    h.score_pool = score.as<float>();
+    h.score_pool = bp.score.as<float>();
     const double h2o = median_ms([&] { run(h); }, flush.p, flush_bytes, 50);
     CHECK_MSG(st == Status::Ok, status_name(st));
     DecodeAttnArgs qs = a;
@@ -807,23 +818,12 @@ KVSQ_TEST(cuda_decode_bench) {
   // the sub-groups' repeated reads cost (L2 hits or DRAM); no target.
   for (int B : {1, 8}) {
     if (quest_only) break;
-    const int kvh = 1, npl = ctx / P, nl = B * kvh;
-    const int64_t num_pages = int64_t(nl) * npl;
-    const BenchLists lists(nl, npl, P);
-    const size_t pool_el = size_t(num_pages) * P * D;
-    const int hq = 32;
-    Dev k(pool_el * 2), v(pool_el * 2), q(size_t(B) * hq * D * 2), o(size_t(B) * hq * D * 2);
-    fill_bf16<<<1024, 256>>>(k.as<uint16_t>(), pool_el, 8);
-    fill_bf16<<<1024, 256>>>(v.as<uint16_t>(), pool_el, 9);
-    fill_bf16<<<64, 256>>>(q.as<uint16_t>(), size_t(B) * hq * D, 10);
-    Dev dind(lists.indptr), dids(lists.ids), dlen(lists.len), score(size_t(num_pages) * P * 4), lse(size_t(B) * hq * 4);
-    CU_OK(cudaMemset(score.p, 0, score.n));
+    const BenchPool bp(B, 32, 1, D, P, ctx, 8);
     sync_ok();
     Status st = Status::Ok;
-    const DecodeAttnArgs g32 = bench_args(B, hq, kvh, D, P, num_pages, q, o, k, v, dind, dids, dlen, lse);
-    const DecodeAttnArgs g8 = bench_args(B, 8, kvh, D, P, num_pages, q, o, k, v, dind, dids, dlen, lse);
+    const DecodeAttnArgs g32 = bp.args(), g8 = bp.args(8);
     DecodeAttnArgs g32h = g32;
-    g32h.score_pool = score.as<float>();
+    g32h.score_pool = bp.score.as<float>();
     const double t8 = median_ms([&] { st = cuda_decode_attention(g8, nullptr); }, flush.p, flush_bytes, 50);
     CHECK_MSG(st == Status::Ok, status_name(st));
     const double t32 = median_ms([&] { st = cuda_decode_attention(g32, nullptr); }, flush.p, flush_bytes, 50);
@@ -831,7 +831,7 @@ KVSQ_TEST(cuda_decode_bench) {
     const double t32h = median_ms([&] { st = cuda_decode_attention(g32h, nullptr); }, flush.p, flush_bytes, 50);
     CHECK_MSG(st == Status::Ok, status_name(st));
     sync_ok();
-    const double gbs = 2.0 * pool_el * 2 / t32 / 1e6;
+    const double gbs = 2.0 * bp.pool_el * 2 / t32 / 1e6;
     std::printf("BENCH decode_mqa bf16 B=%d Hq=32 Hkv=1 D=%d ctx=%d: %.3f ms %.0f GB/s of K/V = %.0f%% of copy "
                 "(4 sub-groups); Hq=8 on the same K/V %.3f ms (%.2fx); H2O fused %.3f ms (%.2fx plain)\n",
                 B, D, ctx, t32, gbs, 100.0 * gbs / copy_gbs, t8, t32 / t8, t32h, t32h / t32);
@@ -844,26 +844,21 @@ KVSQ_TEST(cuda_decode_bench) {
   // back, no wait) and, for comparison, with q checked and reported (one
   // read back and a wait inside the step).
   {
-    const int B = 1, ctx = 131072, npl = ctx / P, budget = 2048 / P;
-    const int nl = B * Hkv;
-    const int64_t num_pages = int64_t(nl) * npl;
-    const BenchLists lists(nl, npl, P);
-    const size_t pool_el = size_t(num_pages) * P * D;
-    Dev k(pool_el * 2), v(pool_el * 2), meta(size_t(num_pages) * 2 * D * 2), q(size_t(B) * Hq * D * 2),
-        o(size_t(B) * Hq * D * 2);
-    fill_bf16<<<1024, 256>>>(k.as<uint16_t>(), pool_el, 4);
-    fill_bf16<<<1024, 256>>>(v.as<uint16_t>(), pool_el, 5);
-    fill_bf16<<<1024, 256>>>(meta.as<uint16_t>(), size_t(num_pages) * 2 * D, 6);
-    fill_bf16<<<64, 256>>>(q.as<uint16_t>(), size_t(B) * Hq * D, 7);
-    Dev dind(lists.indptr), dids(lists.ids), dlen(lists.len), lse(size_t(B) * Hq * 4);
+    const int B = 1, ctx = 131072, budget = 2048 / P;
+    const BenchPool bp(B, Hq, Hkv, D, P, ctx, 4);
+    const int npl = bp.npl;
+    const int64_t num_pages = bp.num_pages;
+    const size_t pool_el = bp.pool_el;
+    Dev meta(size_t(num_pages) * 2 * D * 2);
+    fill_bf16<<<1024, 256>>>(meta.as<uint16_t>(), size_t(num_pages) * 2 * D, 7);
     Dev dsi(size_t(B * Hq + 1) * 4), dsp(size_t(B * Hq) * budget * 4);
     sync_ok();
-    const DecodeAttnArgs a = bench_args(B, Hq, Hkv, D, P, num_pages, q, o, k, v, dind, dids, dlen, lse);
+    const DecodeAttnArgs a = bp.args();
     QuestSelectArgs s;
     s.bounds.batch = B, s.bounds.num_q_heads = Hq, s.bounds.num_kv_heads = Hkv, s.bounds.head_dim = D;
     s.bounds.page_size = P, s.bounds.q_dtype = DType::BF16, s.bounds.kv_dtype = DType::BF16;
-    s.bounds.q = q.p, s.bounds.meta_pool = meta.p, s.bounds.num_pages = num_pages;
-    s.bounds.page_indptr = dind.as<int32_t>(), s.bounds.page_ids = dids.as<int32_t>(), s.bounds.kv_len = dlen.as<int32_t>();
+    s.bounds.q = bp.q.p, s.bounds.meta_pool = meta.p, s.bounds.num_pages = num_pages;
+    s.bounds.page_indptr = bp.dind.as<int32_t>(), s.bounds.page_ids = bp.dids.as<int32_t>(), s.bounds.kv_len = bp.dlen.as<int32_t>();
     s.bounds.share = false;
     s.budget_pages = budget, s.max_pages = npl;
     s.sel_indptr = dsi.as<int32_t>(), s.sel_pages = dsp.as<int32_t>();
