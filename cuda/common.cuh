@@ -376,8 +376,9 @@ __device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], const uint32_t (
 }
 
 // Whether kernels may take their wgmma path on the current device: compute
-// capability exactly 9.0 (sm_90a code runs on nothing else) and a build that
-// compiled 90a code (KVSQ_CUDA_ARCHS names it; the emulator models it).
+// capability exactly 9.0 (sm_90a code runs on nothing else), a build that
+// compiled 90a code (KVSQ_CUDA_ARCHS names it; the emulator models it), and
+// the device computed the layout check's product exactly.
 // wgmma_enabled_flag(): benchmarks and tests turn the paths off (default on;
 // KVSQ_NO_WGMMA=1 in the environment starts the process with them off, so a
 // card where they misbehave can be run on mma.sync without a rebuild).
@@ -405,10 +406,26 @@ inline bool current_cc(int& major, int& minor) {
   }
   return true;
 }
-inline bool wgmma_usable() {
+// Whether the wgmma paths could run here (flag, build, a 9.0 device).
+inline bool wgmma_supported() {
   if (!wgmma_enabled_flag().load(std::memory_order_relaxed) || !build_has_sm90a()) return false;
   int major = 0, minor = 0;
   return current_cc(major, minor) && major == 9 && minor == 0;
+}
+// cuda/wgmma_check.cu: whether the operand layouts below give the exact
+// product on `device` (checked once per device and process, at the first
+// call: one small kernel and a host synchronisation).
+bool wgmma_checked_ok(int device);
+// What kernels ask before taking a wgmma path: supported, and the device
+// passed the layout check (else they stay on mma.sync).
+inline bool wgmma_usable() {
+  if (!wgmma_supported()) return false;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return wgmma_checked_ok(dev);
 }
 
 // ---------------------------------------------------------------- dtype dispatch

@@ -7,6 +7,8 @@
 // validated by the caller on the host before they are uploaded.
 #pragma once
 #include <cstddef>
+#include <cstdint>
+#include <string>
 
 #include "../native/core/ops.h"
 
@@ -34,6 +36,18 @@ void cuda_set_dependent_launch(bool on);
 // the wgmma paths run only on a compute capability 9.0 device with a build
 // that has 90a code, see cu::wgmma_usable).
 void cuda_set_wgmma(bool on);
+// The wgmma layout check (cuda/wgmma_check.cu). cuda_wgmma_product: the
+// check's kernel on any inputs (D[64][32] = A[64][32] . B[32][32]^T, 16-bit
+// f16 or bf16 words, f32 out; tests). cuda_wgmma_check_state: "unchecked"
+// until a kernel first asked on that device, then "ok" or "failed: <what>"
+// (the device then stays on mma.sync). Tests: cuda_wgmma_run_check runs the
+// check on the current device now ("" when it passes; flawed_b uploads B
+// transposed, which must fail); cuda_wgmma_check_reset sets the verdict,
+// 0 unchecked, 1 ok, 2 failed with `why`.
+Status cuda_wgmma_product(const uint16_t* A, const uint16_t* B, float* D, bool f16, void* stream);
+std::string cuda_wgmma_check_state(int device);
+std::string cuda_wgmma_run_check(bool flawed_b);
+void cuda_wgmma_check_reset(int device, int state, const char* why);
 // Benchmarks: the CTAs per SM that window scores splits the keys over
 // (1..64; anything else restores the default, 4). Same results.
 void cuda_window_scores_set_ctas_per_sm(int n);

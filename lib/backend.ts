@@ -11,6 +11,14 @@ export interface CudaDevice {
   runnable: boolean;
   /** Why not, when not runnable (ops on it fail with KVSQ_CUDA and this text). */
   why?: string;
+  /**
+   * The sm_90a tensor-core (wgmma) kernels on this device: 'off' (not a 9.0
+   * device, a build without 90a code, or KVSQ_NO_WGMMA set), 'unchecked'
+   * until a kernel first wants them, then 'ok', or 'failed: ...' when the
+   * device did not compute the one-time layout check's product exactly (its
+   * kernels then run on mma.sync: same results, slower).
+   */
+  wgmma: string;
 }
 
 export interface BackendInfo {

@@ -17,7 +17,7 @@ function formatInfo(): string {
     `cuda: compiled ${i.cuda.compiled}${i.cuda.compiled ? ` (archs ${i.cuda.archs}, runtime ${i.cuda.runtimeVersion})` : ''}, ` +
       (i.cuda.available
         ? `available: ${i.cuda.devices
-            .map((d) => `${d.name} (sm ${d.computeCapability}, ${(d.memoryBytes / 2 ** 30).toFixed(1)} GiB${d.runnable ? '' : ', no code for it in this build'})`)
+            .map((d) => `${d.name} (sm ${d.computeCapability}, ${(d.memoryBytes / 2 ** 30).toFixed(1)} GiB${d.runnable ? '' : ', no code for it in this build'}${d.wgmma === 'off' ? '' : `, wgmma ${d.wgmma}`})`)
             .join(', ')}`
         : `unavailable: ${i.cuda.reason}`),
     `build: napi ${i.build.napiVersion}, ${i.build.compiler ?? 'unknown compiler'}`,

@@ -127,5 +127,17 @@ try {
   console.log(`SMOKE FAIL Quest selection on the device: ${e.code || ''} ${e.message}`);
 }
 
+// 4. The one-time wgmma layout check (the SnapKV prefills above ran window
+// scores in bf16, which ask for it on a 9.0 device with sm_90a code): 'ok' is
+// required there; a failed check means the kernels fell back to mma.sync
+// (results above still right) and this project's reading of the layouts is
+// wrong on this card.
+{
+  const w = k.backend.info().cuda.devices[0].wgmma;
+  const ok = w === 'ok' || w === 'off';
+  if (!ok) failures++;
+  console.log(`SMOKE ${ok ? 'PASS' : 'FAIL'} wgmma layout check on device 0: ${w}`);
+}
+
 console.log(`${failures === 0 ? 'SMOKE OK' : 'SMOKE FAILED'} (${failures} failures)`);
 process.exit(failures ? 1 : 0);

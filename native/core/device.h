@@ -20,6 +20,11 @@ struct DeviceInfo {
   // naming the device.
   bool runnable = true;
   std::string why;
+  // The sm_90a tensor-core (wgmma) paths on it: "off" (not a 9.0 device, a
+  // build without 90a code, or KVSQ_NO_WGMMA), "unchecked" until a kernel
+  // first asks, then "ok" or "failed: <what differed>" (cuda/wgmma_check.cu;
+  // the kernels then stay on mma.sync).
+  std::string wgmma = "off";
 };
 
 struct CudaInfo {

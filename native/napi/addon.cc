@@ -50,6 +50,7 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
     d.Set("memoryBytes", double(ci.devices[i].memory_bytes));
     d.Set("runnable", ci.devices[i].runnable);
     if (!ci.devices[i].runnable) d.Set("why", ci.devices[i].why);
+    d.Set("wgmma", ci.devices[i].wgmma);
     devs.Set(uint32_t(i), d);
   }
   cuda.Set("devices", devs);

@@ -120,47 +120,14 @@ KVSQ_TEST(cuda_read_write_scores_vs_cpu) {
   for (void* p : {(void*)dpool, (void*)dind, (void*)dids, (void*)dlen, (void*)dflat, (void*)dout}) cudaFree(p);
 }
 
-// One warpgroup: D (64 x 32) = A (64 x 32) . B^T with B given as 32 rows
-// (N) of 32 (K), in two k-steps of wgmma m64n32k16, the first with scale-d
-// 0 over a D full of NaN (which must not leak in), the second accumulating.
-// A row-major [64][32] and B [32][32] as 16-bit words; D row-major [64][32].
-// B is staged as window scores stages K: K-major core matrices without
-// swizzle, byte (n / 8) * 512 + (k / 8) * 128 + (n % 8) * 16 + (k % 8) * 2
-// (LBO 128, SBO 512), k-step ks at + 256 ks.
-namespace {
-template <bool F16>
-__global__ void wgmma_layout_kernel(const uint16_t* A, const uint16_t* B, float* D) {
-  __shared__ __align__(128) uint16_t sb[32 * 32];
-  const int t = threadIdx.x, w = t / 32, lane = t % 32, g = lane / 4, tq = lane % 4;
-  for (int i = t; i < 32 * 32; i += 128) {
-    const int n = i / 32, k = i % 32;
-    sb[((n / 8) * 512 + (k / 8) * 128 + (n % 8) * 16 + (k % 8) * 2) / 2] = B[i];
-  }
-  cu::fence_proxy_async_smem();  // plain stores, read by the async proxy
-  __syncthreads();
-  uint32_t a[2][4];
-  for (int ks = 0; ks < 2; ++ks)
-    for (int r = 0; r < 4; ++r) {  // r: +8 rows (bit 0), +8 columns (bit 1)
-      const int row = 16 * w + g + 8 * (r & 1), col = 16 * ks + 2 * tq + 8 * (r >> 1);
-      a[ks][r] = uint32_t(A[row * 32 + col]) | (uint32_t(A[row * 32 + col + 1]) << 16);
-    }
-  float d[16];
-  for (float& x : d) x = __int_as_float(0x7fc00000);
-  const uint64_t desc = cu::wg_desc(static_cast<uint32_t>(__cvta_generic_to_shared(sb)), 128, 512);
-  cu::wg_fence();
-  cu::wgmma_m64n32k16<F16>(d, a[0], desc, 0);
-  cu::wgmma_m64n32k16<F16>(d, a[1], desc + (256 >> 4), 1);
-  cu::wg_commit();
-  cu::wg_wait<0>();
-  cu::wg_fence_operands(d);
-  for (int j = 0; j < 4; ++j)
-    for (int e = 0; e < 4; ++e) D[(16 * w + g + 8 * (e >> 1)) * 32 + 8 * j + 2 * tq + (e & 1)] = d[4 * j + e];
-}
-}  // namespace
-
+// The wgmma operand layouts (cuda/wgmma_check.cu's kernel: one warpgroup,
+// D (64 x 32) = A (64 x 32) . B^T in two k-steps of m64n32k16, B staged as
+// window scores stages K) on random normals against a double reference, for
+// both 16-bit types. The library's own check uses small integers; this one
+// also sees rounding and magnitudes.
 KVSQ_TEST(cuda_wgmma_fragment_layout) {
   need_device();
-  if (!cu::wgmma_usable()) SKIP("wgmma needs a compute capability 9.0 device and a build with sm_90a code");
+  if (!cu::wgmma_supported()) SKIP("wgmma needs a compute capability 9.0 device and a build with sm_90a code");
   for (const bool f16 : {false, true}) {
     std::vector<uint16_t> A(64 * 32), B(32 * 32);
     std::vector<float> af(A.size()), bf(B.size());
@@ -175,8 +142,7 @@ KVSQ_TEST(cuda_wgmma_fragment_layout) {
     uint16_t* dB = upload(B);
     float* dD = nullptr;
     CHECK(cudaMalloc(&dD, 64 * 32 * sizeof(float)) == cudaSuccess);
-    if (f16) wgmma_layout_kernel<true><<<1, 128>>>(dA, dB, dD);
-    else wgmma_layout_kernel<false><<<1, 128>>>(dA, dB, dD);
+    CHECK(cuda_wgmma_product(dA, dB, dD, f16, nullptr) == Status::Ok);
     const cudaError_t err = cudaDeviceSynchronize();
     CHECK_MSG(err == cudaSuccess, cudaGetErrorString(err));
     const std::vector<float> got = download(dD, 64 * 32);
@@ -195,6 +161,68 @@ KVSQ_TEST(cuda_wgmma_fragment_layout) {
     cudaFree(dB);
     cudaFree(dD);
   }
+}
+
+// The library's check of those layouts (cuda/wgmma_check.cu): it passes on
+// this device, it catches a wrong product (B transposed, what a K/N mix-up
+// in the staging computes), and a failed verdict keeps the kernels off wgmma
+// while window scores stay right (against the CPU twin).
+KVSQ_TEST(cuda_wgmma_check_verdict) {
+  need_device();
+  if (!cu::wgmma_supported()) SKIP("wgmma needs a compute capability 9.0 device and a build with sm_90a code");
+  int dev = 0;
+  CHECK(cudaGetDevice(&dev) == cudaSuccess);
+  struct Restore {
+    int dev;
+    ~Restore() { cuda_wgmma_check_reset(dev, 0, nullptr); }
+  } restore{dev};
+  const std::string ok = cuda_wgmma_run_check(false);
+  CHECK_MSG(ok.empty(), ok);
+  const std::string bad = cuda_wgmma_run_check(true);
+  CHECK_MSG(bad.rfind("bf16 D[", 0) == 0, "a transposed B was not caught: '" << bad << "'");
+
+  cuda_wgmma_check_reset(dev, 0, nullptr);
+  CHECK_EQ(cuda_wgmma_check_state(dev), std::string("unchecked"));
+  CHECK(cu::wgmma_usable());  // runs the check
+  CHECK_EQ(cuda_wgmma_check_state(dev), std::string("ok"));
+
+  cuda_wgmma_check_reset(dev, 2, "bf16 D[0][0] = 1, expected 2");
+  CHECK(!cu::wgmma_usable());
+  CHECK_EQ(cuda_wgmma_check_state(dev), std::string("failed: bf16 D[0][0] = 1, expected 2"));
+  // Window scores on the fallback: 2 KV heads x 2 query heads, D 64, f16.
+  WindowScoresArgs a{};
+  a.num_q_heads = 4;
+  a.num_kv_heads = 2;
+  a.head_dim = 64;
+  a.seq_len = 301;
+  a.window = 17;
+  a.q_rows = 17;
+  a.dtype = DType::F16;
+  a.reduce = Reduce::Mean;
+  a.scale = 0.125f;
+  std::vector<uint16_t> q(size_t(a.num_q_heads) * a.q_rows * a.head_dim), k(size_t(a.num_kv_heads) * a.seq_len * a.head_dim);
+  for (auto& x : q) x = f32_to_f16(kvsqtest::normal());
+  for (auto& x : k) x = f32_to_f16(kvsqtest::normal());
+  const size_t n_out = size_t(a.num_kv_heads) * a.seq_len;
+  std::vector<float> want(n_out);
+  WindowScoresArgs c = a;
+  c.q = q.data();
+  c.k = k.data();
+  c.out = want.data();
+  CHECK(cpu_window_scores(c) == Status::Ok);
+  uint16_t* dq = upload(q);
+  uint16_t* dk = upload(k);
+  float* dout = upload(std::vector<float>(n_out, -1.f));
+  WindowScoresArgs d = a;
+  d.q = dq;
+  d.k = dk;
+  d.out = dout;
+  CHECK(cuda_window_scores(d, nullptr) == Status::Ok);
+  CHECK(cudaDeviceSynchronize() == cudaSuccess);
+  const std::vector<float> got = download(dout, n_out);
+  for (size_t i = 0; i < n_out; ++i)
+    CHECK_MSG(std::fabs(got[i] - want[i]) <= 5e-4f * std::fabs(want[i]) + 1e-6f, "out[" << i << "] = " << got[i] << ", CPU " << want[i]);
+  for (void* p : {(void*)dq, (void*)dk, (void*)dout}) cudaFree(p);
 }
 
 #ifdef KVSQ_CUDA_EMU
