@@ -189,7 +189,8 @@ constexpr size_t k_ring_bytes() { return size_t(kStages) * k_tile_elems<D, WG>()
 // had run one (142 registers; 12.5% occupancy on an H200).
 // Launched as dependents (sm_90+): the Q fragments and the first K chunks are
 // loaded before cu::pdl_wait(); nothing the previous launch writes (part,
-// stats, out) is touched before it.
+// stats, out) is touched before it. So the call's first launch is an
+// ordinary one: the kernel before it may be the one that wrote q or k.
 //
 // WG: S = Q K^T by wgmma (sm_90a) instead of ldmatrix + mma.sync. With
 // mma.sync every warp reads the whole chunk from shared memory into its own
@@ -678,7 +679,13 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
       // Dependent launches (sm_90+): each kernel's preamble (Q fragments, the
       // first K chunks) overlaps the end of the one before; the 3 x (KV head
       // batches) launches were each a launch gap and a pipeline fill apart.
-      fail(cu::launch_pdl(pdl, ws_pass_kernel<T, D, 1, WG, PAD>, grid, dim3(threads), smem1, st, p));
+      // Not the call's first kernel: its preamble reads q and k, which the
+      // kernel before it in the stream (any op: a gather of K, say, as
+      // Recompress does) may still be writing, and a dependent launch may
+      // start as soon as that kernel's blocks have exited, before its writes
+      // are guaranteed visible (only griddepcontrol.wait guarantees that).
+      const bool first = hh == 0 && j0 == 0;
+      fail(cu::launch_pdl(pdl && !first, ws_pass_kernel<T, D, 1, WG, PAD>, grid, dim3(threads), smem1, st, p));
       const int64_t nrows = int64_t(nb) * ntile * kMaxRows;
       fail(cu::launch_pdl(pdl, ws_merge_kernel, dim3(unsigned((nrows + kMergeWarps - 1) / kMergeWarps)),
                           dim3(kMergeWarps * 32), 0, st, p, nb * ntile));
