@@ -74,9 +74,17 @@
 //   release threshold is raised to 256 MiB (only raised, never lowered) so the
 //   workspace is reused across calls instead of being unmapped at every sync.
 //
-// Limits (Status::Shape otherwise): D * sizeof(kv) a multiple
-// of 16 bytes and <= 512 bytes (D <= 256 for f16/bf16, <= 128 for f32); K/V
-// pool pointers 16-byte aligned. Pages may not be shared between lists of one
+// * f32 K/V with D 132..256 (rows of 528..1024 bytes, more 16-byte vectors
+//   than a warp has lanes): each lane holds two vectors of its row,
+//   sub-groups of at most 4 heads keep its registers where the 8-head kernels
+//   of shorter rows are, and the pipeline has two stages (128 KB of tiles;
+//   three would be 192 KB, sm_90 only). Devices that cannot give a block
+//   that much shared memory (sm_86/89: 99 KB) refuse these rows
+//   (cuda_decode_row_check says why).
+//
+// Limits (Status::Shape otherwise): D * sizeof(kv) a multiple of 16 bytes
+// and <= 512 bytes (D <= 256 for f16/bf16), or f32 with D <= 256 on a device
+// with the shared memory (row_check); K/V pool pointers 16-byte aligned. Pages may not be shared between lists of one
 // call when score_pool is given (the score adds would race; the CPU twin has
 // the same requirement). Index contents are validated by the caller (launchers.h).
 //
@@ -96,6 +104,7 @@
 #include <climits>
 #include <cstdint>
 #include <mutex>
+#include <string>
 #include <vector>
 #include <algorithm>
 
@@ -111,6 +120,8 @@ constexpr int kNW = 4;         // warps per attention block
 constexpr int kThreads = kNW * 32;
 constexpr int kStages = 3;     // cp.async pipeline depth
 constexpr int kMaxG = 8;
+constexpr int kMaxGWide = 4;        // heads per sub-group with wide (f32, > 512-byte) rows
+constexpr int kMaxRowBytes = 1024;  // f32 D 256; 16-bit rows stop at 512 (D 256)
 constexpr int kRowsPerWarp = kTR / kNW;
 constexpr int kMinItemSlots = 256;
 constexpr int kScoreThreads = 256;
@@ -125,10 +136,10 @@ struct Item {
 
 struct Params {
   int B, Hq, Hkv, D, P;
-  // Groups of more than kMaxG query heads run as ns sub-groups of at most g
-  // heads (g = ceil(gq / ns)); each sub-group is a list of its own ("virtual
-  // list" v = l * ns + s, nl of them) that reads the KV head's pages. With
-  // gq <= kMaxG: ns 1, g = gq, v = l.
+  // Groups of more than kMaxG query heads (kMaxGWide with wide f32 rows) run
+  // as ns sub-groups of at most g heads (g = ceil(gq / ns)); each sub-group
+  // is a list of its own ("virtual list" v = l * ns + s, nl of them) that
+  // reads the KV head's pages. With gq <= kMaxG: ns 1, g = gq, v = l.
   int g, gq, ns, nl;
   int nvr;        // 16-byte vectors per row
   int row_bytes;  // D * sizeof(kv)
@@ -471,14 +482,24 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 template <int LPR, int G, bool MMA>
 constexpr int attn_min_blocks() {
   if (MMA && LPR != 8) return 0;
+  if (LPR > 32) return 1;  // wide f32 rows: 128 KB of tiles, one block per SM
   const int by_smem = LPR == 8 ? 7 : LPR == 16 ? 4 : 2;
   const int by_regs = MMA || G <= 2 ? 7 : G == 4 ? 4 : 2;
   return by_smem < by_regs ? by_smem : by_regs;
 }
 
 // ---------------------------------------------------------------- attention
-// T: K/V storage type; LPR: lanes per row (pow2 >= 16-byte vectors per row);
-// G: group size rounded up to a power of two (heads >= g are zero padding).
+// T: K/V storage type; LPR: pow2 >= 16-byte vectors per row, the lanes per
+// row up to 32; G: group size rounded up to a power of two (heads >= g are
+// zero padding).
+//
+// Wide rows (LPR 64: f32 K/V of D 132..256, 528..1024-byte rows, CUDA cores):
+// a warp per row, each lane holding VPL = 2 vectors (vec and vec + 32) of q,
+// k, v and the accumulators; sub-groups of at most 4 heads (G <= 4, so a
+// lane's q and acc stay at 2 x 4 x 8 floats, what the 8-head kernels of
+// 16-byte rows hold); a two-stage pipeline, since three stages of 1 KiB rows
+// (192 KB) leave no room on anything but sm_90 (two: 128 KB, sm_80 and sm_90;
+// sm_86/89's 99 KB take neither: cuda_decode_row_check says so).
 //
 // MMA (bf16 K/V, D in {64, 128, 256}: LPR = nvr): q.k and p.V on tensor
 // cores (mma.sync m16n8k16, f32 accumulators), the group's heads as N = 8.
@@ -497,17 +518,21 @@ constexpr int attn_min_blocks() {
 template <class T, int LPR, int G, bool MMA>
 __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) attn_kernel(Params p) {
   constexpr int E = cu::Vec16<T>::N;       // elements per 16-byte vector
-  constexpr int RGW = 32 / LPR;            // row groups per warp
+  constexpr int LL = LPR < 32 ? LPR : 32;  // lanes per row
+  constexpr int VPL = LPR / LL;            // 16-byte vectors per lane (2: wide rows)
+  constexpr int NST = VPL > 1 ? 2 : kStages;  // cp.async pipeline depth
+  static_assert(VPL == 1 || (!MMA && G <= 4 && sizeof(T) == 4), "wide rows: f32, CUDA cores, <= 4 heads");
+  constexpr int RGW = 32 / LL;             // row groups per warp
   constexpr int RPL = kRowsPerWarp / RGW;  // rows per lane per tile
   static_assert(RPL >= 1 && RPL * RGW == kRowsPerWarp, "tile mapping");
-  constexpr int RB0 = LPR / G > 0 ? LPR / G : 1;
+  constexpr int RB0 = LL / G > 0 ? LL / G : 1;
   constexpr int RB = RB0 < RPL ? RB0 : RPL;  // rows per reduction batch
   constexpr int NV = RB * G;                 // values per lane in one reduction
 
   extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ int64_t s_slot[kStages][kTR];
-  __shared__ unsigned s_mask[kStages][kTR];
-  __shared__ int s_n[kStages];
+  __shared__ int64_t s_slot[NST][kTR];
+  __shared__ unsigned s_mask[NST][kTR];
+  __shared__ int s_n[NST];
   __shared__ float s_z[kMaxG][kTR + 1];
   __shared__ __align__(16) float s_p[kMaxG][kTR + 8];  // +8: the MMA path's float2 reads of 8 heads fall in distinct bank pairs
   __shared__ float s_m[kMaxG], s_s[kMaxG], s_alpha[kMaxG];
@@ -532,11 +557,10 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   __shared__ int s_hb;
   const int* ids = p.page_ids + p.page_indptr[sb.list];
   const bool subset = p.sel_indptr != nullptr;
-  const int rgl = lane / LPR, vec = lane % LPR;
-  const bool vec_ok = vec < nvr;
+  const int rgl = lane / LL, vec = lane % LL;  // this lane's vectors: vec + j * LL, j < VPL
 
   unsigned char* sK = smem;
-  unsigned char* sV = smem + kStages * kTR * rb;
+  unsigned char* sV = smem + NST * kTR * rb;
 
   if (tid == 0) s_hb = sb.hb;
   if (tid < kMaxG) {
@@ -548,7 +572,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
 
   // CUDA cores: this lane's 16-byte slice of every query vector, pre-scaled
   // into base 2. MMA: the B fragments of head lane/4 (unscaled), hi and lo.
-  constexpr int QE = MMA ? 1 : E;
+  constexpr int QE = MMA ? 1 : E * VPL;
   constexpr int QG = MMA ? 1 : G;
   float qv[QG][QE];
   constexpr int KS = MMA ? LPR / 2 : 1;  // 16-element k steps of D
@@ -575,8 +599,12 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
 #pragma unroll
     for (int h = 0; h < G; ++h)
 #pragma unroll
-      for (int e = 0; e < E; ++e)
-        qv[h][e] = (h < sb.g && vec_ok) ? load_q(p.q, p.q_dtype, (sb.row0 + h) * D + vec * E + e) * p.qs : 0.f;
+      for (int j = 0; j < VPL; ++j)
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const int vj = vec + j * LL;
+          qv[h][j * E + e] = (h < sb.g && vj < nvr) ? load_q(p.q, p.q_dtype, (sb.row0 + h) * D + vj * E + e) * p.qs : 0.f;
+        }
   }
   (void)qv; (void)qh; (void)ql; (void)qsplit;
 
@@ -624,9 +652,9 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
     }
   };
 
-  // Prologue: stages 0 .. kStages-2.
+  // Prologue: stages 0 .. NST-2.
 #pragma unroll
-  for (int st = 0; st < kStages - 1; ++st) {
+  for (int st = 0; st < NST - 1; ++st) {
     if (warp == 0) produce(pr, p, ids, subset, s_slot[st], s_mask[st], &s_n[st], lane);
     __syncthreads();
     issue(st);
@@ -653,10 +681,10 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   // to refill; barriers 2 and 3 separate the phases. (The previous order had
   // two more barriers per tile.)
   for (int i = 0;; ++i) {
-    const int st = i % kStages;
-    const int pst = (i + kStages - 1) % kStages;
+    const int st = i % NST;
+    const int pst = (i + NST - 1) % NST;
     if (warp == 0) produce(pr, p, ids, subset, s_slot[pst], s_mask[pst], &s_n[pst], lane);
-    cp_async_wait<kStages - 2>();  // this thread's copies of stage i (stage i+1 may still fly)
+    cp_async_wait<NST - 2>();  // this thread's copies of stage i (stage i+1 may still fly)
     __syncthreads();
     issue(pst);
     cp_async_commit();
@@ -699,26 +727,31 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
 #pragma unroll
         for (int k = 0; k < RB; ++k) {
           const int r = warp * kRowsPerWarp + rgl + (kb * RB + k) * RGW;
-          float kf[E];
-          if (vec_ok && r < n) {
-            cu::unpack16<T>(*reinterpret_cast<const uint4*>(kt + r * rb + vec * 16), kf);
-          } else {
+          float kf[VPL][E];
 #pragma unroll
-            for (int e = 0; e < E; ++e) kf[e] = 0.f;
+          for (int j = 0; j < VPL; ++j) {
+            if (vec + j * LL < nvr && r < n) {
+              cu::unpack16<T>(*reinterpret_cast<const uint4*>(kt + r * rb + (vec + j * LL) * 16), kf[j]);
+            } else {
+#pragma unroll
+              for (int e = 0; e < E; ++e) kf[j][e] = 0.f;
+            }
           }
 #pragma unroll
           for (int h = 0; h < G; ++h) {
             float s = 0.f;
 #pragma unroll
-            for (int e = 0; e < E; ++e) s = fmaf(qv[h][e], kf[e], s);
+            for (int j = 0; j < VPL; ++j)
+#pragma unroll
+              for (int e = 0; e < E; ++e) s = fmaf(qv[h][j * E + e], kf[j][e], s);
             v[k * G + h] = s;
           }
         }
-        cu::TRed<NV, LPR / 2>::run(v, lane);
-        constexpr int NF = NV >= LPR ? NV / LPR : 1;
-        constexpr int DUP = NV >= LPR ? 1 : LPR / NV;
+        cu::TRed<NV, LL / 2>::run(v, lane);
+        constexpr int NF = NV >= LL ? NV / LL : 1;
+        constexpr int DUP = NV >= LL ? 1 : LL / NV;
         if (vec % DUP == 0) {
-          const int base = NV >= LPR ? vec * NF : vec / DUP;
+          const int base = NV >= LL ? vec * NF : vec / DUP;
 #pragma unroll
           for (int f = 0; f < NF; ++f) {
             const int idx = base + f;
@@ -799,24 +832,26 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
       for (int h = 0; h < G; ++h) {
         const float a = s_alpha[h];
 #pragma unroll
-        for (int e = 0; e < E; ++e) acc[h][e] *= a;
+        for (int e = 0; e < QE; ++e) acc[h][e] *= a;
       }
-      if (vec_ok) {
 #pragma unroll
-        for (int k = 0; k < RPL; ++k) {
-          const int r = warp * kRowsPerWarp + rgl + k * RGW;
-          if (r < n) {
-            float vf[E];
-            cu::unpack16<T>(*reinterpret_cast<const uint4*>(vt + r * rb + vec * 16), vf);
+      for (int j = 0; j < VPL; ++j)
+        if (vec + j * LL < nvr) {
 #pragma unroll
-            for (int h = 0; h < G; ++h) {
-              const float pw = s_p[h][r];
+          for (int k = 0; k < RPL; ++k) {
+            const int r = warp * kRowsPerWarp + rgl + k * RGW;
+            if (r < n) {
+              float vf[E];
+              cu::unpack16<T>(*reinterpret_cast<const uint4*>(vt + r * rb + (vec + j * LL) * 16), vf);
 #pragma unroll
-              for (int e = 0; e < E; ++e) acc[h][e] = fmaf(pw, vf[e], acc[h][e]);
+              for (int h = 0; h < G; ++h) {
+                const float pw = s_p[h][r];
+#pragma unroll
+                for (int e = 0; e < E; ++e) acc[h][j * E + e] = fmaf(pw, vf[e], acc[h][j * E + e]);
+              }
             }
           }
         }
-      }
     }
   }
   cp_async_wait<0>();
@@ -837,18 +872,21 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
     // Sum the row groups: inside the warp by shuffles, across warps in shared
     // memory (the stage buffers are free now: kNW*G*D*4 <= stage bytes).
 #pragma unroll
-    for (int o = LPR; o < 32; o <<= 1)
+    for (int o = LL; o < 32; o <<= 1)
 #pragma unroll
       for (int h = 0; h < G; ++h)
 #pragma unroll
-        for (int e = 0; e < E; ++e) acc[h][e] += __shfl_xor_sync(kFull, acc[h][e], o);
+        for (int e = 0; e < QE; ++e) acc[h][e] += __shfl_xor_sync(kFull, acc[h][e], o);
     float* red = reinterpret_cast<float*>(smem);  // [kNW][g][D]
-    if (rgl == 0 && vec_ok) {
+    if (rgl == 0) {
 #pragma unroll
       for (int h = 0; h < G; ++h)
         if (h < g)
 #pragma unroll
-          for (int e = 0; e < E; ++e) red[(warp * g + h) * D + vec * E + e] = acc[h][e];
+          for (int j = 0; j < VPL; ++j)
+            if (vec + j * LL < nvr)
+#pragma unroll
+              for (int e = 0; e < E; ++e) red[(warp * g + h) * D + (vec + j * LL) * E + e] = acc[h][j * E + e];
     }
     __syncthreads();
     for (int i = tid; i < g * D; i += kThreads) {
@@ -889,7 +927,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   // thread per 4 outputs, 8 items in flight. (A chain of scalar loads, two in
   // flight, made the merging block of a 66-item list a ~20 us tail.)
   float2* wts = reinterpret_cast<float2*>(smem);  // [gv][count]: (weight, unused)
-  const bool wfit = int64_t(it.count) * gv * 8 <= int64_t(kStages) * kTR * rb * 2;
+  const bool wfit = int64_t(it.count) * gv * 8 <= int64_t(NST) * kTR * rb * 2;
   const float2* ms = reinterpret_cast<const float2*>(p.part_ms);  // [item][kMaxG]: (m, s)
   for (int h = warp; h < gv; h += kNW) {
     float M = cu::neg_inf();
@@ -1119,6 +1157,13 @@ template <class T>
 AttnFn pick_lpr(int nvr, int g) {
   if (nvr <= 8) return pick_g<T, 8>(g);
   if (nvr <= 16) return pick_g<T, 16>(g);
+  if constexpr (sizeof(T) == 4) {
+    if (nvr > 32) {  // wide f32 rows: sub-groups of at most kMaxGWide heads
+      if (g <= 1) return attn_kernel<T, 64, 1, false>;
+      if (g <= 2) return attn_kernel<T, 64, 2, false>;
+      return attn_kernel<T, 64, 4, false>;
+    }
+  }
   return pick_g<T, 32>(g);
 }
 
@@ -1147,7 +1192,7 @@ Status attn_blocks_per_sm(int dev, AttnFn fn, size_t smem, int* out) {
   std::lock_guard<std::mutex> lk(mu);
   for (const Key& k : seen)
     if (k.dev == dev && k.fn == fn && k.smem == smem) return *out = k.bps, Status::Ok;
-  KVSQ_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(96 * 1024)));
+  KVSQ_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(std::max<size_t>(96 * 1024, smem))));
   // A hint only: a failed or implausible answer (seen under compute-sanitizer
   // racecheck, which made the grid look oversized) falls back to 1..32.
   int bps = 0;
@@ -1198,6 +1243,40 @@ DevInfo dev_info(int dev) {
 
 size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 
+// The attention kernel's dynamic shared memory (K and V tiles of every
+// pipeline stage) for rows of row_bytes, and a bound on its static arrays
+// (row tables, logits, weights: about 3.3 KB).
+size_t attn_smem(int64_t row_bytes) { return size_t(row_bytes > 512 ? 2 : kStages) * kTR * size_t(row_bytes) * 2; }
+constexpr size_t kAttnStaticSmem = 4096;
+
+// Shared memory a block of `dev` may opt in to (0 if it cannot be read).
+// Asked at each call (an attribute query, no synchronisation).
+int smem_optin(int dev) {
+  int v = 0;
+  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+    cudaGetLastError();
+    v = 0;
+  }
+  return v;
+}
+
+// "" when the kernels take K/V rows of head_dim elements of kv on a device
+// that lets a block opt in to smem_optin bytes of shared memory, else why not.
+std::string row_check(DType kv, int64_t head_dim, int smem_optin) {
+  const int64_t rb = head_dim * int64_t(dtype_size(kv));
+  const int64_t max_rb = kv == DType::F32 ? kMaxRowBytes : 512;
+  if (head_dim <= 0 || rb % 16 != 0 || rb > max_rb)
+    return "the CUDA decode kernels take K/V rows of whole 16-byte vectors up to " + std::to_string(max_rb) +
+           " bytes (headDim " + (kv == DType::F32 ? "% 4 == 0 and <= 256" : "% 8 == 0 and <= 256") + " in " +
+           dtype_name(kv) + "), not headDim " + std::to_string(head_dim);
+  const size_t need = attn_smem(rb) + kAttnStaticSmem;
+  if (rb > 512 && need > size_t(smem_optin))
+    return "f32 K/V rows of " + std::to_string(rb) + " bytes (headDim " + std::to_string(head_dim) + ") need " +
+           std::to_string(need / 1024) + " KB of shared memory per block and this device allows " +
+           std::to_string(smem_optin / 1024) + " KB (sm_80 and sm_90 allow enough; f16/bf16 K/V take any headDim up to 256)";
+  return "";
+}
+
 // ---------------------------------------------------------------- eviction candidate
 // Block per list: the lowest pool score among slots with evict_pos <=
 // evict_max_pos[l], ties to the lower position, NaN skipped (as the CPU
@@ -1245,6 +1324,15 @@ __global__ void __launch_bounds__(kEvictThreads) evict_kernel(DecodeAttnArgs a) 
 
 }  // namespace
 
+std::string cuda_decode_row_check(int device, DType kv_dtype, int64_t head_dim) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || device < 0 || device >= n) {
+    cudaGetLastError();
+    return "no CUDA device " + std::to_string(device);
+  }
+  return row_check(kv_dtype, head_dim, smem_optin(device));
+}
+
 void cuda_set_dependent_launch(bool on) { cu::dependent_launch_flag().store(on, std::memory_order_relaxed); }
 
 Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
@@ -1263,11 +1351,12 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   if (bool(a.evict_pos) != bool(a.evict_slot) || bool(a.evict_max_pos) != bool(a.evict_slot) || (a.evict_slot && !pool_ok))
     return Status::Shape;
   const int gq = a.num_q_heads / a.num_kv_heads;
-  const int ns = (gq + kMaxG - 1) / kMaxG;  // sub-groups per KV head
-  const int g = (gq + ns - 1) / ns;         // heads per sub-group (the last may have fewer)
   const int es = int(dtype_size(a.kv_dtype));
   const int64_t row_bytes = int64_t(a.head_dim) * es;
-  if (row_bytes % 16 != 0 || row_bytes > 512) return Status::Shape;
+  if (row_bytes % 16 != 0 || row_bytes > (a.kv_dtype == DType::F32 ? kMaxRowBytes : 512)) return Status::Shape;
+  const int maxg = row_bytes > 512 ? kMaxGWide : kMaxG;
+  const int ns = (gq + maxg - 1) / maxg;  // sub-groups per KV head
+  const int g = (gq + ns - 1) / ns;       // heads per sub-group (the last may have fewer)
   if ((reinterpret_cast<uintptr_t>(a.k_pool) | reinterpret_cast<uintptr_t>(a.v_pool)) & 15) return Status::Shape;
   const int64_t lists = int64_t(a.batch) * a.num_kv_heads;  // physical lists
   const int64_t nl64 = lists * ns;                           // sub-group (virtual) lists
@@ -1310,7 +1399,8 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   const AttnFn fn = a.kv_dtype == DType::F16    ? pick_lpr<__half>(p.nvr, g)
                     : a.kv_dtype == DType::BF16 ? pick_bf16(p.nvr, g)
                                                 : pick_lpr<float>(p.nvr, g);
-  const size_t smem = size_t(kStages) * kTR * row_bytes * 2;
+  const size_t smem = attn_smem(row_bytes);
+  if (row_bytes > 512 && !row_check(a.kv_dtype, a.head_dim, smem_optin(dev)).empty()) return Status::Shape;
   int bps = 1;
   if (Status o = attn_blocks_per_sm(dev, fn, smem, &bps); o != Status::Ok) return o;
   // Whole waves: the plan makes at most target + nl items (each list's count

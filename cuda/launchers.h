@@ -15,6 +15,11 @@
 namespace kvsq {
 
 Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream);
+// "" when cuda_decode_attention takes K/V rows of head_dim elements of
+// kv_dtype on `device`, else why not (what a cache on that device checks
+// when it is made): rows of whole 16-byte vectors up to 512 bytes, or f32
+// rows up to 1024 bytes where the device has the shared memory for them.
+std::string cuda_decode_row_check(int device, DType kv_dtype, int64_t head_dim);
 Status cuda_window_scores(const WindowScoresArgs& a, void* stream);
 Status cuda_pool1d(const Pool1dArgs& a, void* stream);
 Status cuda_chunk_scores(const ChunkScoresArgs& a, void* stream);

@@ -29,6 +29,8 @@ export interface NativeAddon {
   backendInfo(): unknown;
   setThreads(n: number): number;
   forceSimd(mode: number): void;
+  /** null when the CUDA decode kernels take K/V rows of headDim x dtype on device index `device`, else why not. */
+  decodeRowCheck(device: number, dtype: string, headDim: number): string | null;
   // op bindings (native/napi/ops.cc); typed by lib/ops.ts
   [op: string]: unknown;
 }

@@ -39,20 +39,20 @@ t.dispose();
 // 2. The same sequences on both devices.
 const small = process.env.KVSQ_SMOKE_SMALL === '1';
 // A model shape and its random prompt and decode steps.
-function shape(Hq, Hkv, D, L, layers, steps, snap) {
+function shape(Hq, Hkv, D, L, layers, steps, snap, dtype = 'bf16') {
   const prompt = Array.from({ length: layers }, () => ({ q: randArr(Hq * L * D), k: randArr(Hkv * L * D), v: randArr(Hkv * L * D) }));
   const dec = Array.from({ length: layers * steps }, () => ({ q: randArr(Hq * D), k: randArr(Hkv * D), v: randArr(Hkv * D) }));
-  return { Hq, Hkv, D, L, layers, steps, snap, prompt, dec };
+  return { Hq, Hkv, D, L, layers, steps, snap, prompt, dec, dtype };
 }
 const main = shape(32, 8, 128, small ? 1100 : 3000, 2, small ? 6 : 16, small ? 384 : 1024);
 const { Hq, Hkv, D } = main;
 const [heavy, questBudget] = small ? [96, 192] : [256, 512];
 
 function run(device, decodePolicy, c) {
-  const { Hq, Hkv, D, L, layers, steps, prompt, dec } = c;
-  const cache = new k.PagedKVCache({ layers, kvHeads: Hkv, qHeads: Hq, headDim: D, dtype: 'bf16', device, pages: 4096 });
+  const { Hq, Hkv, D, L, layers, steps, prompt, dec, dtype } = c;
+  const cache = new k.PagedKVCache({ layers, kvHeads: Hkv, qHeads: Hq, headDim: D, dtype, device, pages: 4096 });
   const seq = cache.addSequence({ prefill: new k.SnapKV({ budget: c.snap }), decode: decodePolicy });
-  const T = (a, shape) => k.Tensor.from(a, shape, { dtype: 'bf16', device });
+  const T = (a, shape) => k.Tensor.from(a, shape, { dtype, device });
   for (let l = 0; l < layers; l++) seq.prefill(l, T(prompt[l].q, [Hq, L, D]), T(prompt[l].k, [Hkv, L, D]), T(prompt[l].v, [Hkv, L, D]));
   const outs = [];
   for (let s = 0; s < steps; s++)
@@ -91,6 +91,9 @@ for (const [name, mk] of [['H2O', () => new k.H2O({ heavy, recent: heavy })], ['
 compare('SnapKV + H2O at head dim 80', () => new k.H2O({ heavy: 32, recent: 32 }), shape(4, 2, 80, 300, 1, 3, 96));
 compare('SnapKV + H2O, 12 query heads per KV head', () => new k.H2O({ heavy: 32, recent: 32 }), shape(24, 2, 64, 300, 1, 3, 96));
 compare('SnapKV + Quest, 16 query heads on 1 KV head', () => new k.Quest({ budget: 64, denseLayers: 0 }), shape(16, 1, 128, 400, 1, 3, 160));
+// f32 K/V at head dim 256 (1 KiB rows: the decode kernel's wide-row variant,
+// sub-groups of at most 4 heads: 6 = 3 + 3).
+compare('SnapKV + H2O, f32 at head dim 256', () => new k.H2O({ heavy: 32, recent: 32 }), shape(12, 2, 256, 300, 1, 3, 96, 'f32'));
 
 // 3. A Quest selection made on the device is used there as it is; once
 // written to, it is read back and checked like any other (a bad page:

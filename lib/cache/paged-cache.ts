@@ -16,6 +16,7 @@ import { ArgumentError, DTypeError, DisposedError, KvsqRangeError, NaNError, Sha
 import { ops, Reduce } from '../ops';
 import type { DecodeHeadView, DecodePolicy, PrefillContext, PrefillDecision, PrefillPolicy, RecompressConfig } from '../policies/types';
 import { DType, Tensor } from '../tensor';
+import { native } from '../native';
 import { PagePool } from './page-pool';
 
 export interface PagedKVCacheOptions {
@@ -329,12 +330,13 @@ export class PagedKVCache {
     this.device = this.pool.k.device;
     // What the CUDA kernels take, checked here rather than at the first
     // decode step (after a prefill that worked): K/V rows of whole 16-byte
-    // vectors up to 512 bytes.
+    // vectors up to 512 bytes, f32 rows up to 1024 where the device has the
+    // shared memory for them (the decode launcher decides: native.decodeRowCheck).
     if (this.device !== 'cpu') {
-      const rowBytes = this.headDim * (dtype === 'f32' ? 4 : 2);
-      if (rowBytes % 16 || rowBytes > 512) {
+      const why = native.decodeRowCheck(Number(this.device.slice(this.device.indexOf(':') + 1)), dtype, this.headDim);
+      if (why !== null) {
         this.pool.dispose();
-        throw new UnsupportedError(`PagedKVCache: headDim ${this.headDim} in ${dtype} on ${this.device} (the CUDA kernels take rows of whole 16-byte vectors up to 512 bytes: headDim % 8 == 0 and <= 256 in f16/bf16, % 4 and <= 128 in f32); use device 'cpu' for this model`);
+        throw new UnsupportedError(`PagedKVCache: headDim ${this.headDim} in ${dtype} on ${this.device}: ${why}; use device 'cpu' for this model`);
       }
     }
   }

@@ -13,6 +13,9 @@
 #include "cpu/roofline.h"
 #include "errors.h"
 #include "tensor.h"
+#ifdef KVSQ_WITH_CUDA
+#include "../../cuda/launchers.h"
+#endif
 
 namespace kvsq {
 namespace napi {
@@ -74,6 +77,26 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// decodeRowCheck(device, dtype, headDim) -> null when the CUDA decode
+// kernels take K/V rows of headDim elements of dtype on device `device`
+// (an index), else why not (the cache checks it when it is made).
+Napi::Value DecodeRowCheck(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsNumber() || !info[2].IsNumber())
+    throw_error(env, "KVSQ_ARG", "decodeRowCheck(device, dtype, headDim): device and headDim must be numbers");
+  const double dev = info[0].As<Napi::Number>().DoubleValue(), hd = info[2].As<Napi::Number>().DoubleValue();
+  const DType dt = parse_dtype(env, info[1], "decodeRowCheck: dtype");
+  if (!(dev >= 0 && dev < 64 && dev == double(int(dev))) || !(hd >= 1 && hd <= 1e9 && hd == double(int64_t(hd))))
+    throw_error(env, "KVSQ_RANGE", "decodeRowCheck: device must be an integer in [0, 64) and headDim a positive integer");
+#ifdef KVSQ_WITH_CUDA
+  const std::string why = cuda_decode_row_check(int(dev), dt, int64_t(hd));
+#else
+  (void)dt;
+  const std::string why = "this build has no CUDA kernels";
+#endif
+  return why.empty() ? env.Null() : Napi::String::New(env, why);
+}
+
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsNumber()) throw_error(env, "KVSQ_ARG", "setThreads(n): n must be a number");
@@ -122,6 +145,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorClasses", Napi::Function::New(env, SetErrorClasses, "setErrorClasses"));
   exports.Set("backendInfo", Napi::Function::New(env, BackendInfo, "backendInfo"));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads, "setThreads"));
+  exports.Set("decodeRowCheck", Napi::Function::New(env, DecodeRowCheck, "decodeRowCheck"));
   exports.Set("forceSimd", Napi::Function::New(env, ForceSimd, "forceSimd"));
   exports.Set("measureRoofline", Napi::Function::New(env, MeasureRoofline, "measureRoofline"));
   register_ops(env, exports);

@@ -345,7 +345,7 @@ KVSQ_TEST(cuda_decode_dense_shapes) {
       c.D = D;
       c.P = pick({16, 7});
       c.qdt = kDts[it % 3];
-      c.kvdt = D == 256 ? kDts[1 + it % 2] : kDts[(it / 3 + it) % 3];  // f32 D=256 is unsupported
+      c.kvdt = kDts[(it / 3 + it) % 3];  // f32 D 256: the wide-row kernel
       c.scale_mult = float(pick({1, 1, 4}));
       for (int l = 0; l < c.B * c.Hkv; ++l) c.lens.push_back(random_len());
       ++it;
@@ -484,6 +484,34 @@ KVSQ_TEST(cuda_decode_large_groups) {
   Problem(c).run_and_compare();
 }
 
+// f32 K/V rows of more than 512 bytes (D 132..256): each lane holds two
+// 16-byte vectors, sub-groups of at most 4 heads (g 5, 8, 12 split), a
+// two-stage pipeline; dense and Quest, H2O scores with each reduce, empty
+// lists, against the CPU twin.
+KVSQ_TEST(cuda_decode_wide_f32_rows) {
+  need_device();
+  int it = 0;
+  for (int D : {256, 132, 160, 200}) {
+    for (int g : {1, 4, 5, 8, 12}) {
+      Config c;
+      c.subset = it % 3 == 1;
+      c.score = it % 4 != 3;
+      c.reduce = it % 3 == 0 ? Reduce::Mean : it % 3 == 1 ? Reduce::Sum : Reduce::Max;
+      c.Hkv = pick({1, 2});
+      c.Hq = c.Hkv * g;
+      c.B = pick({1, 2});
+      c.D = D;
+      c.P = pick({16, 7});
+      c.qdt = kDts[it % 3];
+      c.kvdt = DType::F32;
+      c.sel_offset = c.subset ? randint(0, 3) : 0;
+      for (int l = 0; l < c.B * c.Hkv; ++l) c.lens.push_back(randint(0, 6) == 0 ? 0 : random_len());
+      ++it;
+      Problem(c).run_and_compare();
+    }
+  }
+}
+
 KVSQ_TEST(cuda_decode_unsupported_shapes) {
   need_device();
   Dev buf(1 << 20);
@@ -498,7 +526,30 @@ KVSQ_TEST(cuda_decode_unsupported_shapes) {
     return a;
   };
   CHECK(cuda_decode_attention(args(36, DType::BF16, 1), nullptr) == Status::Shape);   // 72-byte rows
-  CHECK(cuda_decode_attention(args(256, DType::F32, 1), nullptr) == Status::Shape);   // 1 KiB rows
+  CHECK(cuda_decode_attention(args(260, DType::F32, 1), nullptr) == Status::Shape);   // 1040-byte rows
+  CHECK(cuda_decode_attention(args(264, DType::F16, 1), nullptr) == Status::Shape);   // 528-byte 16-bit rows
+  CHECK(cuda_decode_attention(args(130, DType::F32, 1), nullptr) == Status::Shape);   // 520 bytes: not whole vectors
+  CHECK(cuda_decode_row_check(0, DType::F32, 256).empty());
+  CHECK(!cuda_decode_row_check(0, DType::F32, 260).empty());
+  CHECK(!cuda_decode_row_check(0, DType::BF16, 264).empty());
+  CHECK(!cuda_decode_row_check(0, DType::F16, 36).empty());
+  CHECK(!cuda_decode_row_check(99, DType::F16, 64).empty());  // no such device
+#ifdef KVSQ_CUDA_EMU
+  {
+    // A device with sm_86/89's 99 KB per block: wide f32 rows do not fit
+    // (two stages of 1 KiB rows are 128 KB); 16-bit D 256 still does.
+    struct Restore {
+      int v = cuda_emu::st().dev.max_optin_smem;
+      ~Restore() { cuda_emu::st().dev.max_optin_smem = v; }
+    } restore;
+    cuda_emu::st().dev.max_optin_smem = 99 * 1024;
+    const std::string why = cuda_decode_row_check(0, DType::F32, 256);
+    CHECK_MSG(why.find("shared memory") != std::string::npos, why);
+    CHECK(cuda_decode_row_check(0, DType::F32, 128).empty());
+    CHECK(cuda_decode_row_check(0, DType::BF16, 256).empty());
+    CHECK(cuda_decode_attention(args(256, DType::F32, 1), nullptr) == Status::Shape);
+  }
+#endif
   CHECK(cuda_decode_attention(args(64, DType::I32, 1), nullptr) == Status::DType);
   DecodeAttnArgs a = args(64, DType::F16, 1);
   a.k_pool = static_cast<char*>(buf.p) + 2;  // misaligned pool
@@ -835,6 +886,27 @@ KVSQ_TEST(cuda_decode_bench) {
     std::printf("BENCH decode_mqa bf16 B=%d Hq=32 Hkv=1 D=%d ctx=%d: %.3f ms %.0f GB/s of K/V = %.0f%% of copy "
                 "(4 sub-groups); Hq=8 on the same K/V %.3f ms (%.2fx); H2O fused %.3f ms (%.2fx plain)\n",
                 B, D, ctx, t32, gbs, 100.0 * gbs / copy_gbs, t8, t32 / t8, t32h, t32h / t32);
+  }
+
+  // f32 K/V at D 256 (the wide-row kernel: two 16-byte vectors per lane,
+  // sub-groups of at most 4 heads, two pipeline stages), 32 query heads on 8
+  // KV heads (two sub-groups each) at 32K, one sequence and 4. The buffers
+  // of a bf16 D 512 problem hold exactly its bytes (bf16 pairs read as f32:
+  // finite values in [-2, 2)). No target; against copy like the rest.
+  for (int B : {1, 4}) {
+    if (quest_only) break;
+    const BenchPool bp(B, Hq, Hkv, 2 * 256, P, ctx, 12);
+    DecodeAttnArgs a = bp.args();
+    a.head_dim = 256, a.q_dtype = DType::F32, a.kv_dtype = DType::F32, a.scale = 1.f / 16.f;
+    sync_ok();
+    Status st = Status::Ok;
+    const double t = median_ms([&] { st = cuda_decode_attention(a, nullptr); }, flush.p, flush_bytes, 50);
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    sync_ok();
+    const double gbs = 2.0 * bp.pool_el * 2 / t / 1e6;
+    std::printf("BENCH decode_f32_d256 B=%d Hq=%d Hkv=%d D=256 ctx=%d: %.3f ms %.0f GB/s = %.0f%% of copy "
+                "(2 sub-groups of 4 heads per KV head)\n",
+                B, Hq, Hkv, ctx, t, gbs, 100.0 * gbs / copy_gbs);
   }
 
   // Quest end to end at 128K, budget 2048 tokens (128 pages of 16), one
