@@ -84,9 +84,10 @@
 //
 // Limits (Status::Shape otherwise): D * sizeof(kv) a multiple of 16 bytes
 // and <= 512 bytes (D <= 256 for f16/bf16), or f32 with D <= 256 on a device
-// with the shared memory (row_check); K/V pool pointers 16-byte aligned. Pages may not be shared between lists of one
-// call when score_pool is given (the score adds would race; the CPU twin has
-// the same requirement). Index contents are validated by the caller (launchers.h).
+// with the shared memory (row_check); K/V pool pointers 16-byte aligned.
+// Pages may not be shared between lists of one call when score_pool is given
+// (the score adds would race; the CPU twin has the same requirement). Index
+// contents are validated by the caller (launchers.h).
 //
 // Tolerance vs the CPU twin: both are fp32 with different summation orders and
 // exp2 implementations (CUDA exp2f: 2 ulp; the MMA kernels' bf16 hi + lo
@@ -675,11 +676,12 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   (void)oc; (void)sK32; (void)sV32;
 
   // Three block barriers per tile. Iteration i: warp 0 writes the row table
-  // of stage i+2 (last read in phase A of i-1, before that iteration's second
-  // barrier); barrier 1 makes stage i's copies and that table visible and
-  // ends everyone's phase C of i-1, so stage i+2's buffers (i-1's) are free
-  // to refill; barriers 2 and 3 separate the phases. (The previous order had
-  // two more barriers per tile.)
+  // of stage i+NST-1 (i+2; wide rows i+1), whose buffers are i-1's (the table
+  // last read in phase A of i-1, before that iteration's second barrier);
+  // barrier 1 makes stage i's copies and that table visible and ends
+  // everyone's phase C of i-1, so those buffers are free to refill; barriers
+  // 2 and 3 separate the phases. (The previous order had two more barriers
+  // per tile.)
   for (int i = 0;; ++i) {
     const int st = i % NST;
     const int pst = (i + NST - 1) % NST;
