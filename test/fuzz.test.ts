@@ -195,6 +195,7 @@ const targets: Array<[string, Target]> = [
     return o[op](rnd() < 0.9 ? a : junk());
   }],
   ['backend', () => (rnd() < 0.5 ? k.backend.setThreads(junk() as number) : k.backend.info())],
+  ['decodeRowCheck', () => (native.decodeRowCheck as unknown as (...a: unknown[]) => unknown)(junk(), rnd() < 0.5 ? pick(['f32', 'f16', 'bf16']) : junk(), junk())],
   ['policies', () => {
     const C = pick([k.SnapKV, k.PyramidKV, k.ChunkKV, k.StreamingLLM, k.H2O, k.Quest, k.ShotKV] as unknown as Array<new (o: unknown) => unknown>);
     return new C(rnd() < 0.5 ? junk() : { budget: junk(), ratio: rnd() < 0.3 ? junk() : undefined, window: junk(), shots: junk(), heavy: junk(), recent: junk(), kernel: junk(), pool: junk() });

@@ -1,4 +1,5 @@
 import { Tensor, backend, KvsqError, ops } from '../lib';
+import { native } from '../lib/native';
 
 // Bad inputs first: every one is a KvsqError with a code, never a crash.
 describe('Tensor: invalid arguments', () => {
@@ -232,6 +233,19 @@ describe('backend.info', () => {
       // error 35 (no driver) or 100 (no device) are named, not reported as failures
       expect(i.cuda.reason).toMatch(/driver|no CUDA device|cuda/i);
     }
+  });
+  it('decodeRowCheck (what a cuda cache asks when it is made) validates its arguments', () => {
+    const check = native.decodeRowCheck.bind(native) as (...a: unknown[]) => string | null;
+    expect(() => check('0', 'f32', 64)).toThrow(expect.objectContaining({ code: 'KVSQ_ARG' }));
+    expect(() => check(0, 'f32')).toThrow(expect.objectContaining({ code: 'KVSQ_ARG' }));
+    expect(() => check(-1, 'f32', 64)).toThrow(expect.objectContaining({ code: 'KVSQ_RANGE' }));
+    expect(() => check(0.5, 'f32', 64)).toThrow(expect.objectContaining({ code: 'KVSQ_RANGE' }));
+    expect(() => check(0, 'f32', 0)).toThrow(expect.objectContaining({ code: 'KVSQ_RANGE' }));
+    expect(() => check(0, 'f32', NaN)).toThrow(expect.objectContaining({ code: 'KVSQ_RANGE' }));
+    expect(() => check(0, 'i32', 64)).toThrow(expect.objectContaining({ code: 'KVSQ_DTYPE' }));
+    expect(() => check(0, 'f64', 64)).toThrow(expect.objectContaining({ code: 'KVSQ_DTYPE' }));
+    // No CUDA device here: a reason, never null (a CUDA build names the missing device).
+    if (!backend.info().cuda.available) expect(typeof check(0, 'f32', 64)).toBe('string');
   });
   it('setThreads validates and applies', () => {
     expect(() => backend.setThreads(-1)).toThrow(expect.objectContaining({ code: 'KVSQ_RANGE' }));

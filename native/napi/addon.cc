@@ -86,6 +86,8 @@ Napi::Value DecodeRowCheck(const Napi::CallbackInfo& info) {
     throw_error(env, "KVSQ_ARG", "decodeRowCheck(device, dtype, headDim): device and headDim must be numbers");
   const double dev = info[0].As<Napi::Number>().DoubleValue(), hd = info[2].As<Napi::Number>().DoubleValue();
   const DType dt = parse_dtype(env, info[1], "decodeRowCheck: dtype");
+  if (dt != DType::F32 && dt != DType::F16 && dt != DType::BF16)
+    throw_error(env, "KVSQ_DTYPE", "decodeRowCheck: K/V dtype must be 'f32', 'f16' or 'bf16'");
   if (!(dev >= 0 && dev < 64 && dev == double(int(dev))) || !(hd >= 1 && hd <= 1e9 && hd == double(int64_t(hd))))
     throw_error(env, "KVSQ_RANGE", "decodeRowCheck: device must be an integer in [0, 64) and headDim a positive integer");
 #ifdef KVSQ_WITH_CUDA
