@@ -39,7 +39,8 @@ void cuda_set_dependent_launch(bool on);
 // Tests and benchmarks: false keeps kernels off their wgmma (sm_90a) paths
 // and on mma.sync (same results within the stated tolerance; default true;
 // the wgmma paths run only on a compute capability 9.0 device with a build
-// that has 90a code, see cu::wgmma_usable).
+// that has 90a code, once the device passed the layout check below, see
+// cu::wgmma_usable).
 void cuda_set_wgmma(bool on);
 // The wgmma layout check (cuda/wgmma_check.cu). cuda_wgmma_product: the
 // check's kernel on any inputs (D[64][32] = A[64][32] . B[32][32]^T, 16-bit
