@@ -406,11 +406,14 @@ inline bool current_cc(int& major, int& minor) {
   }
   return true;
 }
-// Whether the wgmma paths could run here (flag, build, a 9.0 device).
+// Whether the wgmma paths could run on a device of this capability (flag,
+// build, 9.0); wgmma_supported(): on the current device.
+inline bool wgmma_supported_cc(int major, int minor) {
+  return wgmma_enabled_flag().load(std::memory_order_relaxed) && build_has_sm90a() && major == 9 && minor == 0;
+}
 inline bool wgmma_supported() {
-  if (!wgmma_enabled_flag().load(std::memory_order_relaxed) || !build_has_sm90a()) return false;
   int major = 0, minor = 0;
-  return current_cc(major, minor) && major == 9 && minor == 0;
+  return current_cc(major, minor) && wgmma_supported_cc(major, minor);
 }
 // cuda/wgmma_check.cu: whether the operand layouts below give the exact
 // product on `device` (checked once per device and process, at the first

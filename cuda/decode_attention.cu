@@ -120,9 +120,12 @@ constexpr int kTR = 32;        // rows per tile (= warp size: phase B maps lane 
 constexpr int kNW = 4;         // warps per attention block
 constexpr int kThreads = kNW * 32;
 constexpr int kStages = 3;     // cp.async pipeline depth
+constexpr int kStagesWide = 2; // ... with wide (f32, > 512-byte) rows
 constexpr int kMaxG = 8;
 constexpr int kMaxGWide = 4;        // heads per sub-group with wide (f32, > 512-byte) rows
 constexpr int kMaxRowBytes = 1024;  // f32 D 256; 16-bit rows stop at 512 (D 256)
+// The longest K/V row the kernels take in dtype kv.
+constexpr int64_t max_row_bytes(DType kv) { return kv == DType::F32 ? kMaxRowBytes : 512; }
 constexpr int kRowsPerWarp = kTR / kNW;
 constexpr int kMinItemSlots = 256;
 constexpr int kScoreThreads = 256;
@@ -521,7 +524,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   constexpr int E = cu::Vec16<T>::N;       // elements per 16-byte vector
   constexpr int LL = LPR < 32 ? LPR : 32;  // lanes per row
   constexpr int VPL = LPR / LL;            // 16-byte vectors per lane (2: wide rows)
-  constexpr int NST = VPL > 1 ? 2 : kStages;  // cp.async pipeline depth
+  constexpr int NST = VPL > 1 ? kStagesWide : kStages;  // cp.async pipeline depth
   static_assert(VPL == 1 || (!MMA && G <= 4 && sizeof(T) == 4), "wide rows: f32, CUDA cores, <= 4 heads");
   constexpr int RGW = 32 / LL;             // row groups per warp
   constexpr int RPL = kRowsPerWarp / RGW;  // rows per lane per tile
@@ -1248,7 +1251,7 @@ size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 // The attention kernel's dynamic shared memory (K and V tiles of every
 // pipeline stage) for rows of row_bytes, and a bound on its static arrays
 // (row tables, logits, weights: about 3.3 KB).
-size_t attn_smem(int64_t row_bytes) { return size_t(row_bytes > 512 ? 2 : kStages) * kTR * size_t(row_bytes) * 2; }
+size_t attn_smem(int64_t row_bytes) { return size_t(row_bytes > 512 ? kStagesWide : kStages) * kTR * size_t(row_bytes) * 2; }
 constexpr size_t kAttnStaticSmem = 4096;
 
 // Shared memory a block of `dev` may opt in to (0 if it cannot be read).
@@ -1266,7 +1269,7 @@ int smem_optin(int dev) {
 // that lets a block opt in to smem_optin bytes of shared memory, else why not.
 std::string row_check(DType kv, int64_t head_dim, int smem_optin) {
   const int64_t rb = head_dim * int64_t(dtype_size(kv));
-  const int64_t max_rb = kv == DType::F32 ? kMaxRowBytes : 512;
+  const int64_t max_rb = max_row_bytes(kv);
   if (head_dim <= 0 || rb % 16 != 0 || rb > max_rb)
     return "the CUDA decode kernels take K/V rows of whole 16-byte vectors up to " + std::to_string(max_rb) +
            " bytes (headDim " + (kv == DType::F32 ? "% 4 == 0 and <= 256" : "% 8 == 0 and <= 256") + " in " +
@@ -1355,7 +1358,7 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   const int gq = a.num_q_heads / a.num_kv_heads;
   const int es = int(dtype_size(a.kv_dtype));
   const int64_t row_bytes = int64_t(a.head_dim) * es;
-  if (row_bytes % 16 != 0 || row_bytes > (a.kv_dtype == DType::F32 ? kMaxRowBytes : 512)) return Status::Shape;
+  if (row_bytes % 16 != 0 || row_bytes > max_row_bytes(a.kv_dtype)) return Status::Shape;
   const int maxg = row_bytes > 512 ? kMaxGWide : kMaxG;
   const int ns = (gq + maxg - 1) / maxg;  // sub-groups per KV head
   const int g = (gq + ns - 1) / ns;       // heads per sub-group (the last may have fewer)

@@ -169,8 +169,7 @@ CudaInfo cuda_info() {
     d.memory_bytes = p.totalGlobalMem;
     d.why = unrunnable_reason(i);
     d.runnable = d.why.empty();
-    if (d.runnable && p.major == 9 && p.minor == 0 && cu::build_has_sm90a() && cu::wgmma_enabled_flag().load())
-      d.wgmma = cuda_wgmma_check_state(i);
+    if (d.runnable && cu::wgmma_supported_cc(p.major, p.minor)) d.wgmma = cuda_wgmma_check_state(i);
     info.devices.push_back(d);
   }
   for (const DeviceInfo& d : info.devices) info.available = info.available || d.runnable;

@@ -74,6 +74,12 @@ __global__ void __launch_bounds__(128) wgmma_product_kernel(const uint16_t* A, c
     for (int e = 0; e < 4; ++e) D[(16 * w + g + 8 * (e >> 1)) * kN + 8 * j + 2 * tq + (e & 1)] = d[4 * j + e];
 }
 
+cudaError_t launch_product(const uint16_t* A, const uint16_t* B, float* D, bool f16, cudaStream_t st) {
+  if (f16) wgmma_product_kernel<true><<<1, 128, 0, st>>>(A, B, D);
+  else wgmma_product_kernel<false><<<1, 128, 0, st>>>(A, B, D);
+  return cudaGetLastError();
+}
+
 // Per device: 0 not yet checked, 1 passed, 2 failed (g_why says how).
 constexpr int kMaxDev = 64;
 std::atomic<int> g_state[kMaxDev];
@@ -120,11 +126,7 @@ std::string run_check(bool flawed_b) {
     std::vector<float> got(kM * kN);
     e = cudaMemcpy(dA, A.data(), a_bytes, cudaMemcpyHostToDevice);
     if (e == cudaSuccess) e = cudaMemcpy(dB, B.data(), b_bytes, cudaMemcpyHostToDevice);
-    if (e == cudaSuccess) {
-      if (f16) wgmma_product_kernel<true><<<1, 128>>>(dA, dB, dD);
-      else wgmma_product_kernel<false><<<1, 128>>>(dA, dB, dD);
-      e = cudaGetLastError();
-    }
+    if (e == cudaSuccess) e = launch_product(dA, dB, dD, f16, nullptr);
     if (e == cudaSuccess) e = cudaMemcpy(got.data(), dD, d_bytes, cudaMemcpyDeviceToHost);
     if (e != cudaSuccess) {
       why = std::string("could not run: ") + cudaGetErrorName(e);
@@ -146,10 +148,7 @@ std::string run_check(bool flawed_b) {
 
 Status cuda_wgmma_product(const uint16_t* A, const uint16_t* B, float* D, bool f16, void* stream) {
   if (!A || !B || !D) return Status::Shape;
-  cudaStream_t st = static_cast<cudaStream_t>(stream);
-  if (f16) wgmma_product_kernel<true><<<1, 128, 0, st>>>(A, B, D);
-  else wgmma_product_kernel<false><<<1, 128, 0, st>>>(A, B, D);
-  return cuda_launch_status();
+  return cuda_status(launch_product(A, B, D, f16, static_cast<cudaStream_t>(stream)));
 }
 
 namespace cu {
