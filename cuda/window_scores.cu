@@ -227,9 +227,10 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pas
   // Rows of this thread: r_lo (accumulator elements 0, 1) and r_hi = r_lo + 8 (2, 3).
   const int r_lo = warp * 16 + gid, r_hi = r_lo + 8;
   const bool ok_lo = r_lo < tg.R, ok_hi = r_hi < tg.R;
-  const int64_t pos_lo = int64_t(p.L) - p.w + tg.i0 + (ok_lo ? r_lo % tg.rtt : 0);
-  const int64_t pos_hi = int64_t(p.L) - p.w + tg.i0 + (ok_hi ? r_hi % tg.rtt : 0);
-  const int64_t min_pos = int64_t(p.L) - p.w + tg.i0;  // rows' smallest position: below it nothing is masked
+  // Positions are below p.L (an int), so 32 bits hold them.
+  const int pos_lo = p.L - p.w + tg.i0 + (ok_lo ? r_lo % tg.rtt : 0);
+  const int pos_hi = p.L - p.w + tg.i0 + (ok_hi ? r_hi % tg.rtt : 0);
+  const int min_pos = p.L - p.w + tg.i0;  // rows' smallest position: below it nothing is masked
 
   if (cb >= ce) {
     cu::pdl_wait();
@@ -401,6 +402,9 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pas
     const uint16_t* kt = kbuf + buf * k_tile_elems<D, WG>();
     float* csn = cs + int(n & 1) * p.gh * kTc;
     const bool need_mask = t0 + kTc - 1 > min_pos;  // block-uniform
+    // Masking compares chunk columns with the rows' positions relative to
+    // t0: in (-kTc, L) when need_mask, so 32 bits hold them.
+    const int rel_lo = need_mask ? int(pos_lo - t0) : 0, rel_hi = need_mask ? int(pos_hi - t0) : 0;
 
     // wgmma: both halves of the chunk issued now, as two commit groups.
     [[maybe_unused]] float accw[WG ? 2 : 1][kHalf][4];
@@ -464,10 +468,10 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pas
       for (int nt = 0; nt < kHalf; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int64_t t = t0 + (half * kHalf + nt) * 8 + tig * 2 + (e & 1);
+          const int tc = (half * kHalf + nt) * 8 + tig * 2 + (e & 1);  // column in the chunk
           float y = acc[nt][e] * p.sl2;
           const bool ok = e < 2 ? ok_lo : ok_hi;
-          if (!ok || (need_mask && t > (e < 2 ? pos_lo : pos_hi))) y = cu::neg_inf();
+          if (!ok || (need_mask && tc > (e < 2 ? rel_lo : rel_hi))) y = cu::neg_inf();
           acc[nt][e] = y;
         }
       }
