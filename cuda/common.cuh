@@ -464,6 +464,9 @@ inline Status with_float_dtype(DType t, F&& f) {
 // union and plan (wait, then trigger at once; they write only scratch and
 // their launcher's outputs). Pre-wait reads: the H2O score pass (items, page
 // ids, pool scores) and window scores (q, k), none of which those write.
+// The tests' CPU emulator starts dependents that early (its threads see the
+// previous kernel's writes only past the wait), so a pre-wait read of them
+// fails the emulated tests.
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");

@@ -265,4 +265,80 @@ KVSQ_TEST(cuda_emulator_thread_order_exposes_missing_barrier) {
   CHECK_MSG(shuffled < 8 * (kN - 1), "eight shuffled launches all ran thread 0 last");
   cudaFree(d);
 }
+
+// The emulator's model of dependent launches (cuda_emu.h "dependent launches,
+// started early"), on kernels that break the rule of cuda/common.cuh on
+// purpose: a dependent reads, before its griddepcontrol.wait, what the
+// kernel before it wrote (it gets the older value), or writes there (the
+// launch fails). In order, as the emulator used to run them, both look fine.
+namespace {
+__global__ void pdl_writer_kernel(int* buf, int v) {
+  cu::pdl_wait();
+  buf[threadIdx.x] = v;
+}
+__global__ void pdl_reader_kernel(int* buf, int* early, int* late, int write_early) {
+  early[threadIdx.x] = buf[threadIdx.x];  // before the wait: the rule broken
+  if (write_early && threadIdx.x == 5) buf[threadIdx.x] = -7;
+  __syncthreads();  // threads held at the wait below hold this barrier's others too: the model must not deadlock
+  cu::pdl_wait();
+  late[threadIdx.x] = buf[threadIdx.x];
+}
+}  // namespace
+
+KVSQ_TEST(cuda_emulator_dependent_launch_starts_early) {
+  need_device();
+  struct Restore {
+    bool m = cuda_emu::st().pdl_model;
+    cuda_emu::Device dev = cuda_emu::st().dev;
+    ~Restore() {
+      cuda_emu::st().pdl_model = m;
+      cuda_emu::st().dev = dev;
+    }
+  } restore;
+  cuda_emu::st().dev.major = 9;
+  constexpr int kN = 64;
+  int* buf = upload(std::vector<int>(kN, 1));
+  int* early = upload(std::vector<int>(kN, 0));
+  int* late = upload(std::vector<int>(kN, 0));
+  // writer then reader, both dependent launches on one stream; returns the reader's status
+  auto pair = [&](bool pdl, bool write_early, bool copy_between) {
+    CHECK(cu::launch_pdl(pdl, pdl_writer_kernel, dim3(1), dim3(kN), 0, nullptr, buf, 2) == cudaSuccess);
+    if (copy_between) CHECK(cudaMemsetAsync(early, 0, sizeof(int), nullptr) == cudaSuccess);
+    const cudaError_t e = cu::launch_pdl(pdl, pdl_reader_kernel, dim3(1), dim3(kN), 0, nullptr, buf, early, late,
+                                         write_early ? 1 : 0);
+    (void)cudaGetLastError();
+    return e;
+  };
+  const long checked0 = cuda_emu::st().pdl_checked;
+  cuda_emu::st().pdl_model = true;
+  CHECK(cudaMemcpy(buf, std::vector<int>(kN, 1).data(), kN * sizeof(int), cudaMemcpyHostToDevice) == cudaSuccess);
+  CHECK(pair(true, false, false) == cudaSuccess);
+  CHECK_EQ(cuda_emu::st().pdl_checked, checked0 + 1);
+  for (int v : download(early, kN)) CHECK_EQ(v, 1);  // the value before the writer ran
+  for (int v : download(late, kN)) CHECK_EQ(v, 2);   // after the wait: the writer's
+  // A write before the wait to what the writer wrote fails the launch; memory
+  // is then as the writer left it.
+  CHECK(cudaMemcpy(buf, std::vector<int>(kN, 1).data(), kN * sizeof(int), cudaMemcpyHostToDevice) == cudaSuccess);
+  const long fails0 = cuda_emu::st().failures;
+  CHECK(pair(true, true, false) != cudaSuccess);
+  CHECK(cuda_emu::st().failures > fails0);
+  {
+    const std::vector<int> b = download(buf, kN);
+    for (int i = 0; i < kN; ++i)
+      if (i != 5) CHECK_EQ(b[i], 2);  // (thread 5's early write is a race: its bytes are not defined)
+  }
+  // Ordinary launches, or a memset between the two: the reader sees the writer's values.
+  for (int mode = 0; mode < 2; ++mode) {
+    CHECK(cudaMemcpy(buf, std::vector<int>(kN, 1).data(), kN * sizeof(int), cudaMemcpyHostToDevice) == cudaSuccess);
+    CHECK(pair(mode == 1, false, mode == 1) == cudaSuccess);
+    const std::vector<int> e = download(early, kN);
+    for (int i = 1; i < kN; ++i) CHECK_EQ(e[i], 2);
+  }
+  // KVSQ_EMU_PDL=off: in order.
+  cuda_emu::st().pdl_model = false;
+  CHECK(cudaMemcpy(buf, std::vector<int>(kN, 1).data(), kN * sizeof(int), cudaMemcpyHostToDevice) == cudaSuccess);
+  CHECK(pair(true, false, false) == cudaSuccess);
+  for (int v : download(early, kN)) CHECK_EQ(v, 2);
+  for (void* p : {(void*)buf, (void*)early, (void*)late}) cudaFree(p);
+}
 #endif

@@ -88,6 +88,18 @@ struct HBuf {
   }
 };
 
+// q and k as the kernel before window scores writes them (a projection, a
+// gather): window scores' launches may then not read them before they wait
+// for that kernel (cuda/common.cuh; the emulator starts dependent launches
+// early, so a launch that did would read what was there before the copy).
+__global__ void copy2_kernel(uint8_t* d1, const uint8_t* s1, size_t n1, uint8_t* d2, const uint8_t* s2, size_t n2) {
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n1 + n2; i += stride) {
+    if (i < n1) d1[i] = s1[i];
+    else d2[i - n1] = s2[i - n1];
+  }
+}
+
 const DType kFloat[3] = {DType::F32, DType::F16, DType::BF16};
 const Reduce kReduce[3] = {Reduce::Mean, Reduce::Sum, Reduce::Max};
 const char* rname(Reduce r) { return r == Reduce::Mean ? "mean" : r == Reduce::Sum ? "sum" : "max"; }
@@ -127,10 +139,10 @@ void ws_run(const WsCase& c) {
   a.out = ref.data();
   CHECK(cpu_window_scores(a) == Status::Ok);
 
-  DBuf<uint8_t> dq(q.bytes.size()), dk(k.bytes.size());
+  DBuf<uint8_t> dq(q.bytes.size()), dk(k.bytes.size()), sq(q.bytes.size()), sk(k.bytes.size());
   DBuf<float> dout(got.size());
-  dq.up(q.data());
-  dk.up(k.data());
+  sq.up(q.data());
+  sk.up(k.data());
   a.q = dq.p;
   a.k = dk.p;
   a.out = dout.p;
@@ -143,6 +155,10 @@ void ws_run(const WsCase& c) {
     if (!wg && c.dt == DType::F32) break;  // f32 has the mma.sync path only
     cuda_set_wgmma(wg);
     CHECK(cudaMemset(dout.p, 0xff, got.size() * 4) == cudaSuccess);  // NaN sentinel: every entry must be written
+    CHECK(cudaMemset(dq.p, 0xff, dq.n) == cudaSuccess);  // NaN until the copy below
+    CHECK(cudaMemset(dk.p, 0xff, dk.n) == cudaSuccess);
+    copy2_kernel<<<64, 256>>>(dq.p, sq.p, dq.n, dk.p, sk.p, dk.n);
+    CHECK(cudaGetLastError() == cudaSuccess);
     const Status st = cuda_window_scores(a, nullptr);
     CHECK_MSG(st == Status::Ok, status_name(st) << " " << last_cuda_error());
     CHECK(cudaDeviceSynchronize() == cudaSuccess);

@@ -18,7 +18,10 @@
 // runs unchanged against the runtime stand-ins below). Missing barriers, in
 // part: the threads between two barriers run in a shuffled order (Order,
 // below), so a thread that reads what another writes with no barrier between
-// them sees stale data in about half the launches. What it cannot check:
+// them sees stale data in about half the launches. Dependent launches that
+// read or write, before their griddepcontrol.wait, what the kernel before
+// them wrote (they start as early as the device may start them: pdl_*
+// below). What it cannot check:
 // timing, races inside one thread's run between two of its barriers (a fiber
 // is never pre-empted there, so an interleaving of single loads and stores is
 // never tried: racecheck on a GPU is still needed), and anything the
@@ -49,6 +52,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -240,8 +244,23 @@ struct State {
   std::map<const void*, int> smem_limit;   // kernel -> MaxDynamicSharedMemorySize
   std::atomic<long> failures{0};           // every error ever reported (tests compare before / after)
   std::mutex alloc_mu;                     // allocs (ops may allocate from several threads)
-  std::mutex launch_mu;                    // one launch at a time (the fibers' state is global)
+  std::mutex launch_mu;                    // one device operation at a time (the early-start model swaps memory)
   long launches = 0;
+  // Programmatic dependent launch, started early (see pdl_* below).
+  bool pdl_model = true;                   // KVSQ_EMU_PDL=off: launches simply run in order
+  bool pdl_snap_valid = false;             // pdl_snap holds memory as it was before the last launch
+  std::thread::id pdl_owner;               // ... made by this host thread
+  void* pdl_stream = nullptr;              // ... on this stream
+  std::map<const void*, std::vector<unsigned char>> pdl_snap;
+  struct PdlRange {
+    unsigned char* p;                      // device bytes [p, p + len) around what the previous launch changed
+    size_t len, off;                       // their values before it and after it: pdl_pre / pdl_cur [off, off + len)
+  };
+  std::vector<PdlRange> pdl_ranges;        // (this launch is that one's dependent)
+  std::vector<unsigned char> pdl_pre, pdl_cur;
+  std::vector<unsigned char> pdl_changed;  // per byte of the ranges: 1 if the previous launch changed it
+  bool pdl_pre_view = false;               // the running cluster sees memory as before the previous launch
+  long pdl_checked = 0;                    // dependent launches run with the early-start model
 };
 inline State& st() {
   static State s;
@@ -252,6 +271,12 @@ inline State& st() {
     else if (os == "reverse") s.order = Order::Reverse;
     else if (!os.empty() && os != "shuffle") {
       std::fprintf(stderr, "cuda-emu: KVSQ_EMU_ORDER must be forward, reverse or shuffle, not '%s'\n", o);
+      std::abort();
+    }
+    const char* pm = std::getenv("KVSQ_EMU_PDL");
+    if (pm && std::string(pm) == "off") s.pdl_model = false;
+    else if (pm && *pm && std::string(pm) != "early") {
+      std::fprintf(stderr, "cuda-emu: KVSQ_EMU_PDL must be early or off, not '%s'\n", pm);
       std::abort();
     }
     const char* seed = std::getenv("KVSQ_SEED");
@@ -327,8 +352,130 @@ inline void dev_free(void* p) {
   }
   if (!guard_ok(static_cast<unsigned char*>(p), it->second)) fail("write past the end of a device allocation");
   st().allocs.erase(it);
+  st().pdl_snap.erase(p);
   std::free(p);
 }
+// ---------------------------------------------------------------- dependent launches, started early
+// A kernel launched with programmatic stream serialization (cu::launch_pdl)
+// may start on the device once every block of the kernel before it in the
+// stream has triggered or exited, and only its griddepcontrol.wait makes that
+// kernel's writes visible (cuda/common.cuh states the rule). The emulator
+// plays the earliest such start: the threads of a dependent run up to their
+// griddepcontrol.wait (or to their end) seeing device memory as it was before
+// the previous kernel ran; its writes appear once every thread of the cluster
+// is at the wait, finished, or held at a barrier by one of those. So a
+// dependent that reads, before its wait, what the kernel before it wrote gets
+// the older value (and its test fails on the result), and one that writes
+// there before its wait fails the launch. "Wrote" means the bytes whose value
+// the previous launch changed (a store of the value already there cannot be
+// told from no store, and reading it early is harmless). The model applies
+// to two launches in a row from one host thread on one stream with no copy,
+// set or synchronisation between them (anything between them orders them
+// fully); KVSQ_EMU_PDL=off turns it off (launches then simply run in order,
+// so a test that fails only with it has read too early). Cost: a copy of the
+// live device memory at every launch, skipped above kPdlSnapMax.
+constexpr size_t kPdlSnapMax = size_t(512) << 20;
+
+// A copy, set or synchronisation: the next launch cannot overlap the last one.
+inline void pdl_barrier() { st().pdl_snap_valid = false; }
+
+// At a launch (pdl: with the attribute): what the previous launch changed if
+// this one may overlap it, then the snapshot for the next launch.
+inline void pdl_begin_launch(bool pdl, void* stream) {
+  State& s = st();
+  s.pdl_ranges.clear();
+  s.pdl_pre.clear();
+  s.pdl_cur.clear();
+  s.pdl_changed.clear();
+  s.pdl_pre_view = false;
+  if (!s.pdl_model) return;
+  std::lock_guard<std::mutex> lk(s.alloc_mu);
+  if (pdl && s.pdl_snap_valid && s.pdl_owner == std::this_thread::get_id() && s.pdl_stream == stream) {
+    ++s.pdl_checked;
+    for (auto& e : s.pdl_snap) {
+      auto it = s.allocs.find(e.first);
+      if (it == s.allocs.end() || it->second != e.second.size()) continue;
+      unsigned char* cur = static_cast<unsigned char*>(const_cast<void*>(e.first));
+      const unsigned char* pre = e.second.data();
+      const size_t n = e.second.size();
+      constexpr size_t kBlk = 4096;  // unchanged aligned blocks are skipped whole
+      for (size_t i = 0; i < n;) {
+        if (i % kBlk == 0 && i + kBlk <= n && std::memcmp(cur + i, pre + i, kBlk) == 0) {
+          i += kBlk;
+          continue;
+        }
+        if (cur[i] == pre[i]) {
+          ++i;
+          continue;
+        }
+        // A range: changed bytes with gaps of fewer than kGap unchanged ones
+        // joined (per-range work at every cluster made many small ranges slow).
+        constexpr size_t kGap = 64;
+        size_t j = i + 1, last = i;
+        while (j < n && j - last <= kGap) {
+          if (cur[j] != pre[j]) last = j;
+          ++j;
+        }
+        j = last + 1;
+        s.pdl_ranges.push_back(State::PdlRange{cur + i, j - i, s.pdl_pre.size()});
+        s.pdl_pre.insert(s.pdl_pre.end(), pre + i, pre + j);
+        s.pdl_cur.insert(s.pdl_cur.end(), cur + i, cur + j);
+        for (size_t x = i; x < j; ++x) s.pdl_changed.push_back(cur[x] != pre[x]);
+        i = j;
+      }
+    }
+  }
+  size_t total = 0;
+  for (auto& a : s.allocs) total += a.second;
+  s.pdl_snap_valid = total <= kPdlSnapMax;
+  for (auto it = s.pdl_snap.begin(); it != s.pdl_snap.end();)
+    it = s.allocs.count(it->first) && s.pdl_snap_valid ? std::next(it) : s.pdl_snap.erase(it);
+  if (!s.pdl_snap_valid) return;
+  s.pdl_owner = std::this_thread::get_id();
+  s.pdl_stream = stream;
+  for (auto& a : s.allocs) {
+    const unsigned char* p = static_cast<const unsigned char*>(a.first);
+    s.pdl_snap[a.first].assign(p, p + a.second);
+  }
+}
+// A cluster starts: it sees memory as before the previous launch.
+inline void pdl_enter() {
+  State& s = st();
+  if (s.pdl_ranges.empty()) return;
+  for (auto& r : s.pdl_ranges) {
+    std::memcpy(s.pdl_cur.data() + r.off, r.p, r.len);  // (the last cluster's waited-for writes included)
+    std::memcpy(r.p, s.pdl_pre.data() + r.off, r.len);
+  }
+  s.pdl_pre_view = true;
+}
+// The previous launch's writes appear. True if the view changed.
+inline bool pdl_leave() {
+  State& s = st();
+  if (!s.pdl_pre_view) return false;
+  s.pdl_pre_view = false;
+  bool wrote = false;
+  for (auto& r : s.pdl_ranges) {
+    const unsigned char* pre = s.pdl_pre.data() + r.off;
+    const unsigned char* cur = s.pdl_cur.data() + r.off;
+    if (std::memcmp(r.p, pre, r.len) == 0) {
+      std::memcpy(r.p, cur, r.len);
+      continue;
+    }
+    // The cluster wrote into the range before its wait: a byte the previous
+    // launch changed is a broken rule; a byte between them is a legitimate
+    // write and stays.
+    const unsigned char* chg = s.pdl_changed.data() + r.off;
+    for (size_t i = 0; i < r.len; ++i) {
+      if (r.p[i] == pre[i]) r.p[i] = cur[i];
+      else if (chg[i]) wrote = true, r.p[i] = cur[i];
+    }
+  }
+  if (wrote)
+    fail("a thread of a dependent launch wrote, before its griddepcontrol.wait, device memory that the kernel "
+         "before it wrote (cuda/common.cuh: wait first)");
+  return true;
+}
+
 // Checks the guards of every live device allocation (after each launch).
 inline void check_guards(const char* what) {
   std::lock_guard<std::mutex> lk(st().alloc_mu);
@@ -422,6 +569,7 @@ struct Fiber {
   std::vector<AsyncCopy> async_copies;
   uint64_t async_groups = 0;  // cp.async.commit_group count
   bool grid_waited = false;   // griddepcontrol.wait executed
+  bool grid_wait_held = false;  // ... and held there until the previous launch's writes appear (pdl_leave)
   // Shared-memory addresses (16-byte units) this thread's cp.async copies
   // wrote since its last fence.proxy.async: wgmma may not read them yet.
   std::vector<uint32_t> landed;
@@ -612,8 +760,10 @@ inline void fiber_main() {
 }
 
 // Runs body(arg) as every thread of the grid, a cluster at a time.
-inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)(void*), void* arg) {
+inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)(void*), void* arg,
+                   bool pdl = false, void* stream = nullptr) {
   State& s = st();
+  std::lock_guard<std::mutex> device_lock(s.launch_mu);
   ++s.launches;
   err().clear();
   const unsigned threads = block.x * block.y * block.z;
@@ -629,6 +779,7 @@ inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)
     launch_error("thread-block clusters need sm_90");
     return;
   }
+  pdl_begin_launch(pdl, stream);
   Run r;
   run() = &r;
   r.cs = cs;
@@ -684,6 +835,7 @@ inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)
       f.stack = static_cast<char*>(stacks) + i * kStack;
       ctx_make(f.ctx, f.stack, kStack, &fiber_main);
     }
+    pdl_enter();
     for (;;) {
       bool progressed = false, live = false;
       schedule_order(fiber_order, nthreads);
@@ -691,6 +843,7 @@ inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)
         Fiber& f = r.fibers[i];
         if (f.done) continue;
         live = true;
+        if (f.grid_wait_held) continue;
         if (f.wait && f.wait->gen == f.wait_gen) continue;
         f.wait = nullptr;
         r.cur = int(i);
@@ -700,12 +853,17 @@ inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)
         progressed = true;
       }
       if (!live) break;
+      if (!progressed && pdl_leave()) {  // all that could run before the previous launch's writes has
+        for (auto& f : r.fibers) f.grid_wait_held = false;
+        continue;
+      }
       if (!progressed) {
         fail("deadlock: threads wait at a barrier that the rest of its scope never reaches (cluster of block (" +
              std::to_string(c0) + ", " + std::to_string(cy) + ", " + std::to_string(cz) + "))");
         break;
       }
     }
+    pdl_leave();  // (threads that never waited; or a failed cluster: memory as the previous launch left it)
     for (unsigned b = 0; b < cs; ++b)
       if (!guard_ok(r.smem[b].data(), smem)) fail("write past the end of dynamic shared memory");
   }
@@ -725,7 +883,8 @@ struct Packed {
 };
 
 template <class... A, class... B>
-cudaError_t launch_kernel(void (*k)(A...), dim3 grid, dim3 block, size_t smem, unsigned cs, B&&... args) {
+cudaError_t launch_kernel(void (*k)(A...), dim3 grid, dim3 block, size_t smem, unsigned cs, bool pdl, void* stream,
+                          B&&... args) {
   if (smem > 48 * 1024) {
     auto it = st().smem_limit.find(reinterpret_cast<const void*>(k));
     if (it == st().smem_limit.end() || size_t(it->second) < smem) {
@@ -735,7 +894,7 @@ cudaError_t launch_kernel(void (*k)(A...), dim3 grid, dim3 block, size_t smem, u
   }
   if (smem > size_t(st().dev.max_optin_smem)) return cudaErrorInvalidValue;
   Packed<A...> p{k, std::tuple<std::decay_t<A>...>(std::forward<B>(args)...)};
-  launch(grid, block, smem, cs, &Packed<A...>::body, &p);
+  launch(grid, block, smem, cs, &Packed<A...>::body, &p, pdl, stream);
   return err().empty() ? cudaSuccess : cudaErrorLaunchFailure;
 }
 
@@ -744,6 +903,7 @@ cudaError_t launch_kernel(void (*k)(A...), dim3 grid, dim3 block, size_t smem, u
 struct Chevron {
   dim3 grid, block;
   size_t smem;
+  cudaStream_t stream;
   template <class F>
   void operator()(const F& call) const {
     if (smem > size_t(st().dev.max_optin_smem)) {
@@ -751,11 +911,11 @@ struct Chevron {
       return;
     }
     launch(grid, block, smem, 1u, [](void* p) { (*static_cast<const F*>(p))(); },
-           const_cast<void*>(static_cast<const void*>(&call)));
+           const_cast<void*>(static_cast<const void*>(&call)), false, stream);
   }
 };
-inline Chevron chevron(dim3 grid, dim3 block, size_t smem = 0, cudaStream_t = nullptr) {
-  return Chevron{grid, block, smem};
+inline Chevron chevron(dim3 grid, dim3 block, size_t smem = 0, cudaStream_t stream = nullptr) {
+  return Chevron{grid, block, smem, stream};
 }
 
 }  // namespace cuda_emu
@@ -885,20 +1045,32 @@ inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) {
   return cudaSuccess;
 }
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) {
+  std::lock_guard<std::mutex> lk(cuda_emu::st().launch_mu);
+  cuda_emu::pdl_barrier();
   std::memset(p, v, n);
   return cudaSuccess;
 }
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t = nullptr) {
+  std::lock_guard<std::mutex> lk(cuda_emu::st().launch_mu);
+  cuda_emu::pdl_barrier();
   std::memcpy(d, s, n);
   return cudaSuccess;
 }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  std::lock_guard<std::mutex> lk(cuda_emu::st().launch_mu);
+  cuda_emu::pdl_barrier();
+  return cudaSuccess;
+}
 inline cudaError_t cudaGetLastError() {
   const bool bad = !cuda_emu::err().empty();
   cuda_emu::err().clear();  // not sticky, like a launch error on the device
   return bad ? cudaErrorLaunchFailure : cudaSuccess;
 }
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() {
+  std::lock_guard<std::mutex> lk(cuda_emu::st().launch_mu);
+  cuda_emu::pdl_barrier();
+  return cudaSuccess;
+}
 inline cudaError_t cudaMemset(void* p, int v, size_t n) { return cudaMemsetAsync(p, v, n, nullptr); }
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind k) {
   return cudaMemcpyAsync(d, s, n, k, nullptr);
@@ -964,17 +1136,20 @@ inline cudaError_t cudaDriverGetVersion(int* v) {
 template <class... A, class... B>
 cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*k)(A...), B&&... args) {
   unsigned cs = 1;
+  bool pdl = false;
   for (unsigned i = 0; i < cfg->numAttrs; ++i) {
     if (cfg->attrs[i].id == cudaLaunchAttributeClusterDimension) cs = cfg->attrs[i].val.clusterDim.x;
-    // Programmatic dependent launch: launches run one after another here, so
-    // the previous grid has completed before this one starts, which is what
-    // griddepcontrol.wait waits for (the instructions are no-ops below). The
-    // launchers ask for it on sm_90+ only; an older emulated device refuses it.
+    // Programmatic dependent launch: the dependent's threads run up to their
+    // griddepcontrol.wait seeing memory as before the previous launch (the
+    // early-start model, cuda_emu::pdl_begin_launch). The launchers ask for
+    // it on sm_90+ only; an older emulated device refuses it.
     if (cfg->attrs[i].id == cudaLaunchAttributeProgrammaticStreamSerialization &&
-        cfg->attrs[i].val.programmaticStreamSerializationAllowed && cuda_emu::st().dev.major < 9)
-      return cudaErrorInvalidValue;
+        cfg->attrs[i].val.programmaticStreamSerializationAllowed) {
+      if (cuda_emu::st().dev.major < 9) return cudaErrorInvalidValue;
+      pdl = true;
+    }
   }
-  return cuda_emu::launch_kernel(k, cfg->gridDim, cfg->blockDim, cfg->dynamicSmemBytes, cs,
+  return cuda_emu::launch_kernel(k, cfg->gridDim, cfg->blockDim, cfg->dynamicSmemBytes, cs, pdl, cfg->stream,
                                  std::forward<B>(args)...);
 }
 
@@ -1037,7 +1212,7 @@ inline Ptx classify(const char* tpl) {
   auto has = [&](const char* p) { return std::strstr(tpl, p) != nullptr; };
   if (starts("cp.async.commit_group")) return Ptx::Commit;
   if (starts("cp.async.wait_group")) return Ptx::Wait;
-  // dependent launch control: launches are sequential (cudaLaunchKernelEx)
+  // dependent launch control (cudaLaunchKernelEx, pdl_begin_launch)
   if (starts("griddepcontrol.wait")) return Ptx::GridWait;
   if (starts("griddepcontrol.launch_dependents")) return Ptx::GridTrigger;
   if (starts("cp.async.cg.shared.global")) return Ptx::CpAsync;
@@ -1269,12 +1444,20 @@ inline void ptx(const char* tpl, std::initializer_list<Opnd> list) {
     last_tpl = tpl;
   }
   switch (last_kind) {
-    // Launches run one after another, so both are no-ops for the data; the
-    // project's rule (cuda/common.cuh) is checked instead: a thread waits
-    // for the previous grid before it lets the next one start, which is
-    // what makes kernels two launches back complete for a dependent's
-    // preamble.
-    case Ptx::GridWait: self().grid_waited = true; return;
+    // griddepcontrol.wait: under the early-start model (pdl_begin_launch)
+    // the previous launch's writes appear only past it. The trigger changes
+    // no data here (the model starts a dependent as early as it may start
+    // anyway); the project's rule (cuda/common.cuh) is checked instead: a
+    // thread waits for the previous grid before it lets the next one start,
+    // which is what makes kernels two launches back complete for a
+    // dependent's preamble.
+    case Ptx::GridWait:
+      self().grid_waited = true;
+      if (st().pdl_pre_view) {  // held until the previous launch's writes appear (launch's scheduler)
+        self().grid_wait_held = true;
+        ctx_switch(self().ctx, run()->sched);
+      }
+      return;
     case Ptx::GridTrigger:
       if (!self().grid_waited) fail("griddepcontrol.launch_dependents before griddepcontrol.wait (cuda/common.cuh: wait, then trigger)");
       return;
