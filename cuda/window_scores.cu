@@ -28,7 +28,8 @@
 // Work decomposition. A tile = one KV head j, gh query heads of its group and
 // rt window rows of each (rows r = hl*rt + ii, R = gh*rt <= 128); one warp per
 // 16 rows (mma M), the CTA streams K in chunks of 64 keys through shared memory
-// (a 3-stage cp.async ring for f16/bf16, one block barrier per chunk) and
+// (a 3-stage cp.async ring for f16/bf16, 2 stages where a device's shared
+// memory holds no more: window_scores_staged; one block barrier per chunk) and
 // every warp multiplies its Q fragment (registers, loaded once) with the
 // chunk: mma.sync m16n8k16, f32 accumulate, half a chunk (32 keys) at a time
 // so that pass 2 runs two blocks per SM. On a 9.0 device with sm_90a code,
@@ -159,9 +160,10 @@ __device__ __forceinline__ void load_q_pair(const T* row, int c, uint32_t& hi, u
   }
 }
 
-// Shared memory: kStages K tiles [kTc][D + 8] of 16-bit values (the + 8 pad
+// Shared memory: NS K tiles [kTc][D + 8] of 16-bit values (the + 8 pad
 // makes ldmatrix rows land on distinct banks): the cp.async ring for
-// f16/bf16, the hi and lo halves of one chunk for f32. Then pass 2's column
+// f16/bf16 (NS 3; 2 where a device's shared memory holds no more: see
+// ws_stages), the hi and lo halves of one chunk for f32 (NS 2). Then pass 2's column
 // sums cs[2][gh][kTc] (double-buffered: chunk n adds into cs[n & 1] while the
 // sums of chunk n - 1 are stored from the other half).
 //
@@ -174,11 +176,10 @@ __device__ __forceinline__ void load_q_pair(const T* row, int c, uint32_t& hi, u
 // SBO D * 16 (the next 8 keys); k-step ks starts ks * 256 bytes in. No pad:
 // a core matrix is 128 contiguous bytes, conflict-free for the tensor core,
 // and the cp.async writes below put 8 consecutive threads on one core matrix.
-constexpr int kStages = 3;
 template <int D, bool WG>
 constexpr int k_tile_elems() { return kTc * (WG ? D : D + 8); }
-template <int D, bool WG>
-constexpr size_t k_ring_bytes() { return size_t(kStages) * k_tile_elems<D, WG>() * sizeof(uint16_t); }
+template <int D, bool WG, int NS>
+constexpr size_t k_ring_bytes() { return size_t(NS) * k_tile_elems<D, WG>() * sizeof(uint16_t); }
 
 // ---------------------------------------------------------------- the two passes
 // Per chunk, one block barrier (f16/bf16): after it, chunk n has landed for
@@ -201,17 +202,18 @@ constexpr size_t k_ring_bytes() { return size_t(kStages) * k_tile_elems<D, WG>()
 // threads run half 0's epilogue. The accumulator layout equals mma.sync's, so
 // everything after the products is shared. Threads: whole warpgroups (rows
 // padded to 64; padding rows are masked as in the mma.sync path).
-template <class T, int D, int PASS, bool WG, bool PAD>
+template <class T, int D, int PASS, bool WG, bool PAD, int NS>
 __global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pass_kernel(const WsParams p) {
   constexpr bool kF32 = sizeof(T) == 4;
   static_assert(!(WG && kF32), "the wgmma path takes 16-bit inputs");
+  static_assert(NS == 2 || (NS == 3 && !kF32), "ring of 2 or 3 chunks; f32 uses two tiles (hi, lo)");
   constexpr bool kF16 = std::is_same<T, __half>::value;
   constexpr int KS = D / 16;           // k-steps
   constexpr int LDS = D + 8;           // smem row stride, elements
   constexpr int kHalf = kNT / 2;       // n-tiles per half chunk
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  uint16_t* kbuf = reinterpret_cast<uint16_t*>(smem_raw);  // [kStages][kTc][LDS]
-  float* cs = reinterpret_cast<float*>(smem_raw + k_ring_bytes<D, WG>());  // [2][gh][kTc]
+  uint16_t* kbuf = reinterpret_cast<uint16_t*>(smem_raw);  // [NS][kTc][LDS]
+  float* cs = reinterpret_cast<float*>(smem_raw + k_ring_bytes<D, WG, NS>());  // [2][gh][kTc]
 
   const int tile = blockIdx.y;
   const TileGeo tg = tile_geo(p, tile);
@@ -296,10 +298,10 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pas
       *reinterpret_cast<uint2*>(dl + row * LDS + col) = make_uint2(pack_bf16(l0, l1), pack_bf16(l2, l3));
     }
   };
-  // The first kStages - 1 chunks are in flight while the Q fragments load.
+  // The first NS - 1 chunks are in flight while the Q fragments load.
   if constexpr (!kF32) {
 #pragma unroll
-    for (int sidx = 0; sidx < kStages - 1; ++sidx) {
+    for (int sidx = 0; sidx < NS - 1; ++sidx) {
       if (sidx < nloc) stage(chunk_of(sidx), sidx);
       cp_async_commit();  // possibly empty: keeps the group count per chunk
     }
@@ -385,12 +387,12 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pas
     const int64_t t0 = c * kTc;
     int buf = 0;
     if constexpr (!kF32) {
-      cp_async_wait<kStages - 2>();  // chunk n has landed (this thread's copies)
+      cp_async_wait<NS - 2>();  // chunk n has landed (this thread's copies)
       if constexpr (WG) cu::fence_proxy_async_smem();  // ... visible to wgmma's async-proxy reads
       __syncthreads();               // ... everyone's; chunk n - 1 is done with
-      if (n + kStages - 1 < nloc) stage(chunk_of(n + kStages - 1), int((n + kStages - 1) % kStages));
+      if (n + NS - 1 < nloc) stage(chunk_of(n + NS - 1), int((n + NS - 1) % NS));
       cp_async_commit();
-      buf = int(n % kStages);
+      buf = int(n % NS);
     } else {
       __syncthreads();  // chunk n - 1 is done with
       stage_f32(c);
@@ -594,29 +596,47 @@ __global__ void ws_max_merge_kernel(float* out, const float* acc, int64_t n, int
 // default; benchmarks sweep it: cuda_window_scores_set_ctas_per_sm).
 std::atomic<int> g_ctas_per_sm{4};
 
-// SM count and whether dependent launches are available (sm_90+).
+// SM count, whether dependent launches are available (sm_90+), and the
+// shared memory a block may opt in to (0: unknown).
 struct WsDev {
   int sms = 132;
   bool pdl = false;
+  int smem_optin = 0;
 };
 WsDev ws_device() {
   WsDev d;
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+  int dev = 0, n = 0, sm = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sm, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
     cudaGetLastError();
     return d;
   }
   if (n > 0) d.sms = n;
+  d.smem_optin = sm;
   d.pdl = cu::pdl_capable();
   return d;
 }
 
-template <class T, int D, bool WG, bool PAD>
-Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
+// Max over a group too large for one tile runs one query head at a time.
+bool ws_max_split(const WindowScoresArgs& a) {
+  const int g = a.num_q_heads / a.num_kv_heads;
+  return a.reduce == Reduce::Max && g > 1 && int64_t(g) * a.window > kMaxRows;
+}
+// Query heads per tile (gh).
+int ws_tile_heads(const WindowScoresArgs& a) { return ws_max_split(a) ? 1 : a.num_q_heads / a.num_kv_heads; }
+// Dynamic shared memory of pass 2 (pass 1: the ring alone): the K ring and
+// the double-buffered column sums of gh heads.
+template <int D, bool WG, int NS>
+size_t ws_pass2_smem(int gh) {
+  return k_ring_bytes<D, WG, NS>() + 2 * size_t(gh) * kTc * sizeof(float);
+}
+
+template <class T, int D, bool WG, bool PAD, int NS>
+Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st, const WsDev& dv) {
   const int g = a.num_q_heads / a.num_kv_heads;
   const int Hkv = a.num_kv_heads, L = a.seq_len, w = a.window;
-  const bool max_split = a.reduce == Reduce::Max && g > 1 && int64_t(g) * w > kMaxRows;
-  const int gh = max_split ? 1 : g;
+  const bool max_split = ws_max_split(a);
+  const int gh = ws_tile_heads(a);
   const int rt = std::max(1, std::min(w, kMaxRows / gh));
   const int ntile = (w + rt - 1) / rt;
   const bool direct = ntile == 1;
@@ -626,7 +646,6 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
   if (ntile > 65535) return Status::Shape;
   const int64_t tiles = int64_t(hb) * ntile;
   const int64_t nchunk_max = (int64_t(L) + kTc - 1) / kTc;
-  const WsDev dv = ws_device();
   const bool pdl = dv.pdl;
   const int64_t target_ctas = int64_t(dv.sms) * g_ctas_per_sm.load(std::memory_order_relaxed);
   const int nsplit = int(std::max<int64_t>(1, std::min<int64_t>(nchunk_max, (target_ctas + tiles - 1) / tiles)));
@@ -666,10 +685,10 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
   // a warp per 16 rows; the wgmma path in whole warpgroups (64 rows)
   const int rows_pad = std::min(kMaxRows, WG ? (gh * rt + 63) / 64 * 64 : (gh * rt + 15) / 16 * 16);
   const int threads = rows_pad / 16 * 32;
-  const size_t smem1 = k_ring_bytes<D, WG>();
-  const size_t smem2 = smem1 + 2 * size_t(gh) * kTc * sizeof(float);
-  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 1, WG, PAD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)));
-  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 2, WG, PAD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
+  const size_t smem1 = k_ring_bytes<D, WG, NS>();
+  const size_t smem2 = ws_pass2_smem<D, WG, NS>(gh);
+  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 1, WG, PAD, NS>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)));
+  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 2, WG, PAD, NS>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
 
   if (s == Status::Ok && !direct && !max_split) fail(cudaMemsetAsync(a.out, 0, size_t(Hkv) * L * sizeof(float), st));
   const int nhh = max_split ? g : 1;
@@ -689,11 +708,11 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
       // start as soon as that kernel's blocks have exited, before its writes
       // are guaranteed visible (only griddepcontrol.wait guarantees that).
       const bool first = hh == 0 && j0 == 0;
-      fail(cu::launch_pdl(pdl && !first, ws_pass_kernel<T, D, 1, WG, PAD>, grid, dim3(threads), smem1, st, p));
+      fail(cu::launch_pdl(pdl && !first, ws_pass_kernel<T, D, 1, WG, PAD, NS>, grid, dim3(threads), smem1, st, p));
       const int64_t nrows = int64_t(nb) * ntile * kMaxRows;
       fail(cu::launch_pdl(pdl, ws_merge_kernel, dim3(unsigned((nrows + kMergeWarps - 1) / kMergeWarps)),
                           dim3(kMergeWarps * 32), 0, st, p, nb * ntile));
-      fail(cu::launch_pdl(pdl, ws_pass_kernel<T, D, 2, WG, PAD>, grid, dim3(threads), smem2, st, p));
+      fail(cu::launch_pdl(pdl, ws_pass_kernel<T, D, 2, WG, PAD, NS>, grid, dim3(threads), smem2, st, p));
     }
     if (max_split && s == Status::Ok) {
       const int64_t n = int64_t(Hkv) * L;
@@ -703,6 +722,29 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st) {
   }
   fail(cudaFreeAsync(ws, st));
   return s;
+}
+
+// The ring depth for this device: f32 uses two tiles (hi, lo); 16-bit inputs
+// a 3-chunk ring, or 2 where pass 2 would not fit the block's shared memory
+// with 3 (sm_86/89 allow 99 KB: at D 256 the 3-chunk ring alone is 99 KB, at
+// D 128 with more than 96 heads per tile ring and sums pass it). What fits
+// no ring (D 136..256 with more than 66 heads per tile on a 99 KB device, in
+// any dtype) is Status::Shape.
+template <class T, int D, bool WG, bool PAD>
+Status window_scores_staged(const WindowScoresArgs& a, cudaStream_t st) {
+  const WsDev dv = ws_device();
+  const int gh = ws_tile_heads(a);
+  const size_t optin = size_t(dv.smem_optin);
+  auto fits = [&](size_t need) { return optin == 0 || need <= optin; };  // unknown: the launch says
+  if constexpr (sizeof(T) == 4) {
+    if (fits(ws_pass2_smem<D, WG, 2>(gh))) return run_window_scores<T, D, WG, PAD, 2>(a, st, dv);
+  } else {
+    if (fits(ws_pass2_smem<D, WG, 3>(gh))) return run_window_scores<T, D, WG, PAD, 3>(a, st, dv);
+    if constexpr (!WG && D >= 128) {  // (wgmma: sm_90a, 227 KB; D 64: 3 chunks fit 99 KB with 128 heads)
+      if (fits(ws_pass2_smem<D, WG, 2>(gh))) return run_window_scores<T, D, WG, PAD, 2>(a, st, dv);
+    }
+  }
+  return Status::Shape;
 }
 
 }  // namespace
@@ -729,14 +771,14 @@ Status cuda_window_scores(const WindowScoresArgs& a, void* stream) {
     auto run = [&](auto wg) -> Status {
       constexpr bool kWG = decltype(wg)::value;
       switch (a.head_dim) {
-        case 64: return run_window_scores<T, 64, kWG, false>(a, st);
-        case 128: return run_window_scores<T, 128, kWG, false>(a, st);
-        case 256: return run_window_scores<T, 256, kWG, false>(a, st);
+        case 64: return window_scores_staged<T, 64, kWG, false>(a, st);
+        case 128: return window_scores_staged<T, 128, kWG, false>(a, st);
+        case 256: return window_scores_staged<T, 256, kWG, false>(a, st);
         default: break;
       }
-      if (a.head_dim < 64) return run_window_scores<T, 64, kWG, true>(a, st);
-      if (a.head_dim < 128) return run_window_scores<T, 128, kWG, true>(a, st);
-      return run_window_scores<T, 256, kWG, true>(a, st);
+      if (a.head_dim < 64) return window_scores_staged<T, 64, kWG, true>(a, st);
+      if (a.head_dim < 128) return window_scores_staged<T, 128, kWG, true>(a, st);
+      return window_scores_staged<T, 256, kWG, true>(a, st);
     };
     if constexpr (sizeof(T) == 2) {
       if (cu::wgmma_usable()) return run(std::true_type{});

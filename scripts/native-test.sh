@@ -34,6 +34,17 @@ for narrow in KVSQ_NO_AVX512 KVSQ_NO_SIMD; do
   echo "-- $narrow=1"
   env "$narrow=1" "$dir/kvsq_native_tests" -emu_ | tail -1 || rc=1
 done
+# The emulated CUDA tests again as the other parts the prebuild targets: an
+# A100-like sm_80 (163 KB of shared memory per block, no clusters, dependent
+# launches or wgmma) and a 99 KB sm_86 (kernels that step down to smaller
+# pipelines there, rows refused there). Release build only (the sanitizer
+# build has no CUDA tests).
+if [ "$mode" != "--sanitize" ]; then
+  for part in sm_80 sm_86; do
+    echo "-- KVSQ_EMU_DEVICE=$part"
+    env KVSQ_EMU_DEVICE=$part "$dir/kvsq_native_tests" emu_ | grep -E '^FAIL|passed, [0-9]+ failed' || rc=1
+  done
+fi
 # The closing line of the whole suite (the main run's counts).
 grep -E '^[0-9]+ passed, [0-9]+ failed, [0-9]+ skipped' "$main_log" | tail -1
 rm -f "$main_log"

@@ -242,6 +242,13 @@ struct Problem {
     Dev depos(epos), demax(emax), dslot(size_t(nl) * sizeof(int32_t));
     if (evict) d.evict_pos = depos.as<int32_t>(), d.evict_max_pos = demax.as<int32_t>(), d.evict_slot = dslot.as<int32_t>();
     st = cuda_decode_attention(d, nullptr);
+    const std::string why = cuda_decode_row_check(0, c.kvdt, c.D);
+    if (!why.empty()) {  // rows this device cannot take (f32 D > 128 on a 99 KB part): refused, nothing written
+      CHECK_MSG(st == Status::Shape, "cuda status " << status_name(st) << " for rows the device refuses: " << why);
+      sync_ok();
+      CHECK(dsc.get<float>(score0.size()) == score0);
+      return;
+    }
     CHECK_MSG(st == Status::Ok, "cuda status " << status_name(st) << " " << last_cuda_error());
     sync_ok();
     const std::vector<uint8_t> o_gpu = dout.get<uint8_t>(o_cpu.size());
@@ -533,7 +540,9 @@ KVSQ_TEST(cuda_decode_unsupported_shapes) {
   CHECK(cuda_decode_attention(args(260, DType::F32, 1), nullptr) == Status::Shape);   // 1040-byte rows
   CHECK(cuda_decode_attention(args(264, DType::F16, 1), nullptr) == Status::Shape);   // 528-byte 16-bit rows
   CHECK(cuda_decode_attention(args(130, DType::F32, 1), nullptr) == Status::Shape);   // 520 bytes: not whole vectors
-  CHECK(cuda_decode_row_check(0, DType::F32, 256).empty());
+  int optin = 0;
+  CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0) == cudaSuccess);
+  CHECK(cuda_decode_row_check(0, DType::F32, 256).empty() == (optin >= 132 * 1024));  // sm_80, sm_90: yes; sm_86/89: no
   CHECK(!cuda_decode_row_check(0, DType::F32, 260).empty());
   CHECK(!cuda_decode_row_check(0, DType::BF16, 264).empty());
   CHECK(!cuda_decode_row_check(0, DType::F16, 36).empty());

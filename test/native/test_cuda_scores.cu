@@ -299,6 +299,76 @@ KVSQ_TEST(cuda_window_scores_head_dims) {
   }
 }
 
+#ifdef KVSQ_CUDA_EMU
+// Emulator only (the part is set, not found): a 99 KB device (sm_86/89) takes
+// the 16-bit kernels with a 2-chunk ring where pass 2 would not fit with 3
+// (D 256 at any group, D 128 with more than 96 heads per tile), f32 with its
+// 2-tile ring; D 136..256 with more than 66 heads per tile fits no ring and
+// is refused (Shape) before anything is launched. An sm_80 (163 KB) keeps
+// the 3-chunk ring at D 256 with 128 heads per tile (exactly its limit).
+KVSQ_TEST(cuda_window_scores_other_parts) {
+  struct Restore {
+    ~Restore() { cuda_emu::st().dev = cuda_emu::env_device(); }
+  } restore;
+  auto set_part = [](int major, int minor, int sms, int kb) {
+    cuda_emu::st().dev = cuda_emu::Device{major, minor, sms, kb * 1024};
+  };
+  set_part(8, 6, 82, 99);
+  const struct { int D, g, w; DType dt; Reduce red; } ok[] = {
+      {256, 4, 20, DType::BF16, Reduce::Mean}, {200, 3, 9, DType::F16, Reduce::Sum},
+      {128, 100, 1, DType::F16, Reduce::Mean}, {256, 2, 17, DType::F32, Reduce::Max},
+      {256, 80, 3, DType::BF16, Reduce::Max},  // Max over 240 rows: one head per tile
+  };
+  for (const auto& o : ok) {
+    WsCase c;
+    c.D = o.D;
+    c.g = o.g;
+    c.dt = o.dt;
+    c.red = o.red;
+    c.L = randint(o.w, 200);
+    c.w = o.w;
+    c.q_rows = c.w + randint(0, 2);
+    ws_run(c);
+  }
+  // D 256, 80 heads per tile: 66 KB of ring + 40 KB of column sums > 99 KB
+  {
+    const int g = 80, D = 256, L = 40, w = 1;
+    DBuf<uint16_t> q(size_t(g) * w * D), k(size_t(L) * D);
+    DBuf<float> out(L);
+    CHECK(cudaMemset(out.p, 0x7f, size_t(L) * 4) == cudaSuccess);
+    WindowScoresArgs a;
+    a.num_q_heads = g;
+    a.num_kv_heads = 1;
+    a.head_dim = D;
+    a.seq_len = L;
+    a.window = w;
+    a.q_rows = w;
+    a.dtype = DType::BF16;
+    a.scale = 0.0625f;
+    a.reduce = Reduce::Mean;
+    a.q = q.p;
+    a.k = k.p;
+    a.out = out.p;
+    const long launches = cuda_emu::st().launches;
+    CHECK(cuda_window_scores(a, nullptr) == Status::Shape);
+    CHECK(cuda_emu::st().launches == launches);  // refused before any launch
+    std::vector<float> o(L);
+    out.down(o.data());
+    uint32_t bits;
+    std::memcpy(&bits, &o[0], 4);
+    CHECK(bits == 0x7f7f7f7fu);  // the output untouched
+  }
+  set_part(8, 0, 108, 163);
+  WsCase c;
+  c.D = 256;
+  c.g = 128;
+  c.L = 70;
+  c.w = c.q_rows = 1;
+  c.dt = DType::BF16;
+  ws_run(c);
+}
+#endif
+
 // The key split at other CTA counts per SM than the default: 1 leaves whole
 // splits without keys (they report (-inf, 0) to the merge), 64 gives every
 // split one chunk. (4 KV heads of L 3001: 47 chunks over 33 or 47 splits.)
@@ -761,7 +831,7 @@ KVSQ_TEST(cuda_topk_filter_and_radix_paths) {
 // rows of <= 16K keys).
 KVSQ_TEST(cuda_topk_other_parts) {
   struct Restore {
-    ~Restore() { cuda_emu::st().dev = cuda_emu::Device{}; }
+    ~Restore() { cuda_emu::st().dev = cuda_emu::env_device(); }
   } restore;
   for (const auto& part : {std::pair<int, int>{9, 4}, std::pair<int, int>{8, 108}}) {
     cuda_emu::st().dev.major = part.first;

@@ -216,6 +216,21 @@ struct Device {
   int sms = 132;
   int max_optin_smem = 227 * 1024;
 };
+// The emulated part: KVSQ_EMU_DEVICE=sm_90 (default: an H100's 132 SMs, 227
+// KB of shared memory per block), sm_80 (an A100's 108 SMs, 163 KB; no
+// clusters, dependent launches or wgmma), sm_86 (82 SMs, 99 KB) or sm_89 (58
+// SMs, 99 KB), so the launchers' paths for the other GPUs the prebuild
+// targets run too. Tests that set a part restore this one.
+inline Device env_device() {
+  const char* e = std::getenv("KVSQ_EMU_DEVICE");
+  const std::string v = e ? e : "";
+  if (v.empty() || v == "sm_90") return Device{};
+  if (v == "sm_80") return Device{8, 0, 108, 163 * 1024};
+  if (v == "sm_86") return Device{8, 6, 82, 99 * 1024};
+  if (v == "sm_89") return Device{8, 9, 58, 99 * 1024};
+  std::fprintf(stderr, "cuda-emu: KVSQ_EMU_DEVICE must be sm_80, sm_86, sm_89 or sm_90, not '%s'\n", e);
+  std::abort();
+}
 
 constexpr unsigned char kFill = 0xa5;  // fresh device and shared memory
 constexpr size_t kGuard = 256;         // guard bytes after every allocation
@@ -279,6 +294,7 @@ inline State& st() {
       std::fprintf(stderr, "cuda-emu: KVSQ_EMU_PDL must be early or off, not '%s'\n", pm);
       std::abort();
     }
+    s.dev = env_device();
     const char* seed = std::getenv("KVSQ_SEED");
     s.order_rng.seed(seed ? std::strtoull(seed, nullptr, 10) : uint64_t(std::random_device{}()));
     return true;
