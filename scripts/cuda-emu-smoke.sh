@@ -9,7 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 log=build-emu/build.log
 mkdir -p build-emu
-if ! npx cmake-js build -O build-emu --CDKVSQ_CUDA=OFF --CDKVSQ_CUDA_EMU=ON > "$log" 2>&1; then
+# KVSQ_CUDA_ARCHS: the archs the emulated addon says it holds (default: a
+# 9.0 card's source build); with KVSQ_EMU_DEVICE another part, e.g.
+#   KVSQ_EMU_DEVICE=sm_86 KVSQ_CUDA_ARCHS="80-real;86-real;89-real;90a-real;90-virtual" bash scripts/cuda-emu-smoke.sh
+# (configure each time: a build alone keeps the first configuration's options)
+if ! { npx cmake-js configure -O build-emu --CDKVSQ_CUDA=OFF --CDKVSQ_CUDA_EMU=ON "--CDKVSQ_CUDA_ARCHS=${KVSQ_CUDA_ARCHS:-}" &&
+  npx cmake-js build -O build-emu; } > "$log" 2>&1; then
   tail -30 "$log"
   echo "SMOKE FAILED (the emulated addon did not build)"
   exit 1
