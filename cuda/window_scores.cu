@@ -163,7 +163,7 @@ __device__ __forceinline__ void load_q_pair(const T* row, int c, uint32_t& hi, u
 // Shared memory: NS K tiles [kTc][D + 8] of 16-bit values (the + 8 pad
 // makes ldmatrix rows land on distinct banks): the cp.async ring for
 // f16/bf16 (NS 3; 2 where a device's shared memory holds no more: see
-// ws_stages), the hi and lo halves of one chunk for f32 (NS 2). Then pass 2's column
+// window_scores_staged), the hi and lo halves of one chunk for f32 (NS 2). Then pass 2's column
 // sums cs[2][gh][kTc] (double-buffered: chunk n adds into cs[n & 1] while the
 // sums of chunk n - 1 are stored from the other half).
 //

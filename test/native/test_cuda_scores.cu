@@ -306,13 +306,7 @@ KVSQ_TEST(cuda_window_scores_head_dims) {
 // 2-tile ring (what fits no ring: cuda_window_scores_invalid). An sm_80 (163 KB) keeps
 // the 3-chunk ring at D 256 with 128 heads per tile (exactly its limit).
 KVSQ_TEST(cuda_window_scores_other_parts) {
-  struct Restore {
-    ~Restore() { cuda_emu::st().dev = cuda_emu::env_device(); }
-  } restore;
-  auto set_part = [](int major, int minor, int sms, int kb) {
-    cuda_emu::st().dev = cuda_emu::Device{major, minor, sms, kb * 1024};
-  };
-  set_part(8, 6, 82, 99);
+  cuda_emu::PartScope scope(cuda_emu::part("sm_86"));
   const struct { int D, g, w; DType dt; Reduce red; } ok[] = {
       {256, 4, 20, DType::BF16, Reduce::Mean}, {200, 3, 9, DType::F16, Reduce::Sum},
       {128, 100, 1, DType::F16, Reduce::Mean}, {256, 2, 17, DType::F32, Reduce::Max},
@@ -329,7 +323,7 @@ KVSQ_TEST(cuda_window_scores_other_parts) {
     c.q_rows = c.w + randint(0, 2);
     ws_run(c);
   }
-  set_part(8, 0, 108, 163);
+  cuda_emu::st().dev = cuda_emu::part("sm_80");
   WsCase c;
   c.D = 256;
   c.g = 128;
@@ -449,10 +443,7 @@ KVSQ_TEST(cuda_window_scores_invalid) {
     // A 99 KB part (sm_86/89): head dims above 128 with more than 66 heads
     // per tile fit no K ring (66 KB of 2-chunk ring + 512 bytes of column
     // sums per head); refused before any launch.
-    struct Restore {
-      ~Restore() { cuda_emu::st().dev = cuda_emu::env_device(); }
-    } restore;
-    cuda_emu::st().dev = cuda_emu::Device{8, 6, 82, 99 * 1024};
+    cuda_emu::PartScope scope(cuda_emu::part("sm_86"));
     const long launches = cuda_emu::st().launches;
     a = base; a.num_q_heads = 80 * Hkv; a.head_dim = 256; a.dtype = DType::BF16;
     expect(a, Status::Shape, "99 KB part, D 256, 80 heads per KV head");
@@ -816,9 +807,7 @@ KVSQ_TEST(cuda_topk_filter_and_radix_paths) {
 // few clusters) and an sm_80 (no clusters: one block per row, the filter for
 // rows of <= 16K keys).
 KVSQ_TEST(cuda_topk_other_parts) {
-  struct Restore {
-    ~Restore() { cuda_emu::st().dev = cuda_emu::env_device(); }
-  } restore;
+  cuda_emu::PartScope scope(cuda_emu::st().dev);  // changed below, restored at the end
   for (const auto& part : {std::pair<int, int>{9, 4}, std::pair<int, int>{8, 108}}) {
     cuda_emu::st().dev.major = part.first;
     cuda_emu::st().dev.sms = part.second;

@@ -216,20 +216,24 @@ struct Device {
   int sms = 132;
   int max_optin_smem = 227 * 1024;
 };
-// The emulated part: KVSQ_EMU_DEVICE=sm_90 (default: an H100's 132 SMs, 227
-// KB of shared memory per block), sm_80 (an A100's 108 SMs, 163 KB; no
-// clusters, dependent launches or wgmma), sm_86 (82 SMs, 99 KB) or sm_89 (58
-// SMs, 99 KB), so the launchers' paths for the other GPUs the prebuild
-// targets run too. Tests that set a part restore this one.
+// The emulated parts: sm_90 (the default: an H100's 132 SMs, 227 KB of
+// shared memory per block), sm_80 (an A100's 108 SMs, 163 KB; no clusters,
+// dependent launches or wgmma), sm_86 (82 SMs, 99 KB) and sm_89 (58 SMs,
+// 99 KB), so the launchers' paths for the other GPUs the prebuild targets
+// run too. KVSQ_EMU_DEVICE names the process's part; tests that set another
+// one for a while use PartScope (below), which restores it.
+inline Device part(const std::string& name) {
+  if (name == "sm_90") return Device{};
+  if (name == "sm_80") return Device{8, 0, 108, 163 * 1024};
+  if (name == "sm_86") return Device{8, 6, 82, 99 * 1024};
+  if (name == "sm_89") return Device{8, 9, 58, 99 * 1024};
+  std::fprintf(stderr, "cuda-emu: the emulated part (KVSQ_EMU_DEVICE) must be sm_80, sm_86, sm_89 or sm_90, not '%s'\n",
+               name.c_str());
+  std::abort();
+}
 inline Device env_device() {
   const char* e = std::getenv("KVSQ_EMU_DEVICE");
-  const std::string v = e ? e : "";
-  if (v.empty() || v == "sm_90") return Device{};
-  if (v == "sm_80") return Device{8, 0, 108, 163 * 1024};
-  if (v == "sm_86") return Device{8, 6, 82, 99 * 1024};
-  if (v == "sm_89") return Device{8, 9, 58, 99 * 1024};
-  std::fprintf(stderr, "cuda-emu: KVSQ_EMU_DEVICE must be sm_80, sm_86, sm_89 or sm_90, not '%s'\n", e);
-  std::abort();
+  return part(e && *e ? e : "sm_90");
 }
 
 constexpr unsigned char kFill = 0xa5;  // fresh device and shared memory
@@ -302,6 +306,13 @@ inline State& st() {
   (void)configured;
   return s;
 }
+// Emulates `d` until the end of the scope, then the process's part again.
+struct PartScope {
+  explicit PartScope(const Device& d) { st().dev = d; }
+  ~PartScope() { st().dev = env_device(); }
+  PartScope(const PartScope&) = delete;
+  PartScope& operator=(const PartScope&) = delete;
+};
 // Seeds the shuffle's generator. Call it between launches (the tests do, at
 // their start); launches draw from it under the launch lock.
 inline void schedule_seed(uint64_t seed) { st().order_rng.seed(seed); }
