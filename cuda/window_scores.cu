@@ -102,6 +102,8 @@ struct WsParams {
   float sl2;          // scale * log2(e)
   int j0;             // first KV head of this launch batch
   int hh0, gh;        // query heads of the group in a tile: hh0 .. hh0 + gh
+  int cs_rows;        // pass 2's column-sum rows per tile: gh (one per head) or 1 (heads add into one)
+  int cs_hstride;     // floats from one head's column-sum row to the next: kTc, or 0 with one row
   int rt;             // window rows per tile (the last tile may have fewer)
   int ntile;          // row tiles per KV head
   int nsplit;         // CTAs per tile along the keys
@@ -164,8 +166,10 @@ __device__ __forceinline__ void load_q_pair(const T* row, int c, uint32_t& hi, u
 // makes ldmatrix rows land on distinct banks): the cp.async ring for
 // f16/bf16 (NS 3; 2 where a device's shared memory holds no more: see
 // window_scores_staged), the hi and lo halves of one chunk for f32 (NS 2). Then pass 2's column
-// sums cs[2][gh][kTc] (double-buffered: chunk n adds into cs[n & 1] while the
-// sums of chunk n - 1 are stored from the other half).
+// sums cs[2][cs_rows][kTc] (double-buffered: chunk n adds into cs[n & 1] while the
+// sums of chunk n - 1 are stored from the other half). cs_rows is gh, a row
+// per head of the tile, or 1 where that does not fit the block's shared
+// memory (Sum and Mean only, which add the heads anyway: ws_tiling).
 //
 // The wgmma variant (WG, f16/bf16 on sm_90a) keeps each chunk in the
 // K-major core-matrix layout that wgmma reads without swizzling: key row t,
@@ -213,7 +217,7 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pas
   constexpr int kHalf = kNT / 2;       // n-tiles per half chunk
   extern __shared__ __align__(16) unsigned char smem_raw[];
   uint16_t* kbuf = reinterpret_cast<uint16_t*>(smem_raw);  // [NS][kTc][LDS]
-  float* cs = reinterpret_cast<float*>(smem_raw + k_ring_bytes<D, WG, NS>());  // [2][gh][kTc]
+  float* cs = reinterpret_cast<float*>(smem_raw + k_ring_bytes<D, WG, NS>());  // [2][cs_rows][kTc]
 
   const int tile = blockIdx.y;
   const TileGeo tg = tile_geo(p, tile);
@@ -341,7 +345,7 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pas
   bool uniform_head = true;
   int head_w = 0;
   if constexpr (PASS == 2) {
-    for (int i = tid; i < 2 * p.gh * kTc; i += nthr) cs[i] = 0.f;
+    for (int i = tid; i < 2 * p.cs_rows * kTc; i += nthr) cs[i] = 0.f;
     // (made visible by the first barrier of the chunk loop)
     // All valid rows of this warp in one head: reduce over rows with shuffles.
     const int wr0 = warp * 16, wr1 = min(warp * 16 + 15, tg.R - 1);
@@ -360,16 +364,16 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pas
   // Pass 2: the group-reduced column sums of chunk c from cs half cb2 to
   // the output (threads < kTc; the other threads go on with the next chunk).
   auto store_cols = [&](int64_t c, int cb2) {
-    float* csb = cs + cb2 * p.gh * kTc;
+    float* csb = cs + cb2 * p.cs_rows * kTc;
     for (int i = tid; i < kTc; i += nthr) {
       const int64_t t = c * kTc + i;
       if (t < tg.Lr) {
         float* dst = p.target + int64_t(tg.j) * p.L + t;
         float v = csb[i];
         if (p.direct && p.reduce == int(Reduce::Max)) {
-          for (int hl = 1; hl < p.gh; ++hl) v = fmaxf(v, csb[hl * kTc + i]);
+          for (int hl = 1; hl < p.cs_rows; ++hl) v = fmaxf(v, csb[hl * kTc + i]);
         } else {
-          for (int hl = 1; hl < p.gh; ++hl) v += csb[hl * kTc + i];
+          for (int hl = 1; hl < p.cs_rows; ++hl) v += csb[hl * kTc + i];
         }
         if (!p.direct) {
           atomicAdd(dst, v * p.add_mul);
@@ -378,7 +382,7 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pas
           *dst = v;
         }
       }
-      for (int hl = 0; hl < p.gh; ++hl) csb[hl * kTc + i] = 0.f;
+      for (int hl = 0; hl < p.cs_rows; ++hl) csb[hl * kTc + i] = 0.f;
     }
   };
 
@@ -402,7 +406,7 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pas
       if (n > 0) store_cols(chunk_of(n - 1), int((n - 1) & 1));
     }
     const uint16_t* kt = kbuf + buf * k_tile_elems<D, WG>();
-    float* csn = cs + int(n & 1) * p.gh * kTc;
+    float* csn = cs + int(n & 1) * p.cs_rows * kTc;
     const bool need_mask = t0 + kTc - 1 > min_pos;  // block-uniform
     // Masking compares chunk columns with the rows' positions relative to
     // t0: in (-kTc, L) when need_mask, so 32 bits hold them.
@@ -517,7 +521,7 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pas
             v[2 * nt + 1] = acc[nt][1] + acc[nt][3];
           }
           cu::TRed<kHalf * 2, 16, 2>::run(v, lane);
-          atomicAdd(&csn[head_w * kTc + (half * kHalf + (gid >> 1)) * 8 + tig * 2 + (gid & 1)], v[0]);
+          atomicAdd(&csn[head_w * p.cs_hstride + (half * kHalf + (gid >> 1)) * 8 + tig * 2 + (gid & 1)], v[0]);
         } else {
 #pragma unroll
           for (int nt = 0; nt < kHalf; ++nt) {
@@ -525,7 +529,7 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pas
             for (int e = 0; e < 4; ++e) {
               const int r = e < 2 ? r_lo : r_hi;
               if (r < tg.R && acc[nt][e] != 0.f)
-                atomicAdd(&csn[(r / tg.rtt) * kTc + (half * kHalf + nt) * 8 + tig * 2 + (e & 1)], acc[nt][e]);
+                atomicAdd(&csn[(r / tg.rtt) * p.cs_hstride + (half * kHalf + nt) * 8 + tig * 2 + (e & 1)], acc[nt][e]);
             }
           }
         }
@@ -617,26 +621,40 @@ WsDev ws_device() {
   return d;
 }
 
-// Max over a group too large for one tile runs one query head at a time.
-bool ws_max_split(const WindowScoresArgs& a) {
+// How a call's heads are tiled. Natural: a tile holds the whole group (gh =
+// g) with a column-sum row per head, except that Max over a group too large
+// for one tile (g * w > 128 rows) runs one query head at a time (max_split).
+// Lean, where pass 2 of the natural tiling does not fit the block's shared
+// memory (a row per head is 512 bytes: D 136..256 with more than 66 heads
+// per tile on a 99 KB device): Sum and Mean add every head of a tile into
+// one column-sum row (the heads are added anyway), Max runs one head at a
+// time.
+struct WsTiling {
+  bool max_split;
+  int gh;       // query heads per tile
+  int cs_rows;  // pass 2's column-sum rows per tile
+};
+WsTiling ws_tiling(const WindowScoresArgs& a, bool lean) {
   const int g = a.num_q_heads / a.num_kv_heads;
-  return a.reduce == Reduce::Max && g > 1 && int64_t(g) * a.window > kMaxRows;
+  WsTiling t;
+  t.max_split = a.reduce == Reduce::Max && g > 1 && (lean || int64_t(g) * a.window > kMaxRows);
+  t.gh = t.max_split ? 1 : g;
+  t.cs_rows = lean ? 1 : t.gh;
+  return t;
 }
-// Query heads per tile (gh).
-int ws_tile_heads(const WindowScoresArgs& a) { return ws_max_split(a) ? 1 : a.num_q_heads / a.num_kv_heads; }
 // Dynamic shared memory of pass 2 (pass 1: the ring alone): the K ring and
-// the double-buffered column sums of gh heads.
+// the double-buffered column sums.
 template <int D, bool WG, int NS>
-size_t ws_pass2_smem(int gh) {
-  return k_ring_bytes<D, WG, NS>() + 2 * size_t(gh) * kTc * sizeof(float);
+size_t ws_pass2_smem(int cs_rows) {
+  return k_ring_bytes<D, WG, NS>() + 2 * size_t(cs_rows) * kTc * sizeof(float);
 }
 
 template <class T, int D, bool WG, bool PAD, int NS>
-Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st, const WsDev& dv) {
+Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st, const WsDev& dv, const WsTiling& tl) {
   const int g = a.num_q_heads / a.num_kv_heads;
   const int Hkv = a.num_kv_heads, L = a.seq_len, w = a.window;
-  const bool max_split = ws_max_split(a);
-  const int gh = ws_tile_heads(a);
+  const bool max_split = tl.max_split;
+  const int gh = tl.gh;
   const int rt = std::max(1, std::min(w, kMaxRows / gh));
   const int ntile = (w + rt - 1) / rt;
   const bool direct = ntile == 1;
@@ -674,6 +692,8 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st, const WsDev
   p.g = g;
   p.sl2 = a.scale * cu::kLog2e;
   p.gh = gh;
+  p.cs_rows = tl.cs_rows;
+  p.cs_hstride = tl.cs_rows > 1 ? kTc : 0;
   p.rt = rt;
   p.ntile = ntile;
   p.nsplit = nsplit;
@@ -686,7 +706,7 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st, const WsDev
   const int rows_pad = std::min(kMaxRows, WG ? (gh * rt + 63) / 64 * 64 : (gh * rt + 15) / 16 * 16);
   const int threads = rows_pad / 16 * 32;
   const size_t smem1 = k_ring_bytes<D, WG, NS>();
-  const size_t smem2 = ws_pass2_smem<D, WG, NS>(gh);
+  const size_t smem2 = ws_pass2_smem<D, WG, NS>(tl.cs_rows);
   fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 1, WG, PAD, NS>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)));
   fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 2, WG, PAD, NS>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
 
@@ -724,24 +744,30 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st, const WsDev
   return s;
 }
 
-// The ring depth for this device: f32 uses two tiles (hi, lo); 16-bit inputs
-// a 3-chunk ring, or 2 where pass 2 would not fit the block's shared memory
-// with 3 (sm_86/89 allow 99 KB: at D 256 the 3-chunk ring alone is 99 KB, at
-// D 128 with more than 96 heads per tile ring and sums pass it). What fits
-// no ring (D 136..256 with more than 66 heads per tile on a 99 KB device, in
-// any dtype) is Status::Shape.
+// The ring depth and tiling for this device: f32 uses two tiles (hi, lo);
+// 16-bit inputs a 3-chunk ring, or 2 where pass 2 would not fit the block's
+// shared memory with 3 (sm_86/89 allow 99 KB: at D 256 the 3-chunk ring
+// alone is 99 KB, at D 128 with more than 96 heads per tile ring and sums
+// pass it). Where the natural tiling fits neither (D 136..256 with more than
+// 66 heads per tile on a 99 KB device), the lean one (ws_tiling), whose
+// pass 2 needs the ring and 512 bytes: it fits every device the build
+// targets. (The natural tiling stays first where it fits: it is the one the
+// benchmarks timed.) Status::Shape only for a device smaller than those.
 template <class T, int D, bool WG, bool PAD>
 Status window_scores_staged(const WindowScoresArgs& a, cudaStream_t st) {
   const WsDev dv = ws_device();
-  const int gh = ws_tile_heads(a);
   const size_t optin = size_t(dv.smem_optin);
   auto fits = [&](size_t need) { return optin == 0 || need <= optin; };  // unknown: the launch says
-  if constexpr (sizeof(T) == 4) {
-    if (fits(ws_pass2_smem<D, WG, 2>(gh))) return run_window_scores<T, D, WG, PAD, 2>(a, st, dv);
-  } else {
-    if (fits(ws_pass2_smem<D, WG, 3>(gh))) return run_window_scores<T, D, WG, PAD, 3>(a, st, dv);
-    if constexpr (!WG && D >= 128) {  // (wgmma: sm_90a, 227 KB; D 64: 3 chunks fit 99 KB with 128 heads)
-      if (fits(ws_pass2_smem<D, WG, 2>(gh))) return run_window_scores<T, D, WG, PAD, 2>(a, st, dv);
+  for (bool lean : {false, true}) {
+    const WsTiling tl = ws_tiling(a, lean);
+    if (lean && tl.cs_rows == ws_tiling(a, false).cs_rows) break;  // the same as the natural one
+    if constexpr (sizeof(T) == 4) {
+      if (fits(ws_pass2_smem<D, WG, 2>(tl.cs_rows))) return run_window_scores<T, D, WG, PAD, 2>(a, st, dv, tl);
+    } else {
+      if (fits(ws_pass2_smem<D, WG, 3>(tl.cs_rows))) return run_window_scores<T, D, WG, PAD, 3>(a, st, dv, tl);
+      if constexpr (!WG && D >= 128) {  // (wgmma: sm_90a, 227 KB; D 64: 3 chunks fit 99 KB with 128 heads)
+        if (fits(ws_pass2_smem<D, WG, 2>(tl.cs_rows))) return run_window_scores<T, D, WG, PAD, 2>(a, st, dv, tl);
+      }
     }
   }
   return Status::Shape;
