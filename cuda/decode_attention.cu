@@ -79,12 +79,13 @@
 //   sub-groups of at most 4 heads keep its registers where the 8-head kernels
 //   of shorter rows are, and the pipeline has two stages (128 KB of tiles;
 //   three would be 192 KB, sm_90 only). Devices that cannot give a block
-//   that much shared memory (sm_86/89: 99 KB) refuse these rows
-//   (cuda_decode_row_check says why).
+//   that much shared memory (sm_86/89: 99 KB) run them with one stage (64
+//   KB: each tile's copies complete before it is computed); a device with
+//   less than that would refuse them (cuda_decode_row_check says why).
 //
 // Limits (Status::Shape otherwise): D * sizeof(kv) a multiple of 16 bytes
 // and <= 512 bytes (D <= 256 for f16/bf16), or f32 with D <= 256 on a device
-// with the shared memory (row_check); K/V pool pointers 16-byte aligned.
+// with the shared memory of one stage (row_check); K/V pool pointers 16-byte aligned.
 // Pages may not be shared between lists of one call when score_pool is given
 // (the score adds would race; the CPU twin has the same requirement). Index
 // contents are validated by the caller (launchers.h).
@@ -502,8 +503,9 @@ constexpr int attn_min_blocks() {
 // k, v and the accumulators; sub-groups of at most 4 heads (G <= 4, so a
 // lane's q and acc stay at 2 x 4 x 8 floats, what the 8-head kernels of
 // 16-byte rows hold); a two-stage pipeline, since three stages of 1 KiB rows
-// (192 KB) leave no room on anything but sm_90 (two: 128 KB, sm_80 and sm_90;
-// sm_86/89's 99 KB take neither: cuda_decode_row_check says so).
+// (192 KB) leave no room on anything but sm_90 (two: 128 KB, sm_80 and sm_90),
+// and one stage (WST = 1: 64 KB, no copy in flight during the compute) on
+// sm_86/89, whose 99 KB take neither (attn_stages).
 //
 // MMA (bf16 K/V, D in {64, 128, 256}: LPR = nvr): q.k and p.V on tensor
 // cores (mma.sync m16n8k16, f32 accumulators), the group's heads as N = 8.
@@ -519,13 +521,14 @@ constexpr int attn_min_blocks() {
 // zero-filled so a 0 weight never meets stale (possibly non-finite) data.
 // On CUDA cores the same tile cost ~250 instructions per warp for q.k and
 // ~200 for p.V (Nsight Compute: 58% issue-slot use at 55% of copy bandwidth).
-template <class T, int LPR, int G, bool MMA>
+template <class T, int LPR, int G, bool MMA, int WST = kStagesWide>
 __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) attn_kernel(Params p) {
   constexpr int E = cu::Vec16<T>::N;       // elements per 16-byte vector
   constexpr int LL = LPR < 32 ? LPR : 32;  // lanes per row
   constexpr int VPL = LPR / LL;            // 16-byte vectors per lane (2: wide rows)
-  constexpr int NST = VPL > 1 ? kStagesWide : kStages;  // cp.async pipeline depth
+  constexpr int NST = VPL > 1 ? WST : kStages;  // cp.async pipeline depth
   static_assert(VPL == 1 || (!MMA && G <= 4 && sizeof(T) == 4), "wide rows: f32, CUDA cores, <= 4 heads");
+  static_assert(NST >= 2 || VPL > 1, "one stage: wide rows only");
   constexpr int RGW = 32 / LL;             // row groups per warp
   constexpr int RPL = kRowsPerWarp / RGW;  // rows per lane per tile
   static_assert(RPL >= 1 && RPL * RGW == kRowsPerWarp, "tile mapping");
@@ -687,12 +690,26 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   // per tile.)
   for (int i = 0;; ++i) {
     const int st = i % NST;
-    const int pst = (i + NST - 1) % NST;
-    if (warp == 0) produce(pr, p, ids, subset, s_slot[pst], s_mask[pst], &s_n[pst], lane);
-    cp_async_wait<NST - 2>();  // this thread's copies of stage i (stage i+1 may still fly)
-    __syncthreads();
-    issue(pst);
-    cp_async_commit();
+    if constexpr (NST == 1) {
+      // One stage: nothing is in flight while a tile is computed. The row
+      // table is rewritten while other warps may still be in the previous
+      // tile's phase C, which does not read it (phase A, which does, ended
+      // two barriers ago); the first barrier publishes it and ends phase C,
+      // so the buffers are free to refill; the second publishes the copies.
+      if (warp == 0) produce(pr, p, ids, subset, s_slot[0], s_mask[0], &s_n[0], lane);
+      __syncthreads();
+      issue(0);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+    } else {
+      const int pst = (i + NST - 1) % NST;
+      if (warp == 0) produce(pr, p, ids, subset, s_slot[pst], s_mask[pst], &s_n[pst], lane);
+      cp_async_wait<NST - 2>();  // this thread's copies of stage i (stage i+1 may still fly)
+      __syncthreads();
+      issue(pst);
+      cp_async_commit();
+    }
     const int n = s_n[st];
     if (n == 0) break;  // uniform; every later tile is empty too
     const unsigned char* kt = sK + st * kTR * rb;
@@ -1158,16 +1175,21 @@ AttnFn pick_g(int g) {
   return attn_kernel<T, LPR, 8, false>;
 }
 
+template <class T, int WST>
+AttnFn pick_wide(int g) {
+  if (g <= 1) return attn_kernel<T, 64, 1, false, WST>;
+  if (g <= 2) return attn_kernel<T, 64, 2, false, WST>;
+  return attn_kernel<T, 64, 4, false, WST>;
+}
+
+// wide_stages: the pipeline depth of wide rows (attn_stages).
 template <class T>
-AttnFn pick_lpr(int nvr, int g) {
+AttnFn pick_lpr(int nvr, int g, int wide_stages) {
   if (nvr <= 8) return pick_g<T, 8>(g);
   if (nvr <= 16) return pick_g<T, 16>(g);
   if constexpr (sizeof(T) == 4) {
-    if (nvr > 32) {  // wide f32 rows: sub-groups of at most kMaxGWide heads
-      if (g <= 1) return attn_kernel<T, 64, 1, false>;
-      if (g <= 2) return attn_kernel<T, 64, 2, false>;
-      return attn_kernel<T, 64, 4, false>;
-    }
+    if (nvr > 32)  // wide f32 rows: sub-groups of at most kMaxGWide heads
+      return wide_stages >= kStagesWide ? pick_wide<T, kStagesWide>(g) : pick_wide<T, 1>(g);
   }
   return pick_g<T, 32>(g);
 }
@@ -1179,7 +1201,7 @@ AttnFn pick_bf16(int nvr, int g) {
   if (nvr == 8) return attn_kernel<__nv_bfloat16, 8, kMaxG, true>;
   if (nvr == 16) return attn_kernel<__nv_bfloat16, 16, kMaxG, true>;
   if (nvr == 32) return attn_kernel<__nv_bfloat16, 32, kMaxG, true>;
-  return pick_lpr<__nv_bfloat16>(nvr, g);
+  return pick_lpr<__nv_bfloat16>(nvr, g, kStages);
 }
 
 // Resident blocks per SM of an attention kernel with this much dynamic shared
@@ -1251,8 +1273,19 @@ size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 // The attention kernel's dynamic shared memory (K and V tiles of every
 // pipeline stage) for rows of row_bytes, and a bound on its static arrays
 // (row tables, logits, weights: about 3.3 KB).
-size_t attn_smem(int64_t row_bytes) { return size_t(row_bytes > 512 ? kStagesWide : kStages) * kTR * size_t(row_bytes) * 2; }
+size_t attn_smem(int64_t row_bytes, int stages) { return size_t(stages) * kTR * size_t(row_bytes) * 2; }
 constexpr size_t kAttnStaticSmem = 4096;
+
+// Pipeline stages for rows of row_bytes on a device that lets a block opt in
+// to smem_optin bytes: kStages for rows up to 512 bytes (at most 96 KB of
+// tiles; the launch says if a part has less); wide rows two where they fit
+// (128 KB: sm_80, sm_90), else one (64 KB: sm_86/89), else 0 (refused).
+int attn_stages(int64_t row_bytes, int smem_optin) {
+  if (row_bytes <= 512) return kStages;
+  for (int stages = kStagesWide; stages >= 1; --stages)
+    if (attn_smem(row_bytes, stages) + kAttnStaticSmem <= size_t(smem_optin)) return stages;
+  return 0;
+}
 
 // Shared memory a block of `dev` may opt in to (0 if it cannot be read).
 // Asked at each call (an attribute query, no synchronisation).
@@ -1274,11 +1307,11 @@ std::string row_check(DType kv, int64_t head_dim, int smem_optin) {
     return "the CUDA decode kernels take K/V rows of whole 16-byte vectors up to " + std::to_string(max_rb) +
            " bytes (headDim " + (kv == DType::F32 ? "% 4 == 0 and <= 256" : "% 8 == 0 and <= 256") + " in " +
            dtype_name(kv) + "), not headDim " + std::to_string(head_dim);
-  const size_t need = attn_smem(rb) + kAttnStaticSmem;
-  if (rb > 512 && need > size_t(smem_optin))
+  if (attn_stages(rb, smem_optin) == 0)
     return "f32 K/V rows of " + std::to_string(rb) + " bytes (headDim " + std::to_string(head_dim) + ") need " +
-           std::to_string(need / 1024) + " KB of shared memory per block and this device allows " +
-           std::to_string(smem_optin / 1024) + " KB (sm_80 and sm_90 allow enough; f16/bf16 K/V take any headDim up to 256)";
+           std::to_string((attn_smem(rb, 1) + kAttnStaticSmem) / 1024) +
+           " KB of shared memory per block and this device allows " + std::to_string(smem_optin / 1024) +
+           " KB (every GPU the build targets, sm_80 and up, allows enough; f16/bf16 K/V take any headDim up to 256)";
   return "";
 }
 
@@ -1401,11 +1434,12 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   p.score_pool = a.score_pool;
   p.reduce = int(a.reduce);
   p.lse = a.lse;
-  const AttnFn fn = a.kv_dtype == DType::F16    ? pick_lpr<__half>(p.nvr, g)
+  const int stages = row_bytes > 512 ? attn_stages(row_bytes, smem_optin(dev)) : kStages;
+  if (stages == 0) return Status::Shape;  // (row_check says why)
+  const AttnFn fn = a.kv_dtype == DType::F16    ? pick_lpr<__half>(p.nvr, g, stages)
                     : a.kv_dtype == DType::BF16 ? pick_bf16(p.nvr, g)
-                                                : pick_lpr<float>(p.nvr, g);
-  const size_t smem = attn_smem(row_bytes);
-  if (row_bytes > 512 && !row_check(a.kv_dtype, a.head_dim, smem_optin(dev)).empty()) return Status::Shape;
+                                                : pick_lpr<float>(p.nvr, g, stages);
+  const size_t smem = attn_smem(row_bytes, stages);
   int bps = 1;
   if (Status o = attn_blocks_per_sm(dev, fn, smem, &bps); o != Status::Ok) return o;
   // Whole waves: the plan makes at most target + nl items (each list's count
