@@ -37,8 +37,8 @@ done
 # The emulated CUDA tests again as the other parts the prebuild targets: an
 # A100-like sm_80 (163 KB of shared memory per block, no clusters, dependent
 # launches or wgmma) and a 99 KB sm_86 (kernels that step down to smaller
-# pipelines there, rows refused there). Release build only (the sanitizer
-# build has no CUDA tests).
+# pipelines and tilings there). Release build only (the sanitizer build has
+# no CUDA tests).
 if [ "$mode" != "--sanitize" ]; then
   for part in sm_80 sm_86; do
     echo "-- KVSQ_EMU_DEVICE=$part"
