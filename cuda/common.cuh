@@ -538,5 +538,16 @@ inline bool pdl_capable() {
   return current_cc(major, minor) && major >= 9;
 }
 
+// Shared memory a block of `dev` may opt in to (0, error cleared, if it
+// cannot be read). Asked at each call, for the same reason.
+inline int smem_optin(int dev) {
+  int v = 0;
+  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+    cudaGetLastError();
+    v = 0;
+  }
+  return v;
+}
+
 }  // namespace cu
 }  // namespace kvsq

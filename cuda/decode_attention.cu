@@ -1287,17 +1287,6 @@ int attn_stages(int64_t row_bytes, int smem_optin) {
   return 0;
 }
 
-// Shared memory a block of `dev` may opt in to (0 if it cannot be read).
-// Asked at each call (an attribute query, no synchronisation).
-int smem_optin(int dev) {
-  int v = 0;
-  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
-    cudaGetLastError();
-    v = 0;
-  }
-  return v;
-}
-
 // "" when the kernels take K/V rows of head_dim elements of kv on a device
 // that lets a block opt in to smem_optin bytes of shared memory, else why not.
 std::string row_check(DType kv, int64_t head_dim, int smem_optin) {
@@ -1368,7 +1357,7 @@ std::string cuda_decode_row_check(int device, DType kv_dtype, int64_t head_dim) 
     cudaGetLastError();
     return "no CUDA device " + std::to_string(device);
   }
-  return row_check(kv_dtype, head_dim, smem_optin(device));
+  return row_check(kv_dtype, head_dim, cu::smem_optin(device));
 }
 
 void cuda_set_dependent_launch(bool on) { cu::dependent_launch_flag().store(on, std::memory_order_relaxed); }
@@ -1434,7 +1423,7 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   p.score_pool = a.score_pool;
   p.reduce = int(a.reduce);
   p.lse = a.lse;
-  const int stages = row_bytes > 512 ? attn_stages(row_bytes, smem_optin(dev)) : kStages;
+  const int stages = row_bytes > 512 ? attn_stages(row_bytes, cu::smem_optin(dev)) : kStages;
   if (stages == 0) return Status::Shape;  // (row_check says why)
   const AttnFn fn = a.kv_dtype == DType::F16    ? pick_lpr<__half>(p.nvr, g, stages)
                     : a.kv_dtype == DType::BF16 ? pick_bf16(p.nvr, g)

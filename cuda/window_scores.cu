@@ -609,14 +609,13 @@ struct WsDev {
 };
 WsDev ws_device() {
   WsDev d;
-  int dev = 0, n = 0, sm = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sm, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
     cudaGetLastError();
     return d;
   }
   if (n > 0) d.sms = n;
-  d.smem_optin = sm;
+  d.smem_optin = cu::smem_optin(dev);
   d.pdl = cu::pdl_capable();
   return d;
 }

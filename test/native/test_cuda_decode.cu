@@ -243,7 +243,7 @@ struct Problem {
     if (evict) d.evict_pos = depos.as<int32_t>(), d.evict_max_pos = demax.as<int32_t>(), d.evict_slot = dslot.as<int32_t>();
     st = cuda_decode_attention(d, nullptr);
     const std::string why = cuda_decode_row_check(0, c.kvdt, c.D);
-    if (!why.empty()) {  // rows this device cannot take (f32 D > 128 on a 99 KB part): refused, nothing written
+    if (!why.empty()) {  // rows this device cannot take (f32 D > 128 below 68 KB per block): refused, nothing written
       CHECK_MSG(st == Status::Shape, "cuda status " << status_name(st) << " for rows the device refuses: " << why);
       sync_ok();
       CHECK(dsc.get<float>(score0.size()) == score0);
@@ -553,10 +553,7 @@ KVSQ_TEST(cuda_decode_unsupported_shapes) {
     // (two stages of 1 KiB rows are 128 KB); a part with 64 KB (none the
     // build targets) would not fit one stage (64 KB of tiles + the static
     // arrays): refused, with the reason; 16-bit D 256 still fits there.
-    struct Restore {
-      int v = cuda_emu::st().dev.max_optin_smem;
-      ~Restore() { cuda_emu::st().dev.max_optin_smem = v; }
-    } restore;
+    cuda_emu::PartScope scope(cuda_emu::st().dev);  // changed below, restored at the end
     cuda_emu::st().dev.max_optin_smem = 99 * 1024;
     CHECK(cuda_decode_row_check(0, DType::F32, 256).empty());
     cuda_emu::st().dev.max_optin_smem = 64 * 1024;
