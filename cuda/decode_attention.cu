@@ -54,16 +54,20 @@
 //   after the merge a small score kernel (block per item) turns them into
 //   probabilities with the final lse, reduces over the group and adds to
 //   score_pool. K is not read again.
-// * Groups of more than 8 query heads (MQA and wide GQA: g = Hq / Hkv up to
-//   Hq) run as ceil(g / 8) sub-groups of at most 8 heads, each planned,
-//   attended and merged as a list of its own (the kernels above take up to 8
-//   heads in registers and in the MMA's N = 8; ceil(g / ns) heads each, the
-//   last sub-group's missing heads computed on zero queries and never
-//   stored, e.g. 71 = 8 x 8 + 7). Each sub-group reads the KV
-//   head's rows, so K/V traffic is ceil(g / 8) times that of one pass; the
+// * Wide groups (MQA and wide GQA: g = Hq / Hkv up to Hq). The tensor-core
+//   kernels take up to 16 heads as two mma n tiles of 8 (phase A: each warp
+//   16 rows x 8 heads, all four warps busy; phase C: each warp a quarter of
+//   D for both tiles), so bf16 K/V of D 64/128/256 with 9 to 16 heads per
+//   KV head (GLM-4, Qwen3-235B: 16) read each K/V row once. Larger groups,
+//   and more than 8 heads on CUDA cores (which hold every head's q slice and
+//   accumulators in registers), run as ns = ceil(g / max) sub-groups of
+//   ceil(g / ns) heads (max 16, 8, or 4 for wide f32 rows), each planned,
+//   attended and merged as a list of its own, the last sub-group's missing
+//   heads computed on zero queries and never stored (71 on tensor cores:
+//   4 x 15 + 11; on CUDA cores 8 x 8 + 7). Each sub-group reads the KV
+//   head's rows, so K/V traffic is ns times that of one pass; the
 //   sub-groups of a list are adjacent in the plan, so their repeats run in
-//   the same waves and may hit L2 (unmeasured: BENCH decode_mqa; a sub-group
-//   loop inside the block would read them once). With H2O scores the
+//   the same waves and may hit L2 (unmeasured: BENCH decode_mqa). With H2O scores the
 //   score pass writes each sub-group's reduce to its own row of a workspace
 //   (slots a sub-group did not reach keep a marker) and a combine kernel
 //   adds the reduce over the sub-groups to the pool: no atomics, and the
@@ -82,10 +86,15 @@
 //   that much shared memory (sm_86/89: 99 KB) run them with one stage (64
 //   KB: each tile's copies complete before it is computed); a device with
 //   less than that would refuse them (cuda_decode_row_check says why).
+// * Shared memory per block: the stage tiles (dynamic) plus the static row
+//   tables and per-head arrays (3.7 KB, 6.1 KB with 16 heads) must fit the
+//   device's opt-in (attn_stages): 512-byte rows (f16/bf16 D 256, f32 D 128)
+//   take three stages (96 KB of tiles) on sm_80/90 and two (64 KB) on the
+//   99 KB sm_86/89, where three leave no room for the static arrays.
 //
 // Limits (Status::Shape otherwise): D * sizeof(kv) a multiple of 16 bytes
-// and <= 512 bytes (D <= 256 for f16/bf16), or f32 with D <= 256 on a device
-// with the shared memory of one stage (row_check); K/V pool pointers 16-byte aligned.
+// and <= 512 bytes (D <= 256 for f16/bf16), or f32 with D <= 256, on a device
+// with the shared memory of the fewest stages (row_check); K/V pool pointers 16-byte aligned.
 // Pages may not be shared between lists of one call when score_pool is given
 // (the score adds would race; the CPU twin has the same requirement). Index
 // contents are validated by the caller (launchers.h).
@@ -97,7 +106,7 @@
 // in native/cpu/decode_attention.cc of the exact result and the two differ by
 // at most twice that bound (test/native/test_cuda_decode.cu asserts this).
 // Scores of slots outside the union are untouched (bit-identical). Groups
-// of more than 8 heads add their sub-groups' sums where the CPU keeps one
+// split into sub-groups add their sub-groups' sums where the CPU keeps one
 // running sum over the group: up to g more units in the last place of a
 // slot's increment (the test allows 2g).
 #include <cuda_runtime.h>
@@ -109,6 +118,7 @@
 #include <string>
 #include <vector>
 #include <algorithm>
+#include <type_traits>
 
 #include "../native/core/ops.h"
 #include "common.cuh"
@@ -122,11 +132,16 @@ constexpr int kNW = 4;         // warps per attention block
 constexpr int kThreads = kNW * 32;
 constexpr int kStages = 3;     // cp.async pipeline depth
 constexpr int kStagesWide = 2; // ... with wide (f32, > 512-byte) rows
-constexpr int kMaxG = 8;
+constexpr int kMaxG = 8;          // heads per sub-group on CUDA cores
+constexpr int kMaxGMma = 16;      // ... on tensor cores (two mma n tiles of 8 heads)
+constexpr int kMaxGAll = kMaxGMma;  // the most of any kernel: per-head arrays and strides
 constexpr int kMaxGWide = 4;        // heads per sub-group with wide (f32, > 512-byte) rows
 constexpr int kMaxRowBytes = 1024;  // f32 D 256; 16-bit rows stop at 512 (D 256)
 // The longest K/V row the kernels take in dtype kv.
 constexpr int64_t max_row_bytes(DType kv) { return kv == DType::F32 ? kMaxRowBytes : 512; }
+// bf16 K/V rows of nvr 16-byte vectors that the tensor-core kernels take: D
+// in {64, 128, 256} (chunks per row a power of two, >= 8 for the swizzle).
+constexpr bool mma_rows(DType kv, int nvr) { return kv == DType::BF16 && (nvr == 8 || nvr == 16 || nvr == 32); }
 constexpr int kRowsPerWarp = kTR / kNW;
 constexpr int kMinItemSlots = 256;
 constexpr int kScoreThreads = 256;
@@ -141,10 +156,11 @@ struct Item {
 
 struct Params {
   int B, Hq, Hkv, D, P;
-  // Groups of more than kMaxG query heads (kMaxGWide with wide f32 rows) run
-  // as ns sub-groups of at most g heads (g = ceil(gq / ns)); each sub-group
-  // is a list of its own ("virtual list" v = l * ns + s, nl of them) that
-  // reads the KV head's pages. With gq <= kMaxG: ns 1, g = gq, v = l.
+  // Groups of more than kMaxG query heads (kMaxGMma on tensor cores,
+  // kMaxGWide with wide f32 rows) run as ns sub-groups of at most g heads
+  // (g = ceil(gq / ns)); each sub-group is a list of its own ("virtual list"
+  // v = l * ns + s, nl of them) that reads the KV head's pages. With gq <=
+  // that maximum: ns 1, g = gq, v = l.
   int g, gq, ns, nl;
   int nvr;        // 16-byte vectors per row
   int row_bytes;  // D * sizeof(kv)
@@ -174,7 +190,7 @@ struct Params {
   int* n_items;
   int* counters;  // [nl]
   int* first;     // [nl + 1] first item of each list
-  float* part_ms; // [items_max, kMaxG, 2]
+  float* part_ms; // [items_max, kMaxGAll, 2]
   float* part_acc;// [items_max, g, D]
   float* lse2;    // [nl, g]
   float* logits;  // [num_pages * P, gq], only with score_pool
@@ -335,7 +351,7 @@ constexpr int kUnionPer = kUnionChunk / kUnionThreads;  // consecutive pages per
 
 __global__ void __launch_bounds__(kUnionThreads) union_kernel(Params p) {
   __shared__ unsigned s_mask[kUnionChunk];
-  __shared__ int s_ind[kMaxG + 1];
+  __shared__ int s_ind[kMaxGAll + 1];
   __shared__ int s_warp[kUnionThreads / 32];
   cu::pdl_wait_then_trigger();  // the selection may be the previous kernel's output; the plan waits for this one
   const int l = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -493,6 +509,17 @@ constexpr int attn_min_blocks() {
   return by_smem < by_regs ? by_smem : by_regs;
 }
 
+// Static shared memory of an attention kernel with `stages` stages and
+// per-head arrays of gs heads (its row tables, logits, weights and softmax
+// state, as declared in attn_kernel, which asserts the bound), plus room for
+// the compiler's alignment. 3.7 KB at 3 stages and 8 heads, 6.1 KB with 16:
+// beside 96 KB of tiles (512-byte rows) more than a 99 KB part has.
+constexpr size_t attn_static_smem(int stages, int gs) {
+  return size_t(stages) * kTR * (sizeof(int64_t) + sizeof(unsigned)) + size_t(stages) * sizeof(int) +
+         size_t(gs) * (kTR + 1) * sizeof(float) + size_t(gs) * (kTR + 8) * sizeof(float) + 3 * size_t(gs) * sizeof(float) +
+         2 * sizeof(int) + 64;
+}
+
 // ---------------------------------------------------------------- attention
 // T: K/V storage type; LPR: pow2 >= 16-byte vectors per row, the lanes per
 // row up to 32; G: group size rounded up to a power of two (heads >= g are
@@ -504,16 +531,18 @@ constexpr int attn_min_blocks() {
 // lane's q and acc stay at 2 x 4 x 8 floats, what the 8-head kernels of
 // 16-byte rows hold); a two-stage pipeline, since three stages of 1 KiB rows
 // (192 KB) leave no room on anything but sm_90 (two: 128 KB, sm_80 and sm_90),
-// and one stage (WST = 1: 64 KB, no copy in flight during the compute) on
+// and one stage (ST = 1: 64 KB, no copy in flight during the compute) on
 // sm_86/89, whose 99 KB take neither (attn_stages).
 //
 // MMA (bf16 K/V, D in {64, 128, 256}: LPR = nvr): q.k and p.V on tensor
-// cores (mma.sync m16n8k16, f32 accumulators), the group's heads as N = 8.
-// Phase A: warps 0-1 take 16 rows each, A = K rows (ldmatrix), B = the
+// cores (mma.sync m16n8k16, f32 accumulators), the group's heads as N: one
+// n tile of 8 (G 8) or two (G 16). Phase A: warp w takes 16 rows (w % 2) of
+// n tile w / 2 (G 8: warps 0-1 only), A = K rows (ldmatrix), B = the
 // query vectors, unscaled (a bf16 q is exact; f16 or f32 q is split into
 // bf16 hi + lo, two mma, ~2^-17 relative), z = qs * (q.k): the CPU twin
 // rounds q * qs first, a difference far inside the tolerance. Phase C: O^T
-// [d, h] += V^T [d, rows] P^T [rows, h], each warp a quarter of D, A = V
+// [d, h] += V^T [d, rows] P^T [rows, h], each warp a quarter of D for
+// every n tile (one A fragment, NT mma pairs), A = V
 // (ldmatrix.trans), B = p split into bf16 hi + lo (p is not rounded to bf16:
 // the two products sum to p within ~2^-17). K and V rows sit in shared memory
 // with their 16-byte chunks XOR-swizzled by row % 8, so the 8 row addresses
@@ -521,14 +550,18 @@ constexpr int attn_min_blocks() {
 // zero-filled so a 0 weight never meets stale (possibly non-finite) data.
 // On CUDA cores the same tile cost ~250 instructions per warp for q.k and
 // ~200 for p.V (Nsight Compute: 58% issue-slot use at 55% of copy bandwidth).
-template <class T, int LPR, int G, bool MMA, int WST = kStagesWide>
+template <class T, int LPR, int G, bool MMA, int ST = kStages>
 __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) attn_kernel(Params p) {
   constexpr int E = cu::Vec16<T>::N;       // elements per 16-byte vector
   constexpr int LL = LPR < 32 ? LPR : 32;  // lanes per row
   constexpr int VPL = LPR / LL;            // 16-byte vectors per lane (2: wide rows)
-  constexpr int NST = VPL > 1 ? WST : kStages;  // cp.async pipeline depth
+  constexpr int NST = ST;                   // cp.async pipeline depth
   static_assert(VPL == 1 || (!MMA && G <= 4 && sizeof(T) == 4), "wide rows: f32, CUDA cores, <= 4 heads");
   static_assert(NST >= 2 || VPL > 1, "one stage: wide rows only");
+  static_assert(MMA ? (G == 8 || G == 16) : G <= kMaxG, "heads: one or two mma n tiles; <= 8 on CUDA cores");
+  constexpr int GS = G > kMaxG ? G : kMaxG;  // per-head shared arrays
+  constexpr int NT = MMA ? G / 8 : 1;        // mma n tiles of 8 heads
+  constexpr int AW = kTR / 16;               // MMA phase A: warps per n tile (16 rows each)
   constexpr int RGW = 32 / LL;             // row groups per warp
   constexpr int RPL = kRowsPerWarp / RGW;  // rows per lane per tile
   static_assert(RPL >= 1 && RPL * RGW == kRowsPerWarp, "tile mapping");
@@ -540,9 +573,9 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   __shared__ int64_t s_slot[NST][kTR];
   __shared__ unsigned s_mask[NST][kTR];
   __shared__ int s_n[NST];
-  __shared__ float s_z[kMaxG][kTR + 1];
-  __shared__ __align__(16) float s_p[kMaxG][kTR + 8];  // +8: the MMA path's float2 reads of 8 heads fall in distinct bank pairs
-  __shared__ float s_m[kMaxG], s_s[kMaxG], s_alpha[kMaxG];
+  __shared__ float s_z[GS][kTR + 1];
+  __shared__ __align__(16) float s_p[GS][kTR + 8];  // +8: the MMA path's float2 reads of 8 heads fall in distinct bank pairs
+  __shared__ float s_m[GS], s_s[GS], s_alpha[GS];
   __shared__ int s_last;
 
   // Launched as a dependent of the plan kernel (sm_90+): everything below
@@ -562,6 +595,10 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   // This sub-group's first head: logits of slot s at p.logits[s * gq + s_hb + h]
   // (shared memory, read at the H2O-only logit stores, for the same reason).
   __shared__ int s_hb;
+  static_assert(sizeof(s_slot) + sizeof(s_mask) + sizeof(s_n) + sizeof(s_z) + sizeof(s_p) + sizeof(s_m) + sizeof(s_s) +
+                        sizeof(s_alpha) + sizeof(s_last) + sizeof(s_hb) + 64 <=
+                    attn_static_smem(NST, GS),
+                "attn_static_smem: the launcher's bound of these arrays");
   const int* ids = p.page_ids + p.page_indptr[sb.list];
   const bool subset = p.sel_indptr != nullptr;
   const int rgl = lane / LL, vec = lane % LL;  // this lane's vectors: vec + j * LL, j < VPL
@@ -570,15 +607,16 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   unsigned char* sV = smem + NST * kTR * rb;
 
   if (tid == 0) s_hb = sb.hb;
-  if (tid < kMaxG) {
+  if (tid < GS) {
     s_m[tid] = cu::neg_inf();
     s_s[tid] = 0.f;
     s_alpha[tid] = 1.f;
   }
-  for (int i = tid; i < kMaxG * (kTR + 8); i += kThreads) (&s_p[0][0])[i] = 0.f;
+  for (int i = tid; i < GS * (kTR + 8); i += kThreads) (&s_p[0][0])[i] = 0.f;
 
   // CUDA cores: this lane's 16-byte slice of every query vector, pre-scaled
-  // into base 2. MMA: the B fragments of head lane/4 (unscaled), hi and lo.
+  // into base 2. MMA: the B fragments of head lane/4 of the warp's n tile
+  // (warp / AW: its phase A takes one tile's 8 heads), unscaled, hi and lo.
   constexpr int QE = MMA ? 1 : E * VPL;
   constexpr int QG = MMA ? 1 : G;
   float qv[QG][QE];
@@ -586,7 +624,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   uint32_t qh[KS][2], ql[KS][2];
   bool qsplit = false;
   if constexpr (MMA) {
-    const int h = lane >> 2, c0 = 2 * (lane & 3);
+    const int h = (warp / AW) * 8 + (lane >> 2), c0 = 2 * (lane & 3);
     qsplit = p.q_dtype != DType::BF16;
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks)
@@ -674,9 +712,11 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
 #pragma unroll
     for (int e = 0; e < QE; ++e) acc[h][e] = 0.f;
   constexpr int MTW = MMA ? LPR / 8 : 1;  // 16-dim m tiles of D per warp in phase C (D / 16 / kNW)
-  float oc[MTW][4];
+  float oc[MTW][NT][4];
 #pragma unroll
-  for (int mt = 0; mt < MTW; ++mt) oc[mt][0] = oc[mt][1] = oc[mt][2] = oc[mt][3] = 0.f;
+  for (int mt = 0; mt < MTW; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) oc[mt][nt][0] = oc[mt][nt][1] = oc[mt][nt][2] = oc[mt][nt][3] = 0.f;
   const uint32_t sK32 = static_cast<uint32_t>(__cvta_generic_to_shared(sK));
   const uint32_t sV32 = static_cast<uint32_t>(__cvta_generic_to_shared(sV));
   (void)oc; (void)sK32; (void)sV32;
@@ -717,10 +757,12 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
 
     // Phase A: logits of the tile's rows for all heads.
     if constexpr (MMA) {
-      if (warp < kTR / 16) {
+      // warp w: rows (w % AW) * 16 .. + 15 of the tile, heads (w / AW) * 8 .. + 7
+      if (warp < AW * NT) {
+        const int wr = warp % AW, hn = (warp / AW) * 8;
         float c[4] = {0.f, 0.f, 0.f, 0.f};
         const int lr = (lane & 7) + ((lane >> 3) & 1) * 8;  // ldmatrix row of this lane's address
-        const int row = st * kTR + warp * 16 + lr;
+        const int row = st * kTR + wr * 16 + lr;
         const uint32_t base = sK32 + uint32_t(row * rb);
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks) {
@@ -733,7 +775,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
         // c[0], c[1]: row lane/4, heads 2*(lane%4) + {0, 1}; c[2], c[3]: row + 8
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int r = warp * 16 + (lane >> 2) + (e >> 1) * 8, h = 2 * (lane & 3) + (e & 1);
+          const int r = wr * 16 + (lane >> 2) + (e >> 1) * 8, h = hn + 2 * (lane & 3) + (e & 1);
           if (h < g) {
             const bool on = r < n && ((s_mask[st][r] >> h) & 1u);
             const float z = on ? c[e] * p.qs : cu::neg_inf();
@@ -816,27 +858,34 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
     // Phase C: acc = alpha * acc + sum_rows p * V.
     if constexpr (MMA) {
       const int h0 = 2 * (lane & 3);
-      const float a0 = s_alpha[h0], a1 = s_alpha[h0 + 1];
 #pragma unroll
-      for (int mt = 0; mt < MTW; ++mt) {
-        oc[mt][0] *= a0;
-        oc[mt][1] *= a1;
-        oc[mt][2] *= a0;
-        oc[mt][3] *= a1;
+      for (int nt = 0; nt < NT; ++nt) {
+        const float a0 = s_alpha[nt * 8 + h0], a1 = s_alpha[nt * 8 + h0 + 1];
+#pragma unroll
+        for (int mt = 0; mt < MTW; ++mt) {
+          oc[mt][nt][0] *= a0;
+          oc[mt][nt][1] *= a1;
+          oc[mt][nt][2] *= a0;
+          oc[mt][nt][3] *= a1;
+        }
       }
       const int hb = lane >> 2, rb0 = 2 * (lane & 3);
       const int mi = lane >> 3, mj = lane & 7;  // ldmatrix: matrix, row within it
 #pragma unroll
       for (int ks = 0; ks < kTR / 16; ++ks) {
-        // B = P^T (rows x heads): head lane/4, rows 16ks + 2(lane%4) + {0, 1} and + 8
-        const float2 p0 = *reinterpret_cast<const float2*>(&s_p[hb][ks * 16 + rb0]);
-        const float2 p1 = *reinterpret_cast<const float2*>(&s_p[hb][ks * 16 + 8 + rb0]);
-        float hi[4], lo[4];
-        const float pv[4] = {p0.x, p0.y, p1.x, p1.y};
+        // B = P^T (rows x heads): head nt * 8 + lane/4, rows 16ks + 2(lane%4) + {0, 1} and + 8
+        uint32_t bh[NT][2], bl[NT][2];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) cu::split_bf16(pv[e], hi[e], lo[e]);
-        const uint32_t bh0 = cu::pack_bf16(hi[0], hi[1]), bh1 = cu::pack_bf16(hi[2], hi[3]);
-        const uint32_t bl0 = cu::pack_bf16(lo[0], lo[1]), bl1 = cu::pack_bf16(lo[2], lo[3]);
+        for (int nt = 0; nt < NT; ++nt) {
+          const float2 p0 = *reinterpret_cast<const float2*>(&s_p[nt * 8 + hb][ks * 16 + rb0]);
+          const float2 p1 = *reinterpret_cast<const float2*>(&s_p[nt * 8 + hb][ks * 16 + 8 + rb0]);
+          float hi[4], lo[4];
+          const float pv[4] = {p0.x, p0.y, p1.x, p1.y};
+#pragma unroll
+          for (int e = 0; e < 4; ++e) cu::split_bf16(pv[e], hi[e], lo[e]);
+          bh[nt][0] = cu::pack_bf16(hi[0], hi[1]), bh[nt][1] = cu::pack_bf16(hi[2], hi[3]);
+          bl[nt][0] = cu::pack_bf16(lo[0], lo[1]), bl[nt][1] = cu::pack_bf16(lo[2], lo[3]);
+        }
         // A = V^T (dims x rows) by ldmatrix.trans of V rows: matrix mi holds
         // rows 16ks + (mi >> 1) * 8 + 0..7 at dims d0 + (mi & 1) * 8 + 0..7
         const int r = st * kTR + ks * 16 + (mi >> 1) * 8 + mj;
@@ -845,8 +894,11 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
           const int chunk = (warp * MTW + mt) * 2 + (mi & 1);
           uint32_t a[4];
           cu::ldsm_x4_trans(sV32 + uint32_t(r * rb + ((chunk ^ (r & 7)) << 4)), a[0], a[1], a[2], a[3]);
-          cu::mma16816<false>(oc[mt], a, bh0, bh1);
-          cu::mma16816<false>(oc[mt], a, bl0, bl1);
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            cu::mma16816<false>(oc[mt][nt], a, bh[nt][0], bh[nt][1]);
+            cu::mma16816<false>(oc[mt][nt], a, bl[nt][0], bl[nt][1]);
+          }
         }
       }
     } else {
@@ -886,10 +938,12 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
 #pragma unroll
     for (int mt = 0; mt < MTW; ++mt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int d = (warp * MTW + mt) * 16 + (lane >> 2) + (e >> 1) * 8, h = 2 * (lane & 3) + (e & 1);
-        if (h < g) pacc[h * D + d] = oc[mt][e];
-      }
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int d = (warp * MTW + mt) * 16 + (lane >> 2) + (e >> 1) * 8, h = nt * 8 + 2 * (lane & 3) + (e & 1);
+          if (h < g) pacc[h * D + d] = oc[mt][nt][e];
+        }
   } else {
     // Sum the row groups: inside the warp by shuffles, across warps in shared
     // memory (the stage buffers are free now: kNW*G*D*4 <= stage bytes).
@@ -919,8 +973,8 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
     }
   }
   if (tid < g) {
-    p.part_ms[(int64_t(item_idx) * kMaxG + tid) * 2] = s_m[tid];
-    p.part_ms[(int64_t(item_idx) * kMaxG + tid) * 2 + 1] = s_s[tid];
+    p.part_ms[(int64_t(item_idx) * kMaxGAll + tid) * 2] = s_m[tid];
+    p.part_ms[(int64_t(item_idx) * kMaxGAll + tid) * 2 + 1] = s_s[tid];
   }
 
   // The score pass (launched as this kernel's dependent) may be scheduled
@@ -950,18 +1004,18 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   // flight, made the merging block of a 66-item list a ~20 us tail.)
   float2* wts = reinterpret_cast<float2*>(smem);  // [gv][count]: (weight, unused)
   const bool wfit = int64_t(it.count) * gv * 8 <= int64_t(NST) * kTR * rb * 2;
-  const float2* ms = reinterpret_cast<const float2*>(p.part_ms);  // [item][kMaxG]: (m, s)
+  const float2* ms = reinterpret_cast<const float2*>(p.part_ms);  // [item][kMaxGAll]: (m, s)
   for (int h = warp; h < gv; h += kNW) {
     float M = cu::neg_inf();
     for (int i = lane; i < it.count; i += 32) {
-      const float2 v = __ldcg(&ms[int64_t(it.first + i) * kMaxG + h]);
+      const float2 v = __ldcg(&ms[int64_t(it.first + i) * kMaxGAll + h]);
       if (wfit) wts[h * it.count + i] = v;
       M = fmaxf(M, v.x);
     }
     M = cu::warp_max(M);
     float S = 0.f;
     for (int i = lane; i < it.count; i += 32) {
-      const float2 v = wfit ? wts[h * it.count + i] : __ldcg(&ms[int64_t(it.first + i) * kMaxG + h]);
+      const float2 v = wfit ? wts[h * it.count + i] : __ldcg(&ms[int64_t(it.first + i) * kMaxGAll + h]);
       const float w = (M == cu::neg_inf() || v.x == cu::neg_inf()) ? 0.f : exp2f(v.x - M);
       if (w != 0.f) S += v.y * w;
       if (wfit) wts[h * it.count + i].x = w;
@@ -1011,7 +1065,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
     } else if (M != cu::neg_inf()) {
       for (int t = 0; t < it.count; ++t) {
         const int64_t ii = it.first + t;
-        const float mi = __ldcg(&p.part_ms[(ii * kMaxG + h) * 2]);
+        const float mi = __ldcg(&p.part_ms[(ii * kMaxGAll + h) * 2]);
         if (mi == cu::neg_inf()) continue;
         const float w = exp2f(mi - M);
         const float4 a = __ldcg(reinterpret_cast<const float4*>(p.part_acc + ii * ist) + i4);
@@ -1042,6 +1096,9 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
 // and lse loads and the stores remain (before: a chain of six dependent loads
 // and a block barrier after the launch gap, most of the ~8 us this pass took
 // per one-sequence step on an H200).
+// GM: the most heads of a sub-group (8, or 16 on tensor cores), the size of
+// the per-thread logit arrays.
+template <int GM>
 __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
   const int item_idx = blockIdx.x;
   if (item_idx >= *p.n_items) return;  // the plan's output: complete before the attention kernel began
@@ -1055,16 +1112,16 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
   float* part = p.score_part ? p.score_part + (list - sb.list * p.ns) * p.pool_slots : nullptr;
   // The group's base-2 lse, per thread (the same g addresses for the whole
   // block: broadcast loads, no barrier). Only after pdl_wait.
-  float l2[kMaxG];
+  float l2[GM];
   auto load_lse = [&] {
 #pragma unroll
-    for (int h = 0; h < kMaxG; ++h) l2[h] = h < g ? __ldcg(p.lse2 + int64_t(list) * p.g + h) : cu::neg_inf();
+    for (int h = 0; h < GM; ++h) l2[h] = h < g ? __ldcg(p.lse2 + int64_t(list) * p.g + h) : cu::neg_inf();
   };
   // What a slot adds to its pool score, from its g logits lg[h < g].
-  auto slot_add = [&](const float (&lg)[kMaxG]) {
+  auto slot_add = [&](const float (&lg)[GM]) {
     float acc = 0.f;
 #pragma unroll
-    for (int h = 0; h < kMaxG; ++h) {
+    for (int h = 0; h < GM; ++h) {
       if (h >= g) break;
       const float m = l2[h];
       if (m == cu::neg_inf()) continue;
@@ -1075,13 +1132,14 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
     // (sub-groups: the combine kernel divides the whole group's sum)
     return p.reduce == int(Reduce::Mean) && !part ? acc / float(g) : acc;
   };
-  // 4 slots per thread, their loads issued before any use (one slot at a
-  // time was a chain of three dependent reads per slot). The ids and pool
+  // U slots per thread, their loads issued before any use (one slot at a
+  // time was a chain of three dependent reads per slot): 4, or 2 with 16
+  // heads, the same 32 logits in flight (4 x 16 spilled). The ids and pool
   // scores before the wait; logits (written by the attention kernel) after.
   // Slot u of the item: row u % P of its page u / P, or with Quest subsets of
   // its union entry u / P (the union kernel ran before the plan; heads that
   // did not choose the page have -inf logits, so they add exactly 0).
-  constexpr int U = 4;
+  constexpr int U = 32 / GM;
   const bool subset = p.sel_indptr != nullptr;
   const int ubase = subset ? p.sel_indptr[sb.row0] : 0;
   const int u0 = (it.p0 - ubase) * P, u1 = subset ? (it.p1 - ubase) * P : min(it.p1 * P, len);
@@ -1116,11 +1174,11 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(Params p) {
   cu::pdl_wait();
   load_lse();
   for (; ub < u1;) {
-    float lg[U][kMaxG];
+    float lg[U][GM];
 #pragma unroll
     for (int k = 0; k < U; ++k)
 #pragma unroll
-      for (int h = 0; h < kMaxG; ++h) lg[k][h] = ph[k] >= 0 && h < g ? __ldcg(lgt + ph[k] * p.gq + h) : 0.f;
+      for (int h = 0; h < GM; ++h) lg[k][h] = ph[k] >= 0 && h < g ? __ldcg(lgt + ph[k] * p.gq + h) : 0.f;
 #pragma unroll
     for (int k = 0; k < U; ++k)
       if (ph[k] >= 0) {
@@ -1167,12 +1225,12 @@ __global__ void score_combine_kernel(Params p) {
 // ---------------------------------------------------------------- host side
 using AttnFn = void (*)(Params);
 
-template <class T, int LPR>
+template <class T, int LPR, int ST = kStages>
 AttnFn pick_g(int g) {
-  if (g <= 1) return attn_kernel<T, LPR, 1, false>;
-  if (g <= 2) return attn_kernel<T, LPR, 2, false>;
-  if (g <= 4) return attn_kernel<T, LPR, 4, false>;
-  return attn_kernel<T, LPR, 8, false>;
+  if (g <= 1) return attn_kernel<T, LPR, 1, false, ST>;
+  if (g <= 2) return attn_kernel<T, LPR, 2, false, ST>;
+  if (g <= 4) return attn_kernel<T, LPR, 4, false, ST>;
+  return attn_kernel<T, LPR, 8, false, ST>;
 }
 
 template <class T, int WST>
@@ -1182,31 +1240,50 @@ AttnFn pick_wide(int g) {
   return attn_kernel<T, 64, 4, false, WST>;
 }
 
-// wide_stages: the pipeline depth of wide rows (attn_stages).
+// stages: the pipeline depth (attn_stages). Rows up to 256 bytes always
+// have three (48 KB); 512-byte rows (f16 D 256, f32 D 128) two where three
+// do not fit (99 KB parts); wide rows two or one. (bf16 rows of 272..496
+// bytes, the only other CUDA-core rows of 32 lanes, fit three on every
+// part the build targets: no two-stage kernels for them.)
 template <class T>
-AttnFn pick_lpr(int nvr, int g, int wide_stages) {
+AttnFn pick_lpr(int nvr, int g, int stages) {
   if (nvr <= 8) return pick_g<T, 8>(g);
   if (nvr <= 16) return pick_g<T, 16>(g);
   if constexpr (sizeof(T) == 4) {
     if (nvr > 32)  // wide f32 rows: sub-groups of at most kMaxGWide heads
-      return wide_stages >= kStagesWide ? pick_wide<T, kStagesWide>(g) : pick_wide<T, 1>(g);
+      return stages >= kStagesWide ? pick_wide<T, kStagesWide>(g) : pick_wide<T, 1>(g);
+  }
+  if constexpr (!std::is_same_v<T, __nv_bfloat16>) {
+    if (stages < kStages) return pick_g<T, 32, 2>(g);
   }
   return pick_g<T, 32>(g);
 }
 
-// bf16 K/V with D in {64, 128, 256} (16-byte chunks per row a power of two,
-// >= 8 for the swizzle): the tensor-core kernels; else CUDA cores.
-// (The MMA kernels do not depend on G: heads are the mma's N = 8 columns.)
-AttnFn pick_bf16(int nvr, int g) {
-  if (nvr == 8) return attn_kernel<__nv_bfloat16, 8, kMaxG, true>;
-  if (nvr == 16) return attn_kernel<__nv_bfloat16, 16, kMaxG, true>;
-  if (nvr == 32) return attn_kernel<__nv_bfloat16, 32, kMaxG, true>;
-  return pick_lpr<__nv_bfloat16>(nvr, g, kStages);
+// The tensor-core kernels (mma_rows), or CUDA cores. Heads are the mma's N:
+// one n tile of 8 for groups up to 8 (fewer heads: zero queries), two for 9
+// to 16, which the sub-grouping above gives such rows instead of 8.
+// D 256 (512-byte rows) on 99 KB parts: two stages.
+AttnFn pick_bf16(int nvr, int g, int stages) {
+  using B = __nv_bfloat16;
+  if (mma_rows(DType::BF16, nvr)) {
+    if (g > kMaxG) {
+      if (nvr == 8) return attn_kernel<B, 8, kMaxGMma, true>;
+      if (nvr == 16) return attn_kernel<B, 16, kMaxGMma, true>;
+      return stages < kStages ? attn_kernel<B, 32, kMaxGMma, true, 2> : attn_kernel<B, 32, kMaxGMma, true>;
+    }
+    if (nvr == 8) return attn_kernel<B, 8, kMaxG, true>;
+    if (nvr == 16) return attn_kernel<B, 16, kMaxG, true>;
+    return stages < kStages ? attn_kernel<B, 32, kMaxG, true, 2> : attn_kernel<B, 32, kMaxG, true>;
+  }
+  return pick_lpr<B>(nvr, g, stages);
 }
 
 // Resident blocks per SM of an attention kernel with this much dynamic shared
 // memory (the plan sizes the grid to whole waves of it). The first query per
-// (device, kernel, smem) also lifts the kernel's dynamic shared memory limit.
+// (device, kernel, smem) also lifts the kernel's dynamic shared memory limit
+// to exactly smem: the limit plus the kernel's static arrays must fit the
+// device's per-block opt-in, or the call fails (a limit of 96 KB for every
+// kernel, as before, failed every decode on the 99 KB parts).
 Status attn_blocks_per_sm(int dev, AttnFn fn, size_t smem, int* out) {
   struct Key {
     int dev;
@@ -1219,7 +1296,7 @@ Status attn_blocks_per_sm(int dev, AttnFn fn, size_t smem, int* out) {
   std::lock_guard<std::mutex> lk(mu);
   for (const Key& k : seen)
     if (k.dev == dev && k.fn == fn && k.smem == smem) return *out = k.bps, Status::Ok;
-  KVSQ_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(std::max<size_t>(96 * 1024, smem))));
+  KVSQ_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   // A hint only: a failed or implausible answer (seen under compute-sanitizer
   // racecheck, which made the grid look oversized) falls back to 1..32.
   int bps = 0;
@@ -1237,21 +1314,19 @@ struct DevInfo {
   int sms = 0;
   bool pdl = false;  // compute capability >= 9.0: programmatic dependent launch
 };
+// Asked at each call, not cached (cheap attribute reads; the emulated
+// device of the tests changes its part between tests, as cu::pdl_capable).
 DevInfo dev_info(int dev) {
   static std::mutex mu;
-  static DevInfo cache[64];
   static bool pool_set[64];
+  DevInfo di;
+  if (cudaDeviceGetAttribute(&di.sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || di.sms <= 0) {
+    cudaGetLastError();
+    di.sms = 132;
+  }
+  di.pdl = cu::pdl_capable();
   std::lock_guard<std::mutex> lk(mu);
   if (dev < 0 || dev >= 64) dev = 0;
-  if (cache[dev].sms == 0) {
-    int n = 0;
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-      cudaGetLastError();
-      n = 132;
-    }
-    cache[dev].sms = n;
-    cache[dev].pdl = cu::pdl_capable();
-  }
   if (!pool_set[dev]) {
     pool_set[dev] = true;
     cudaMemPool_t pool;
@@ -1265,27 +1340,32 @@ DevInfo dev_info(int dev) {
     }
     cudaGetLastError();  // best effort
   }
-  return cache[dev];
+  return di;
 }
 
 size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 
 // The attention kernel's dynamic shared memory (K and V tiles of every
-// pipeline stage) for rows of row_bytes, and a bound on its static arrays
-// (row tables, logits, weights: about 3.3 KB).
+// pipeline stage) for rows of row_bytes.
 size_t attn_smem(int64_t row_bytes, int stages) { return size_t(stages) * kTR * size_t(row_bytes) * 2; }
-constexpr size_t kAttnStaticSmem = 4096;
 
-// Pipeline stages for rows of row_bytes on a device that lets a block opt in
-// to smem_optin bytes: kStages for rows up to 512 bytes (at most 96 KB of
-// tiles; the launch says if a part has less); wide rows two where they fit
-// (128 KB: sm_80, sm_90), else one (64 KB: sm_86/89), else 0 (refused).
-int attn_stages(int64_t row_bytes, int smem_optin) {
-  if (row_bytes <= 512) return kStages;
-  for (int stages = kStagesWide; stages >= 1; --stages)
-    if (attn_smem(row_bytes, stages) + kAttnStaticSmem <= size_t(smem_optin)) return stages;
+// Pipeline stages for rows of row_bytes, gs-head arrays (kMaxGMma for bf16
+// rows the tensor cores take and groups above 8, else kMaxG), on a device
+// that lets a block opt in to smem_optin bytes, tiles and static arrays
+// together: the deepest that fits, kStages down to two for rows up to 512
+// bytes (two only for 512-byte rows on 99 KB parts: 96 KB of tiles leave
+// no room for the arrays), kStagesWide down to one for wide rows; 0 where
+// none fits (refused). An unknown opt-in (0): the deepest (the launch says).
+int attn_stages(int64_t row_bytes, int smem_optin, int gs) {
+  const bool wide = row_bytes > 512;
+  const int most = wide ? kStagesWide : kStages, least = wide ? 1 : 2;
+  if (smem_optin <= 0) return most;
+  for (int stages = most; stages >= least; --stages)
+    if (attn_smem(row_bytes, stages) + attn_static_smem(stages, gs) <= size_t(smem_optin)) return stages;
   return 0;
 }
+// The gs a launch with rows of kv / nvr vectors and g heads per sub-group uses.
+int attn_gs(DType kv, int nvr, int g) { return mma_rows(kv, nvr) && g > kMaxG ? kMaxGMma : kMaxG; }
 
 // "" when the kernels take K/V rows of head_dim elements of kv on a device
 // that lets a block opt in to smem_optin bytes of shared memory, else why not.
@@ -1296,11 +1376,16 @@ std::string row_check(DType kv, int64_t head_dim, int smem_optin) {
     return "the CUDA decode kernels take K/V rows of whole 16-byte vectors up to " + std::to_string(max_rb) +
            " bytes (headDim " + (kv == DType::F32 ? "% 4 == 0 and <= 256" : "% 8 == 0 and <= 256") + " in " +
            dtype_name(kv) + "), not headDim " + std::to_string(head_dim);
-  if (attn_stages(rb, smem_optin) == 0)
-    return "f32 K/V rows of " + std::to_string(rb) + " bytes (headDim " + std::to_string(head_dim) + ") need " +
-           std::to_string((attn_smem(rb, 1) + kAttnStaticSmem) / 1024) +
+  // The largest head arrays a launch with these rows may use (any group size).
+  const int gs = mma_rows(kv, int(rb / 16)) ? kMaxGMma : kMaxG;
+  if (attn_stages(rb, smem_optin, gs) == 0) {
+    const int least = rb > 512 ? 1 : 2;
+    return std::string(dtype_name(kv)) + " K/V rows of " + std::to_string(rb) + " bytes (headDim " +
+           std::to_string(head_dim) + ") need " +
+           std::to_string((attn_smem(rb, least) + attn_static_smem(least, gs) + 1023) / 1024) +
            " KB of shared memory per block and this device allows " + std::to_string(smem_optin / 1024) +
-           " KB (every GPU the build targets, sm_80 and up, allows enough; f16/bf16 K/V take any headDim up to 256)";
+           " KB (every GPU the build targets, sm_80 and up, allows enough)";
+  }
   return "";
 }
 
@@ -1381,7 +1466,8 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   const int es = int(dtype_size(a.kv_dtype));
   const int64_t row_bytes = int64_t(a.head_dim) * es;
   if (row_bytes % 16 != 0 || row_bytes > max_row_bytes(a.kv_dtype)) return Status::Shape;
-  const int maxg = row_bytes > 512 ? kMaxGWide : kMaxG;
+  const int nvr = int(row_bytes / 16);
+  const int maxg = row_bytes > 512 ? kMaxGWide : mma_rows(a.kv_dtype, nvr) ? kMaxGMma : kMaxG;
   const int ns = (gq + maxg - 1) / maxg;  // sub-groups per KV head
   const int g = (gq + ns - 1) / ns;       // heads per sub-group (the last may have fewer)
   if ((reinterpret_cast<uintptr_t>(a.k_pool) | reinterpret_cast<uintptr_t>(a.v_pool)) & 15) return Status::Shape;
@@ -1405,7 +1491,7 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   p.D = a.head_dim;
   p.P = a.page_size;
   p.nl = int(nl64);
-  p.nvr = int(row_bytes / 16);
+  p.nvr = nvr;
   p.row_bytes = int(row_bytes);
   p.qs = a.scale * cu::kLog2e;  // same rounding as the CPU twin
   p.q_dtype = a.q_dtype;
@@ -1423,10 +1509,10 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   p.score_pool = a.score_pool;
   p.reduce = int(a.reduce);
   p.lse = a.lse;
-  const int stages = row_bytes > 512 ? attn_stages(row_bytes, cu::smem_optin(dev)) : kStages;
+  const int stages = attn_stages(row_bytes, cu::smem_optin(dev), attn_gs(a.kv_dtype, nvr, g));
   if (stages == 0) return Status::Shape;  // (row_check says why)
   const AttnFn fn = a.kv_dtype == DType::F16    ? pick_lpr<__half>(p.nvr, g, stages)
-                    : a.kv_dtype == DType::BF16 ? pick_bf16(p.nvr, g)
+                    : a.kv_dtype == DType::BF16 ? pick_bf16(p.nvr, g, stages)
                                                 : pick_lpr<float>(p.nvr, g, stages);
   const size_t smem = attn_smem(row_bytes, stages);
   int bps = 1;
@@ -1448,7 +1534,7 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   const size_t o_nitems = off; off = align256(off + sizeof(int));
   const size_t o_cnt = off; off = align256(off + size_t(nl64) * sizeof(int));
   const size_t o_first = off; off = align256(off + size_t(nl64 + 1) * sizeof(int));
-  const size_t o_ms = off; off = align256(off + size_t(items_max) * kMaxG * 2 * sizeof(float));
+  const size_t o_ms = off; off = align256(off + size_t(items_max) * kMaxGAll * 2 * sizeof(float));
   const size_t o_acc = off; off = align256(off + size_t(items_max) * g * a.head_dim * sizeof(float));
   const size_t o_lse2 = off; off = align256(off + size_t(nl64) * g * sizeof(float));
   const size_t o_logits = off;
@@ -1510,7 +1596,7 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
     s = cuda_read_scores(rs, st);
   }
   if (s == Status::Ok && a.score_pool) {
-    s = cuda_status(cu::launch_pdl(di.pdl, score_kernel, dim3(unsigned(items_max)), dim3(kScoreThreads), 0, st, p));
+    s = cuda_status(cu::launch_pdl(di.pdl, g > kMaxG ? score_kernel<kMaxGMma> : score_kernel<kMaxG>, dim3(unsigned(items_max)), dim3(kScoreThreads), 0, st, p));
     if (s == Status::Ok && parts)
       s = cuda_status(cu::launch_pdl(di.pdl, score_combine_kernel, dim3(slot_blocks(p.pool_slots)), dim3(256), 0, st, p));
   }

@@ -25,6 +25,7 @@
 #include <limits>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../../cuda/launchers.h"
@@ -495,6 +496,68 @@ KVSQ_TEST(cuda_decode_large_groups) {
   Problem(c).run_and_compare();
 }
 
+// bf16 K/V of D 64, 128 and 256 (tensor cores) with 9 to 16 query heads per
+// KV head: one group of up to 16 heads (two mma n tiles), K/V read once;
+// more than 16 in sub-groups of up to 16 (17 = 9 + 8, 32 = 16 + 16, 71 =
+// 4 x 15 + 11). Dense and Quest subsets, each reduce of the H2O scores, f32,
+// f16 and bf16 queries (the hi + lo split), empty lists.
+KVSQ_TEST(cuda_decode_mma_large_groups) {
+  need_device();
+  int it = 0;
+  for (int D : {64, 128, 256}) {
+    for (int g : {9, 16, 13, 17, 32, 71}) {
+      if (D == 256 && g > 16) continue;  // the sub-grouping is the same at every D
+      Config c;
+      c.subset = it % 2 == 1;
+      c.score = it % 4 != 2;
+      c.reduce = it % 3 == 0 ? Reduce::Mean : it % 3 == 1 ? Reduce::Sum : Reduce::Max;
+      c.Hkv = g > 16 ? 1 : pick({1, 2});
+      c.Hq = c.Hkv * g;
+      c.B = g > 16 ? 1 : pick({1, 2});
+      c.D = D;
+      c.P = pick({16, 7});
+      c.qdt = kDts[it % 3];
+      c.kvdt = DType::BF16;
+      c.sel_offset = c.subset ? randint(0, 3) : 0;
+      for (int l = 0; l < c.B * c.Hkv; ++l) c.lens.push_back(randint(0, 5) == 0 ? 0 : random_len());
+      ++it;
+      Problem(c).run_and_compare();
+    }
+  }
+}
+
+// 512-byte K/V rows (f16 and bf16 D 256, f32 D 128) on a 99 KB part (sm_86,
+// sm_89; emulated here, the card's own part on a GPU): three stages of
+// tiles (96 KB) leave no room for the kernels' static arrays there, so they
+// run with two; every kernel that takes such rows (tensor cores with 8 and
+// 16 heads, CUDA cores) against the CPU twin, dense and Quest, H2O scores.
+KVSQ_TEST(cuda_decode_512_byte_rows_99kb) {
+  need_device();
+#ifdef KVSQ_CUDA_EMU
+  cuda_emu::PartScope scope(cuda_emu::part("sm_86"));
+#endif
+  int it = 0;
+  for (auto [kv, D] : {std::pair{DType::BF16, 256}, std::pair{DType::F16, 256}, std::pair{DType::F32, 128}}) {
+    for (int g : {1, 5, 8, 16}) {
+      if (kv == DType::F32 && g == 16) continue;  // (the same kernel as 8: two sub-groups)
+      Config c;
+      c.subset = it % 3 == 2;
+      c.score = it % 2 == 0;
+      c.reduce = it % 3 == 0 ? Reduce::Mean : it % 3 == 1 ? Reduce::Sum : Reduce::Max;
+      c.Hkv = pick({1, 2});
+      c.Hq = c.Hkv * g;
+      c.B = pick({1, 2});
+      c.D = D;
+      c.P = pick({16, 7});
+      c.qdt = kDts[it % 3];
+      c.kvdt = kv;
+      for (int l = 0; l < c.B * c.Hkv; ++l) c.lens.push_back(randint(0, 6) == 0 ? 0 : random_len());
+      ++it;
+      Problem(c).run_and_compare();
+    }
+  }
+}
+
 // f32 K/V rows of more than 512 bytes (D 132..256): each lane holds two
 // 16-byte vectors, sub-groups of at most 4 heads (g 5, 8, 12 split), a
 // two-stage pipeline; dense and Quest, H2O scores with each reduce, empty
@@ -542,7 +605,8 @@ KVSQ_TEST(cuda_decode_unsupported_shapes) {
   CHECK(cuda_decode_attention(args(130, DType::F32, 1), nullptr) == Status::Shape);   // 520 bytes: not whole vectors
   int optin = 0;
   CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0) == cudaSuccess);
-  CHECK(cuda_decode_row_check(0, DType::F32, 256).empty() == (optin >= 68 * 1024));  // one stage: 64 KB + 4; every sm_80+
+  CHECK(cuda_decode_row_check(0, DType::F32, 256).empty() == (optin >= 68 * 1024));  // one stage: 64 KB + 3; every sm_80+
+  CHECK(cuda_decode_row_check(0, DType::BF16, 256).empty() == (optin >= 70 * 1024));  // two stages: 64 KB + 6
   CHECK(!cuda_decode_row_check(0, DType::F32, 260).empty());
   CHECK(!cuda_decode_row_check(0, DType::BF16, 264).empty());
   CHECK(!cuda_decode_row_check(0, DType::F16, 36).empty());
@@ -550,17 +614,21 @@ KVSQ_TEST(cuda_decode_unsupported_shapes) {
 #ifdef KVSQ_CUDA_EMU
   {
     // sm_86/89's 99 KB per block take wide f32 rows with one pipeline stage
-    // (two stages of 1 KiB rows are 128 KB); a part with 64 KB (none the
-    // build targets) would not fit one stage (64 KB of tiles + the static
-    // arrays): refused, with the reason; 16-bit D 256 still fits there.
+    // (two stages of 1 KiB rows are 128 KB) and 512-byte rows with two; a
+    // part with 64 KB (none the build targets) fits neither with the static
+    // arrays (64 KB of tiles + 3 to 6 KB): refused, with the reason; rows of
+    // 256 bytes (three stages, 48 KB) still fit there.
     cuda_emu::PartScope scope(cuda_emu::st().dev);  // changed below, restored at the end
     cuda_emu::st().dev.max_optin_smem = 99 * 1024;
     CHECK(cuda_decode_row_check(0, DType::F32, 256).empty());
-    cuda_emu::st().dev.max_optin_smem = 64 * 1024;
-    const std::string why = cuda_decode_row_check(0, DType::F32, 256);
-    CHECK_MSG(why.find("shared memory") != std::string::npos, why);
     CHECK(cuda_decode_row_check(0, DType::F32, 128).empty());
     CHECK(cuda_decode_row_check(0, DType::BF16, 256).empty());
+    cuda_emu::st().dev.max_optin_smem = 64 * 1024;
+    for (auto [kv, d] : {std::pair{DType::F32, 256}, std::pair{DType::F32, 128}, std::pair{DType::BF16, 256}}) {
+      const std::string why = cuda_decode_row_check(0, kv, d);
+      CHECK_MSG(why.find("shared memory") != std::string::npos, why);
+    }
+    CHECK(cuda_decode_row_check(0, DType::F16, 128).empty());
     const long launches = cuda_emu::st().launches;
     CHECK(cuda_decode_attention(args(256, DType::F32, 1), nullptr) == Status::Shape);
     CHECK(cuda_emu::st().launches == launches);

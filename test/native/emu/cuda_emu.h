@@ -261,6 +261,8 @@ struct State {
   std::mt19937_64 order_rng;
   std::map<const void*, size_t> allocs;    // device allocations -> size
   std::map<const void*, int> smem_limit;   // kernel -> MaxDynamicSharedMemorySize
+  std::map<const void*, size_t> static_bytes;  // kernel -> its static __shared__ bytes, once it has run
+  size_t last_static = 0;                  // static __shared__ bytes of the last launch's blocks (the most)
   std::atomic<long> failures{0};           // every error ever reported (tests compare before / after)
   std::mutex alloc_mu;                     // allocs (ops may allocate from several threads)
   std::mutex launch_mu;                    // one device operation at a time (the early-start model swaps memory)
@@ -630,6 +632,10 @@ struct Run {
   std::vector<std::vector<unsigned char>> smem;
   std::vector<std::map<int, size_t>> static_off;
   std::vector<size_t> arena_used;
+  // Per block, the bytes of its static __shared__ variables, unpadded (a
+  // lower bound of what the compiler lays out: the limit checks below never
+  // fail a kernel the hardware would take).
+  std::vector<size_t> static_exact;
   std::vector<Barrier> warp_bar, block_bar, wg_bar;
   Barrier cluster_bar;
   // Per block, one flag per 16 bytes of its arena: written by a cp.async
@@ -724,6 +730,7 @@ T* static_smem(int id, size_t n) {
       return reinterpret_cast<T*>(r.smem[b].data());
     }
     r.arena_used[b] = off + n * sizeof(T);
+    r.static_exact[b] += n * sizeof(T);
     it = m.emplace(id, off).first;
   }
   return reinterpret_cast<T*>(r.smem[b].data() + it->second);
@@ -807,6 +814,7 @@ inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)
     return;
   }
   pdl_begin_launch(pdl, stream);
+  s.last_static = 0;
   Run r;
   run() = &r;
   r.cs = cs;
@@ -836,6 +844,7 @@ inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)
     r.smem.assign(cs, std::vector<unsigned char>(smem + kGuard + kStaticSmem, kFill));
     r.static_off.assign(cs, {});
     r.arena_used.assign(cs, smem + kGuard);
+    r.static_exact.assign(cs, 0);
     for (auto& m : r.smem) std::memset(m.data() + smem, kGuardByte, kGuard);
     // Barrier generations unique across clusters and launches: per-warp
     // results cached by generation (ptx_warp) must never match a stale one.
@@ -891,8 +900,15 @@ inline void launch(dim3 grid, dim3 block, size_t smem, unsigned cs, void (*body)
       }
     }
     pdl_leave();  // (threads that never waited; or a failed cluster: memory as the previous launch left it)
-    for (unsigned b = 0; b < cs; ++b)
+    for (unsigned b = 0; b < cs; ++b) {
       if (!guard_ok(r.smem[b].data(), smem)) fail("write past the end of dynamic shared memory");
+      s.last_static = std::max(s.last_static, r.static_exact[b]);
+      // A block's static and dynamic shared memory together: at most what
+      // the device lets a block opt in to (a real launch fails otherwise).
+      if (smem + r.static_exact[b] > size_t(s.dev.max_optin_smem) && err().empty())
+        fail("static (" + std::to_string(r.static_exact[b]) + " B) + dynamic (" + std::to_string(smem) +
+             " B) shared memory above the device's per-block limit (" + std::to_string(s.dev.max_optin_smem) + " B)");
+    }
   }
   check_guards("a kernel");
   munmap(stacks, map_bytes);
@@ -922,6 +938,20 @@ cudaError_t launch_kernel(void (*k)(A...), dim3 grid, dim3 block, size_t smem, u
   if (smem > size_t(st().dev.max_optin_smem)) return cudaErrorInvalidValue;
   Packed<A...> p{k, std::tuple<std::decay_t<A>...>(std::forward<B>(args)...)};
   launch(grid, block, smem, cs, &Packed<A...>::body, &p, pdl, stream);
+  // Now that the kernel's static shared memory is known: the dynamic limit
+  // set for it plus that must fit the device's per-block opt-in (where
+  // cudaFuncSetAttribute fails on a card), and without a limit set, static
+  // plus dynamic must fit the default 48 KB.
+  const void* key = reinterpret_cast<const void*>(k);
+  const size_t stat = st().last_static;
+  st().static_bytes[key] = std::max(st().static_bytes[key], stat);
+  auto lim = st().smem_limit.find(key);
+  if (err().empty() && lim != st().smem_limit.end() && size_t(lim->second) + stat > size_t(st().dev.max_optin_smem))
+    launch_error("cudaFuncSetAttribute(MaxDynamicSharedMemorySize, " + std::to_string(lim->second) +
+                 ") fails on this device: with the kernel's " + std::to_string(stat) + " B of static shared memory " +
+                 "it exceeds the per-block limit (" + std::to_string(st().dev.max_optin_smem) + " B)");
+  if (err().empty() && lim == st().smem_limit.end() && smem + stat > 48 * 1024)
+    launch_error("static + dynamic shared memory above 48 KB without cudaFuncAttributeMaxDynamicSharedMemorySize");
   return err().empty() ? cudaSuccess : cudaErrorLaunchFailure;
 }
 
@@ -1046,7 +1076,11 @@ inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
 }
 template <class K>
 cudaError_t cudaFuncSetAttribute(K k, cudaFuncAttribute, int v) {
-  if (v > cuda_emu::st().dev.max_optin_smem) return cudaErrorInvalidValue;
+  // The value plus the kernel's static shared memory (known once it has run;
+  // the launch checks the first time) must fit the per-block opt-in.
+  const auto known = cuda_emu::st().static_bytes.find(reinterpret_cast<const void*>(k));
+  const size_t stat = known == cuda_emu::st().static_bytes.end() ? 0 : known->second;
+  if (v < 0 || size_t(v) + stat > size_t(cuda_emu::st().dev.max_optin_smem)) return cudaErrorInvalidValue;
   cuda_emu::st().smem_limit[reinterpret_cast<const void*>(k)] = v;
   return cudaSuccess;
 }
