@@ -85,11 +85,11 @@ function compare(name, mk, c) {
 for (const [name, mk] of [['H2O', () => new k.H2O({ heavy, recent: heavy })], ['Quest', () => new k.Quest({ budget: questBudget, denseLayers: 1 })]])
   compare(`SnapKV + ${name}`, mk, main);
 // 2b. Another head dim (80: the window-scores kernel zero-pads it to 128) and
-// groups of more than 8 query heads per KV head (the decode kernel's
-// sub-groups: 12 = 6 + 6 with H2O's score combine, MQA's 16 on one KV head
-// with Quest's per-sub-group unions).
+// wide groups of query heads per KV head (bf16 on the decode kernel's tensor
+// cores: 20 = 10 + 10 sub-groups with H2O's score combine; MQA's 16 on one
+// KV head as one 16-head group, with Quest's union of 16 selections).
 compare('SnapKV + H2O at head dim 80', () => new k.H2O({ heavy: 32, recent: 32 }), shape(4, 2, 80, 300, 1, 3, 96));
-compare('SnapKV + H2O, 12 query heads per KV head', () => new k.H2O({ heavy: 32, recent: 32 }), shape(24, 2, 64, 300, 1, 3, 96));
+compare('SnapKV + H2O, 20 query heads per KV head', () => new k.H2O({ heavy: 32, recent: 32 }), shape(40, 2, 64, 300, 1, 3, 96));
 compare('SnapKV + Quest, 16 query heads on 1 KV head', () => new k.Quest({ budget: 64, denseLayers: 0 }), shape(16, 1, 128, 400, 1, 3, 160));
 // f32 K/V at head dim 256 (1 KiB rows: the decode kernel's wide-row variant,
 // sub-groups of at most 4 heads: 6 = 3 + 3; on a 99 KB part one pipeline
