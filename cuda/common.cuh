@@ -32,8 +32,10 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "../native/core/dtype.h"
 #include "../native/core/status.h"
@@ -547,6 +549,49 @@ inline int smem_optin(int dev) {
     v = 0;
   }
   return v;
+}
+
+// Makes kernel k launchable with `bytes` of dynamic shared memory on the
+// current device: its limit (cudaFuncAttributeMaxDynamicSharedMemorySize)
+// is raised to the largest size a call has asked for and never lowered.
+// A kernel serves calls of several sizes, possibly from several host
+// threads: a call that set a smaller limit would fail another's launch of a
+// larger one between its own set and launch. Not more than the largest
+// need either: the limit plus the kernel's static shared memory must fit
+// the device's per-block opt-in, or the set fails. Kept per (device,
+// kernel, opt-in): the opt-in of a device is fixed on a card; the tests'
+// emulated device changes its part, and a limit one part took may not fit
+// another.
+struct SmemLimit {
+  int dev;
+  const void* fn;
+  int optin;
+  size_t bytes;
+};
+inline std::mutex& smem_limit_mutex() {
+  static std::mutex m;
+  return m;
+}
+inline std::vector<SmemLimit>& smem_limits() {
+  static std::vector<SmemLimit> v;
+  return v;
+}
+template <class... A>
+inline cudaError_t raise_smem_limit(void (*k)(A...), size_t bytes) {
+  int dev = 0;
+  if (const cudaError_t e = cudaGetDevice(&dev); e != cudaSuccess) return e;
+  const int optin = smem_optin(dev);
+  const void* key = reinterpret_cast<const void*>(k);
+  std::lock_guard<std::mutex> lk(smem_limit_mutex());
+  SmemLimit* have = nullptr;
+  for (SmemLimit& l : smem_limits())
+    if (l.dev == dev && l.fn == key && l.optin == optin) have = &l;
+  if (have && have->bytes >= bytes) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (e != cudaSuccess) return e;
+  if (have) have->bytes = bytes;
+  else smem_limits().push_back({dev, key, optin, bytes});
+  return cudaSuccess;
 }
 
 }  // namespace cu

@@ -1279,11 +1279,12 @@ AttnFn pick_bf16(int nvr, int g, int stages) {
 }
 
 // Resident blocks per SM of an attention kernel with this much dynamic shared
-// memory (the plan sizes the grid to whole waves of it). The first query per
-// (device, kernel, smem) also lifts the kernel's dynamic shared memory limit
-// to exactly smem: the limit plus the kernel's static arrays must fit the
-// device's per-block opt-in, or the call fails (a limit of 96 KB for every
-// kernel, as before, failed every decode on the 99 KB parts).
+// memory (the plan sizes the grid to whole waves of it), after making sure
+// the kernel's dynamic shared memory limit covers smem (cu::raise_smem_limit:
+// one kernel serves rows of several sizes, every row of 17..32 vectors is the
+// 32-lane kernel; the limit is the largest need, so with the static arrays it
+// fits the opt-in, where a limit of 96 KB for every kernel, as before, failed
+// every decode on the 99 KB parts).
 Status attn_blocks_per_sm(int dev, AttnFn fn, size_t smem, int* out) {
   struct Key {
     int dev;
@@ -1291,12 +1292,12 @@ Status attn_blocks_per_sm(int dev, AttnFn fn, size_t smem, int* out) {
     size_t smem;
     int bps;
   };
+  KVSQ_CUDA_TRY(cu::raise_smem_limit(fn, smem));
   static std::mutex mu;
   static std::vector<Key> seen;
   std::lock_guard<std::mutex> lk(mu);
   for (const Key& k : seen)
     if (k.dev == dev && k.fn == fn && k.smem == smem) return *out = k.bps, Status::Ok;
-  KVSQ_CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   // A hint only: a failed or implausible answer (seen under compute-sanitizer
   // racecheck, which made the grid look oversized) falls back to 1..32.
   int bps = 0;
@@ -1509,7 +1510,8 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   p.score_pool = a.score_pool;
   p.reduce = int(a.reduce);
   p.lse = a.lse;
-  const int stages = attn_stages(row_bytes, cu::smem_optin(dev), attn_gs(a.kv_dtype, nvr, g));
+  const int optin = cu::smem_optin(dev);
+  const int stages = attn_stages(row_bytes, optin, attn_gs(a.kv_dtype, nvr, g));
   if (stages == 0) return Status::Shape;  // (row_check says why)
   const AttnFn fn = a.kv_dtype == DType::F16    ? pick_lpr<__half>(p.nvr, g, stages)
                     : a.kv_dtype == DType::BF16 ? pick_bf16(p.nvr, g, stages)

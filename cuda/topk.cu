@@ -698,12 +698,12 @@ Status cuda_topk_enqueue(const TopkArgs& a, unsigned* flag, void* stream) {
     int sms = 1;
     fail(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     b_clusters = std::min<int64_t>(a.rows, std::max<int64_t>(1, 2 * int64_t(sms) / cs));
-    fail(cudaFuncSetAttribute(topk_filter_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kFilterBytes)));
+    fail(cu::raise_smem_limit(topk_filter_kernel, kFilterBytes));
     if (s == Status::Ok)  // p.list takes A's marks here
       fail(cu::launch_ex(pdl, unsigned(cs), topk_filter_kernel, dim3(unsigned(int64_t(a.rows) * cs)), dim3(kThreads),
                          kFilterBytes, st, p));
   }
-  if (s == Status::Ok) fail(cudaFuncSetAttribute(topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  if (s == Status::Ok) fail(cu::raise_smem_limit(topk_kernel, smem));
   if (s == Status::Ok)
     fail(cu::launch_ex(pdl, unsigned(cs), topk_kernel, dim3(unsigned(b_clusters * cs)), dim3(kThreads), smem, st, p));
   if (s == Status::Ok) {

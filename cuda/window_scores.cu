@@ -706,8 +706,8 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st, const WsDev
   const int threads = rows_pad / 16 * 32;
   const size_t smem1 = k_ring_bytes<D, WG, NS>();
   const size_t smem2 = ws_pass2_smem<D, WG, NS>(tl.cs_rows);
-  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 1, WG, PAD, NS>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)));
-  fail(cudaFuncSetAttribute(ws_pass_kernel<T, D, 2, WG, PAD, NS>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)));
+  fail(cu::raise_smem_limit(ws_pass_kernel<T, D, 1, WG, PAD, NS>, smem1));
+  fail(cu::raise_smem_limit(ws_pass_kernel<T, D, 2, WG, PAD, NS>, smem2));
 
   if (s == Status::Ok && !direct && !max_split) fail(cudaMemsetAsync(a.out, 0, size_t(Hkv) * L * sizeof(float), st));
   const int nhh = max_split ? g : 1;

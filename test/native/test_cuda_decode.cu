@@ -363,6 +363,20 @@ Config rotating_case(int it, DType kv, int D, int g, int hkv, int b) {
 
 }  // namespace
 
+// One kernel serves rows of several sizes (the 32-lane kernel 17 to 32
+// vectors, the wide one 33 to 64), with as many dynamic shared memory sizes:
+// a larger row after a smaller one after a larger one, each against the CPU
+// (the kernel's limit is only ever raised; lowered for the smaller rows, it
+// failed the last launch). First in the file, before other tests have used
+// these kernels.
+KVSQ_TEST(cuda_decode_row_sizes_interleaved) {
+  need_device();
+  int it = 0;
+  for (auto [kv, D] : {std::pair{DType::F16, 248}, std::pair{DType::F16, 136}, std::pair{DType::F16, 248},
+                       std::pair{DType::F32, 256}, std::pair{DType::F32, 132}, std::pair{DType::F32, 256}})
+    Problem(rotating_case(it++, kv, D, 4, 1, 1)).run_and_compare();
+}
+
 KVSQ_TEST(cuda_decode_dense_shapes) {
   need_device();
   int it = 0;

@@ -931,7 +931,9 @@ cudaError_t launch_kernel(void (*k)(A...), dim3 grid, dim3 block, size_t smem, u
   if (smem > 48 * 1024) {
     auto it = st().smem_limit.find(reinterpret_cast<const void*>(k));
     if (it == st().smem_limit.end() || size_t(it->second) < smem) {
-      launch_error("dynamic shared memory above 48 KB without cudaFuncAttributeMaxDynamicSharedMemorySize");
+      launch_error("dynamic shared memory (" + std::to_string(smem) + " B) above 48 KB and above the kernel's " +
+                   "cudaFuncAttributeMaxDynamicSharedMemorySize (" +
+                   (it == st().smem_limit.end() ? std::string("not set") : std::to_string(it->second) + " B") + ")");
       return cudaErrorInvalidValue;
     }
   }
