@@ -576,11 +576,10 @@ inline std::vector<SmemLimit>& smem_limits() {
   static std::vector<SmemLimit> v;
   return v;
 }
+// dev: the current device; optin: its smem_optin (launchers that have both
+// at hand pass them; the two-argument form asks).
 template <class... A>
-inline cudaError_t raise_smem_limit(void (*k)(A...), size_t bytes) {
-  int dev = 0;
-  if (const cudaError_t e = cudaGetDevice(&dev); e != cudaSuccess) return e;
-  const int optin = smem_optin(dev);
+inline cudaError_t raise_smem_limit(void (*k)(A...), size_t bytes, int dev, int optin) {
   const void* key = reinterpret_cast<const void*>(k);
   std::lock_guard<std::mutex> lk(smem_limit_mutex());
   SmemLimit* have = nullptr;
@@ -592,6 +591,12 @@ inline cudaError_t raise_smem_limit(void (*k)(A...), size_t bytes) {
   if (have) have->bytes = bytes;
   else smem_limits().push_back({dev, key, optin, bytes});
   return cudaSuccess;
+}
+template <class... A>
+inline cudaError_t raise_smem_limit(void (*k)(A...), size_t bytes) {
+  int dev = 0;
+  if (const cudaError_t e = cudaGetDevice(&dev); e != cudaSuccess) return e;
+  return raise_smem_limit(k, bytes, dev, smem_optin(dev));
 }
 
 }  // namespace cu

@@ -1285,14 +1285,14 @@ AttnFn pick_bf16(int nvr, int g, int stages) {
 // 32-lane kernel; the limit is the largest need, so with the static arrays it
 // fits the opt-in, where a limit of 96 KB for every kernel, as before, failed
 // every decode on the 99 KB parts).
-Status attn_blocks_per_sm(int dev, AttnFn fn, size_t smem, int* out) {
+Status attn_blocks_per_sm(int dev, int optin, AttnFn fn, size_t smem, int* out) {
   struct Key {
     int dev;
     AttnFn fn;
     size_t smem;
     int bps;
   };
-  KVSQ_CUDA_TRY(cu::raise_smem_limit(fn, smem));
+  KVSQ_CUDA_TRY(cu::raise_smem_limit(fn, smem, dev, optin));
   static std::mutex mu;
   static std::vector<Key> seen;
   std::lock_guard<std::mutex> lk(mu);
@@ -1518,7 +1518,7 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
                                                 : pick_lpr<float>(p.nvr, g, stages);
   const size_t smem = attn_smem(row_bytes, stages);
   int bps = 1;
-  if (Status o = attn_blocks_per_sm(dev, fn, smem, &bps); o != Status::Ok) return o;
+  if (Status o = attn_blocks_per_sm(dev, optin, fn, smem, &bps); o != Status::Ok) return o;
   // Whole waves: the plan makes at most target + nl items (each list's count
   // rounds up once), so target = waves * resident - nl fills the last wave
   // exactly instead of leaving a few items for a second, nearly empty one

@@ -600,9 +600,10 @@ __global__ void ws_max_merge_kernel(float* out, const float* acc, int64_t n, int
 // default; benchmarks sweep it: cuda_window_scores_set_ctas_per_sm).
 std::atomic<int> g_ctas_per_sm{4};
 
-// SM count, whether dependent launches are available (sm_90+), and the
+// The device, its SM count, whether dependent launches are available (sm_90+), and the
 // shared memory a block may opt in to (0: unknown).
 struct WsDev {
+  int dev = 0;
   int sms = 132;
   bool pdl = false;
   int smem_optin = 0;
@@ -615,6 +616,7 @@ WsDev ws_device() {
     return d;
   }
   if (n > 0) d.sms = n;
+  d.dev = dev;
   d.smem_optin = cu::smem_optin(dev);
   d.pdl = cu::pdl_capable();
   return d;
@@ -706,8 +708,8 @@ Status run_window_scores(const WindowScoresArgs& a, cudaStream_t st, const WsDev
   const int threads = rows_pad / 16 * 32;
   const size_t smem1 = k_ring_bytes<D, WG, NS>();
   const size_t smem2 = ws_pass2_smem<D, WG, NS>(tl.cs_rows);
-  fail(cu::raise_smem_limit(ws_pass_kernel<T, D, 1, WG, PAD, NS>, smem1));
-  fail(cu::raise_smem_limit(ws_pass_kernel<T, D, 2, WG, PAD, NS>, smem2));
+  fail(cu::raise_smem_limit(ws_pass_kernel<T, D, 1, WG, PAD, NS>, smem1, dv.dev, dv.smem_optin));
+  fail(cu::raise_smem_limit(ws_pass_kernel<T, D, 2, WG, PAD, NS>, smem2, dv.dev, dv.smem_optin));
 
   if (s == Status::Ok && !direct && !max_split) fail(cudaMemsetAsync(a.out, 0, size_t(Hkv) * L * sizeof(float), st));
   const int nhh = max_split ? g : 1;
