@@ -16,7 +16,8 @@
 //   cu::warp_incl_sum(x, lane)           inclusive prefix sum of an int over a warp
 //   cu::block_sum / block_max            whole-block reductions through 32 floats of shared memory
 //   cu::with_float_dtype(DType, f)       calls f(T{}) for the storage type of a float DType
-//   cu::ldsm_x4 / ldsm_x4_trans, mma16816<F16>, pack_bf16, split_bf16   tensor-core fragments (sm_80+)
+//   cu::ldsm_x4 / ldsm_x4_trans, mma16816<F16>, pack_bf16, split_bf16, pack_f16, split_f16
+//                                        tensor-core fragments (sm_80+)
 //   cu::neg_inf(), cu::pos_inf(), cu::kLog2e, cu::kLn2
 //   cu::pdl_wait / pdl_trigger / pdl_wait_then_trigger, cu::launch_pdl / launch_ex, cu::pdl_capable()
 //                                        programmatic dependent launch (sm_90+; plain launch below)
@@ -272,6 +273,16 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 // x -> (hi, lo) bf16 pair with hi + lo ~ x to ~2^-16 relative.
 __device__ __forceinline__ void split_bf16(float x, float& hi, float& lo) {
   hi = __bfloat162float(__float2bfloat16_rn(x));
+  lo = x - hi;  // exact in f32
+}
+// The same in f16 (11-bit significands: hi + lo ~ x to ~2^-22 relative)
+// for x of magnitude 2^-14 .. 2^15; outside it hi overflows or lo becomes
+// subnormal, so callers scale x into that range by a power of two first.
+__device__ __forceinline__ uint32_t pack_f16(float lo, float hi) {
+  return uint32_t(__half_as_ushort(__float2half_rn(lo))) | (uint32_t(__half_as_ushort(__float2half_rn(hi))) << 16);
+}
+__device__ __forceinline__ void split_f16(float x, float& hi, float& lo) {
+  hi = __half2float(__float2half_rn(x));
   lo = x - hi;  // exact in f32
 }
 __device__ __forceinline__ void ldsm_x4_trans(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {

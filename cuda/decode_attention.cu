@@ -27,10 +27,11 @@
 //   vectors in registers. The g*rows partial dot products are reduced with a
 //   transposed butterfly (each step halves the values a lane holds), so a
 //   tile of 32 rows costs ~g*LPR/32 shuffles per row instead of g*log2(LPR).
-//   bf16 K/V with D in {64, 128, 256} use tensor cores instead (q.k and p.V
-//   as mma.sync with the group's heads as N; see attn_kernel's MMA notes):
-//   on an H200 that took the 32K batch-4 step from 55% to 69% of copy
-//   bandwidth and one sequence from 39% to 47% (docs/perf.md).
+//   f16 and bf16 K/V with D in {64, 128, 256} use tensor cores instead (q.k
+//   and p.V as mma.sync with the group's heads as N; see attn_kernel's MMA
+//   notes): on an H200 that took the bf16 32K batch-4 step from 55% to 69%
+//   of copy bandwidth and one sequence from 39% to 47% (docs/perf.md); f16
+//   K/V has taken the same kernels since 2026-12-07 (not yet timed).
 // * Online softmax per 32-row tile (one warp per head: lane = row), V
 //   accumulated with each lane owning a 16-byte column slice for all g heads
 //   (MMA: each warp a quarter of D for all heads); the running-max rescale is
@@ -57,7 +58,7 @@
 // * Wide groups (MQA and wide GQA: g = Hq / Hkv up to Hq). The tensor-core
 //   kernels take up to 16 heads as two mma n tiles of 8 (phase A: each warp
 //   16 rows x 8 heads, all four warps busy; phase C: each warp a quarter of
-//   D for both tiles), so bf16 K/V of D 64/128/256 with 9 to 16 heads per
+//   D for both tiles), so f16/bf16 K/V of D 64/128/256 with 9 to 16 heads per
 //   KV head (GLM-4, Qwen3-235B: 16) read each K/V row once. Larger groups,
 //   and more than 8 heads on CUDA cores (which hold every head's q slice and
 //   accumulators in registers), run as ns = ceil(g / max) sub-groups of
@@ -101,8 +102,9 @@
 //
 // Tolerance vs the CPU twin: both are fp32 with different summation orders and
 // exp2 implementations (CUDA exp2f: 2 ulp; the MMA kernels' bf16 hi + lo
-// splits of q and p add at most 2^-18 relative per term, inside the same
-// bound), so each is within the bound derived
+// splits of q and p add at most 2^-18 relative per term, the f16 ones,
+// scaled into f16's normal range, ~2^-22, inside the same bound), so each
+// is within the bound derived
 // in native/cpu/decode_attention.cc of the exact result and the two differ by
 // at most twice that bound (test/native/test_cuda_decode.cu asserts this).
 // Scores of slots outside the union are untouched (bit-identical). Groups
@@ -139,9 +141,11 @@ constexpr int kMaxGWide = 4;        // heads per sub-group with wide (f32, > 512
 constexpr int kMaxRowBytes = 1024;  // f32 D 256; 16-bit rows stop at 512 (D 256)
 // The longest K/V row the kernels take in dtype kv.
 constexpr int64_t max_row_bytes(DType kv) { return kv == DType::F32 ? kMaxRowBytes : 512; }
-// bf16 K/V rows of nvr 16-byte vectors that the tensor-core kernels take: D
+// f16/bf16 K/V rows of nvr 16-byte vectors that the tensor-core kernels take: D
 // in {64, 128, 256} (chunks per row a power of two, >= 8 for the swizzle).
-constexpr bool mma_rows(DType kv, int nvr) { return kv == DType::BF16 && (nvr == 8 || nvr == 16 || nvr == 32); }
+constexpr bool mma_rows(DType kv, int nvr) {
+  return (kv == DType::BF16 || kv == DType::F16) && (nvr == 8 || nvr == 16 || nvr == 32);
+}
 constexpr int kRowsPerWarp = kTR / kNW;
 constexpr int kMinItemSlots = 256;
 constexpr int kScoreThreads = 256;
@@ -534,17 +538,20 @@ constexpr size_t attn_static_smem(int stages, int gs) {
 // and one stage (ST = 1: 64 KB, no copy in flight during the compute) on
 // sm_86/89, whose 99 KB take neither (attn_stages).
 //
-// MMA (bf16 K/V, D in {64, 128, 256}: LPR = nvr): q.k and p.V on tensor
-// cores (mma.sync m16n8k16, f32 accumulators), the group's heads as N: one
-// n tile of 8 (G 8) or two (G 16). Phase A: warp w takes 16 rows (w % 2) of
-// n tile w / 2 (G 8: warps 0-1 only), A = K rows (ldmatrix), B = the
-// query vectors, unscaled (a bf16 q is exact; f16 or f32 q is split into
-// bf16 hi + lo, two mma, ~2^-17 relative), z = qs * (q.k): the CPU twin
-// rounds q * qs first, a difference far inside the tolerance. Phase C: O^T
-// [d, h] += V^T [d, rows] P^T [rows, h], each warp a quarter of D for
-// every n tile (one A fragment, NT mma pairs), A = V
-// (ldmatrix.trans), B = p split into bf16 hi + lo (p is not rounded to bf16:
-// the two products sum to p within ~2^-17). K and V rows sit in shared memory
+// MMA (f16 or bf16 K/V, D in {64, 128, 256}: LPR = nvr): q.k and p.V on
+// tensor cores (mma.sync m16n8k16, f32 accumulators, operands in K/V's
+// type), the group's heads as N: one n tile of 8 (G 8) or two (G 16).
+// Phase A: warp w takes 16 rows (w % 2) of n tile w / 2 (G 8: warps 0-1
+// only), A = K rows (ldmatrix), B = the query vectors, not multiplied by
+// qs (a q of K's type is exact; another is split into hi + lo, two mma:
+// bf16 ~2^-17 relative; f16 ~2^-22 after a per-head power-of-two scaling
+// into f16's range), z = qs * (q.k): the CPU twin rounds q * qs first, a
+// difference far inside the tolerance. Phase C: O^T [d, h] += V^T [d,
+// rows] P^T [rows, h], each warp a quarter of D for every n tile (one A
+// fragment, NT mma pairs), A = V (ldmatrix.trans), B = p split into hi +
+// lo (p is not rounded to 16 bits: the two products sum to p within ~2^-17
+// in bf16; in f16 p is first scaled by 2^14 so small weights stay normal,
+// and the accumulators are scaled back when stored). K and V rows sit in shared memory
 // with their 16-byte chunks XOR-swizzled by row % 8, so the 8 row addresses
 // of an ldmatrix fall in distinct banks; rows past the tile's end are
 // zero-filled so a 0 weight never meets stale (possibly non-finite) data.
@@ -561,6 +568,8 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   static_assert(MMA ? (G == 8 || G == 16) : G <= kMaxG, "heads: one or two mma n tiles; <= 8 on CUDA cores");
   constexpr int GS = G > kMaxG ? G : kMaxG;  // per-head shared arrays
   constexpr int NT = MMA ? G / 8 : 1;        // mma n tiles of 8 heads
+  constexpr bool F16K = std::is_same_v<T, __half>;  // f16 K/V: f16 mma operands
+  constexpr float kPScale = 16384.f;                 // MMA f16: p scaled by 2^14 (exact) for its split
   constexpr int AW = kTR / 16;               // MMA phase A: warps per n tile (16 rows each)
   constexpr int RGW = 32 / LL;             // row groups per warp
   constexpr int RPL = kRowsPerWarp / RGW;  // rows per lane per tile
@@ -623,9 +632,42 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   constexpr int KS = MMA ? LPR / 2 : 1;  // 16-element k steps of D
   uint32_t qh[KS][2], ql[KS][2];
   bool qsplit = false;
+  // MMA: the logit multiplier of this lane's two phase-A heads (n tile
+  // warp / AW, heads 2 * (lane % 4) + {0, 1}): qs, times 2^e_h for f16 K/V.
+  float zs[2] = {p.qs, p.qs};
   if constexpr (MMA) {
     const int h = (warp / AW) * 8 + (lane >> 2), c0 = 2 * (lane & 3);
-    qsplit = p.q_dtype != DType::BF16;
+    qsplit = p.q_dtype != (F16K ? DType::F16 : DType::BF16);
+    // f16 K/V: q (unless f16 itself, which is exact) is scaled per head by
+    // 2^-e_h so that its largest |element| lies in [2^14, 2^15) before the
+    // f16 hi + lo split: f16 overflows at 65504 and goes subnormal below
+    // 2^-14, where bf16 has f32's range. The four lanes lane & ~3 hold all of
+    // head h's D elements; a power of two is exact, and the logits take 2^e_h
+    // back (zs). Zero, non-finite or padding heads: e_h = 0 (an inf or NaN
+    // element reaches the result as it does on the CPU).
+    float qmul = 1.f;
+    if constexpr (F16K) {
+      float zmul = p.qs;
+      if (qsplit) {
+        float m = 0.f;
+        if (h < sb.g)
+          for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+              m = fmaxf(m, fabsf(load_q(p.q, p.q_dtype, (sb.row0 + h) * D + ks * 16 + (j >> 1) * 8 + c0 + (j & 1))));
+        m = fmaxf(m, __shfl_xor_sync(kFull, m, 1));
+        m = fmaxf(m, __shfl_xor_sync(kFull, m, 2));
+        if (m > 0.f && isfinite(m)) {
+          int x;
+          frexpf(m, &x);  // m = f 2^x, f in [0.5, 1): m 2^(15 - x) in [2^14, 2^15)
+          const int e = min(max(x - 15, -100), 100);
+          qmul = ldexpf(1.f, -e);
+          zmul = ldexpf(p.qs, e);
+        }
+      }
+      zs[0] = __shfl_sync(kFull, zmul, c0 * 4);  // lanes 4j .. 4j + 3 hold head j of the tile
+      zs[1] = __shfl_sync(kFull, zmul, (c0 + 1) * 4);
+    }
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
@@ -633,12 +675,20 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
         float x[2] = {0.f, 0.f};
         if (h < sb.g)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) x[e] = load_q(p.q, p.q_dtype, (sb.row0 + h) * D + ks * 16 + half * 8 + c0 + e);
+          for (int e = 0; e < 2; ++e)
+            x[e] = load_q(p.q, p.q_dtype, (sb.row0 + h) * D + ks * 16 + half * 8 + c0 + e) * qmul;
         float h0, l0, h1, l1;
-        cu::split_bf16(x[0], h0, l0);
-        cu::split_bf16(x[1], h1, l1);
-        qh[ks][half] = cu::pack_bf16(h0, h1);
-        ql[ks][half] = cu::pack_bf16(l0, l1);
+        if constexpr (F16K) {
+          cu::split_f16(x[0], h0, l0);
+          cu::split_f16(x[1], h1, l1);
+          qh[ks][half] = cu::pack_f16(h0, h1);
+          ql[ks][half] = cu::pack_f16(l0, l1);
+        } else {
+          cu::split_bf16(x[0], h0, l0);
+          cu::split_bf16(x[1], h1, l1);
+          qh[ks][half] = cu::pack_bf16(h0, h1);
+          ql[ks][half] = cu::pack_bf16(l0, l1);
+        }
       }
   } else {
 #pragma unroll
@@ -651,7 +701,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
           qv[h][j * E + e] = (h < sb.g && vj < nvr) ? load_q(p.q, p.q_dtype, (sb.row0 + h) * D + vj * E + e) * p.qs : 0.f;
         }
   }
-  (void)qv; (void)qh; (void)ql; (void)qsplit;
+  (void)qv; (void)qh; (void)ql; (void)qsplit; (void)zs;
 
   Producer pr;
   {
@@ -769,8 +819,8 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
           const int chunk = 2 * ks + (lane >> 4);
           uint32_t a[4];
           cu::ldsm_x4(base + uint32_t((chunk ^ (lr & 7)) << 4), a[0], a[1], a[2], a[3]);
-          cu::mma16816<false>(c, a, qh[ks][0], qh[ks][1]);
-          if (qsplit) cu::mma16816<false>(c, a, ql[ks][0], ql[ks][1]);
+          cu::mma16816<F16K>(c, a, qh[ks][0], qh[ks][1]);
+          if (qsplit) cu::mma16816<F16K>(c, a, ql[ks][0], ql[ks][1]);
         }
         // c[0], c[1]: row lane/4, heads 2*(lane%4) + {0, 1}; c[2], c[3]: row + 8
 #pragma unroll
@@ -778,7 +828,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
           const int r = wr * 16 + (lane >> 2) + (e >> 1) * 8, h = hn + 2 * (lane & 3) + (e & 1);
           if (h < g) {
             const bool on = r < n && ((s_mask[st][r] >> h) & 1u);
-            const float z = on ? c[e] * p.qs : cu::neg_inf();
+            const float z = on ? c[e] * zs[e & 1] : cu::neg_inf();
             s_z[h][r] = z;
             if (p.logits && r < n && s_hb + h < p.gq) p.logits[s_slot[st][r] * p.gq + s_hb + h] = z;
           }
@@ -881,10 +931,19 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
           const float2 p1 = *reinterpret_cast<const float2*>(&s_p[nt * 8 + hb][ks * 16 + 8 + rb0]);
           float hi[4], lo[4];
           const float pv[4] = {p0.x, p0.y, p1.x, p1.y};
+          if constexpr (F16K) {
+            // p <= 1 times kPScale: its f16 hi + lo stay normal down to
+            // p = 2^-28 (unscaled, every p below 2^-14 would lose bits)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) cu::split_bf16(pv[e], hi[e], lo[e]);
-          bh[nt][0] = cu::pack_bf16(hi[0], hi[1]), bh[nt][1] = cu::pack_bf16(hi[2], hi[3]);
-          bl[nt][0] = cu::pack_bf16(lo[0], lo[1]), bl[nt][1] = cu::pack_bf16(lo[2], lo[3]);
+            for (int e = 0; e < 4; ++e) cu::split_f16(pv[e] * kPScale, hi[e], lo[e]);
+            bh[nt][0] = cu::pack_f16(hi[0], hi[1]), bh[nt][1] = cu::pack_f16(hi[2], hi[3]);
+            bl[nt][0] = cu::pack_f16(lo[0], lo[1]), bl[nt][1] = cu::pack_f16(lo[2], lo[3]);
+          } else {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) cu::split_bf16(pv[e], hi[e], lo[e]);
+            bh[nt][0] = cu::pack_bf16(hi[0], hi[1]), bh[nt][1] = cu::pack_bf16(hi[2], hi[3]);
+            bl[nt][0] = cu::pack_bf16(lo[0], lo[1]), bl[nt][1] = cu::pack_bf16(lo[2], lo[3]);
+          }
         }
         // A = V^T (dims x rows) by ldmatrix.trans of V rows: matrix mi holds
         // rows 16ks + (mi >> 1) * 8 + 0..7 at dims d0 + (mi & 1) * 8 + 0..7
@@ -896,8 +955,8 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
           cu::ldsm_x4_trans(sV32 + uint32_t(r * rb + ((chunk ^ (r & 7)) << 4)), a[0], a[1], a[2], a[3]);
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
-            cu::mma16816<false>(oc[mt][nt], a, bh[nt][0], bh[nt][1]);
-            cu::mma16816<false>(oc[mt][nt], a, bl[nt][0], bl[nt][1]);
+            cu::mma16816<F16K>(oc[mt][nt], a, bh[nt][0], bh[nt][1]);
+            cu::mma16816<F16K>(oc[mt][nt], a, bl[nt][0], bl[nt][1]);
           }
         }
       }
@@ -942,7 +1001,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int d = (warp * MTW + mt) * 16 + (lane >> 2) + (e >> 1) * 8, h = nt * 8 + 2 * (lane & 3) + (e & 1);
-          if (h < g) pacc[h * D + d] = oc[mt][nt][e];
+          if (h < g) pacc[h * D + d] = F16K ? oc[mt][nt][e] * (1.f / kPScale) : oc[mt][nt][e];
         }
   } else {
     // Sum the row groups: inside the warp by shuffles, across warps in shared
@@ -1241,10 +1300,11 @@ AttnFn pick_wide(int g) {
 }
 
 // stages: the pipeline depth (attn_stages). Rows up to 256 bytes always
-// have three (48 KB); 512-byte rows (f16 D 256, f32 D 128) two where three
-// do not fit (99 KB parts); wide rows two or one. (bf16 rows of 272..496
-// bytes, the only other CUDA-core rows of 32 lanes, fit three on every
-// part the build targets: no two-stage kernels for them.)
+// have three (48 KB); 512-byte rows on CUDA cores (f32 D 128) two where
+// three do not fit (99 KB parts); wide rows two or one. (f16 and bf16 rows
+// of 272..496 bytes, the only other CUDA-core rows of 32 lanes, fit three
+// on every part the build targets; their 512-byte rows, D 256, are the
+// tensor-core kernels': no two-stage CUDA-core kernels for 16-bit rows.)
 template <class T>
 AttnFn pick_lpr(int nvr, int g, int stages) {
   if (nvr <= 8) return pick_g<T, 8>(g);
@@ -1253,29 +1313,29 @@ AttnFn pick_lpr(int nvr, int g, int stages) {
     if (nvr > 32)  // wide f32 rows: sub-groups of at most kMaxGWide heads
       return stages >= kStagesWide ? pick_wide<T, kStagesWide>(g) : pick_wide<T, 1>(g);
   }
-  if constexpr (!std::is_same_v<T, __nv_bfloat16>) {
+  if constexpr (sizeof(T) == 4) {
     if (stages < kStages) return pick_g<T, 32, 2>(g);
   }
   return pick_g<T, 32>(g);
 }
 
-// The tensor-core kernels (mma_rows), or CUDA cores. Heads are the mma's N:
-// one n tile of 8 for groups up to 8 (fewer heads: zero queries), two for 9
-// to 16, which the sub-grouping above gives such rows instead of 8.
-// D 256 (512-byte rows) on 99 KB parts: two stages.
-AttnFn pick_bf16(int nvr, int g, int stages) {
-  using B = __nv_bfloat16;
-  if (mma_rows(DType::BF16, nvr)) {
+// f16 or bf16 K/V (T): the tensor-core kernels (mma_rows), or CUDA cores.
+// Heads are the mma's N: one n tile of 8 for groups up to 8 (fewer heads:
+// zero queries), two for 9 to 16, which the sub-grouping above gives such
+// rows instead of 8. D 256 (512-byte rows) on 99 KB parts: two stages.
+template <class T>
+AttnFn pick_16bit(int nvr, int g, int stages) {
+  if (mma_rows(std::is_same_v<T, __half> ? DType::F16 : DType::BF16, nvr)) {
     if (g > kMaxG) {
-      if (nvr == 8) return attn_kernel<B, 8, kMaxGMma, true>;
-      if (nvr == 16) return attn_kernel<B, 16, kMaxGMma, true>;
-      return stages < kStages ? attn_kernel<B, 32, kMaxGMma, true, 2> : attn_kernel<B, 32, kMaxGMma, true>;
+      if (nvr == 8) return attn_kernel<T, 8, kMaxGMma, true>;
+      if (nvr == 16) return attn_kernel<T, 16, kMaxGMma, true>;
+      return stages < kStages ? attn_kernel<T, 32, kMaxGMma, true, 2> : attn_kernel<T, 32, kMaxGMma, true>;
     }
-    if (nvr == 8) return attn_kernel<B, 8, kMaxG, true>;
-    if (nvr == 16) return attn_kernel<B, 16, kMaxG, true>;
-    return stages < kStages ? attn_kernel<B, 32, kMaxG, true, 2> : attn_kernel<B, 32, kMaxG, true>;
+    if (nvr == 8) return attn_kernel<T, 8, kMaxG, true>;
+    if (nvr == 16) return attn_kernel<T, 16, kMaxG, true>;
+    return stages < kStages ? attn_kernel<T, 32, kMaxG, true, 2> : attn_kernel<T, 32, kMaxG, true>;
   }
-  return pick_lpr<B>(nvr, g, stages);
+  return pick_lpr<T>(nvr, g, stages);
 }
 
 // Resident blocks per SM of an attention kernel with this much dynamic shared
@@ -1350,7 +1410,7 @@ size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 // pipeline stage) for rows of row_bytes.
 size_t attn_smem(int64_t row_bytes, int stages) { return size_t(stages) * kTR * size_t(row_bytes) * 2; }
 
-// Pipeline stages for rows of row_bytes, gs-head arrays (kMaxGMma for bf16
+// Pipeline stages for rows of row_bytes, gs-head arrays (kMaxGMma for 16-bit
 // rows the tensor cores take and groups above 8, else kMaxG), on a device
 // that lets a block opt in to smem_optin bytes, tiles and static arrays
 // together: the deepest that fits, kStages down to two for rows up to 512
@@ -1513,8 +1573,8 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   const int optin = cu::smem_optin(dev);
   const int stages = attn_stages(row_bytes, optin, attn_gs(a.kv_dtype, nvr, g));
   if (stages == 0) return Status::Shape;  // (row_check says why)
-  const AttnFn fn = a.kv_dtype == DType::F16    ? pick_lpr<__half>(p.nvr, g, stages)
-                    : a.kv_dtype == DType::BF16 ? pick_bf16(p.nvr, g, stages)
+  const AttnFn fn = a.kv_dtype == DType::F16    ? pick_16bit<__half>(p.nvr, g, stages)
+                    : a.kv_dtype == DType::BF16 ? pick_16bit<__nv_bfloat16>(p.nvr, g, stages)
                                                 : pick_lpr<float>(p.nvr, g, stages);
   const size_t smem = attn_smem(row_bytes, stages);
   int bps = 1;

@@ -91,6 +91,10 @@ for (const [name, mk] of [['H2O', () => new k.H2O({ heavy, recent: heavy })], ['
 compare('SnapKV + H2O at head dim 80', () => new k.H2O({ heavy: 32, recent: 32 }), shape(4, 2, 80, 300, 1, 3, 96));
 compare('SnapKV + H2O, 20 query heads per KV head', () => new k.H2O({ heavy: 32, recent: 32 }), shape(40, 2, 64, 300, 1, 3, 96));
 compare('SnapKV + Quest, 16 query heads on 1 KV head', () => new k.Quest({ budget: 64, denseLayers: 0 }), shape(16, 1, 128, 400, 1, 3, 160));
+// f16 K/V (the decode kernel's tensor cores take f16 as they take bf16):
+// 8 query heads per KV head with H2O, 12 on one KV head with Quest.
+compare('SnapKV + H2O, f16', () => new k.H2O({ heavy: 32, recent: 32 }), shape(16, 2, 128, 300, 1, 3, 96, 'f16'));
+compare('SnapKV + Quest, f16, 12 query heads on 1 KV head', () => new k.Quest({ budget: 64, denseLayers: 0 }), shape(12, 1, 64, 400, 1, 3, 160, 'f16'));
 // f32 K/V at head dim 256 (1 KiB rows: the decode kernel's wide-row variant,
 // sub-groups of at most 4 heads: 6 = 3 + 3; on a 99 KB part one pipeline
 // stage).

@@ -118,6 +118,7 @@ struct Config {
   int sel_offset = 0;  // subset: sel_indptr[0] (entries before it are never read)
   Reduce reduce = Reduce::Mean;
   float scale_mult = 1.f;
+  float q_mult = 1.f;  // q ~ q_mult * N(0, 1)
 };
 
 struct Problem {
@@ -154,7 +155,7 @@ struct Problem {
       v.set(i, uniform(-2.f, 2.f));
     }
     q.init(c.qdt, size_t(c.B) * c.Hq * c.D);
-    for (size_t i = 0; i < q.val.size(); ++i) q.set(i, kvsqtest::normal());
+    for (size_t i = 0; i < q.val.size(); ++i) q.set(i, c.q_mult * kvsqtest::normal());
     scale = c.scale_mult / std::sqrt(float(c.D));
     if (c.subset) {
       sel_pages.assign(size_t(c.sel_offset), -7);
@@ -529,20 +530,57 @@ KVSQ_TEST(cuda_decode_large_groups) {
   Problem(c).run_and_compare();
 }
 
-// bf16 K/V of D 64, 128 and 256 (tensor cores) with 9 to 16 query heads per
-// KV head: one group of up to 16 heads (two mma n tiles), K/V read once;
-// more than 16 in sub-groups of up to 16 (17 = 9 + 8, 32 = 16 + 16, 71 =
-// 4 x 15 + 11). Dense and Quest subsets, each reduce of the H2O scores, f32,
-// f16 and bf16 queries (the hi + lo split), empty lists.
+// f16 and bf16 K/V of D 64, 128 and 256 (tensor cores) with 9 to 16 query
+// heads per KV head: one group of up to 16 heads (two mma n tiles), K/V read
+// once; more than 16 in sub-groups of up to 16 (17 = 9 + 8, 32 = 16 + 16,
+// 71 = 4 x 15 + 11). Dense and Quest subsets, each reduce of the H2O scores,
+// f32, f16 and bf16 queries (the hi + lo split), empty lists.
 KVSQ_TEST(cuda_decode_mma_large_groups) {
   need_device();
   int it = 0;
-  for (int D : {64, 128, 256}) {
-    for (int g : {9, 16, 13, 17, 32, 71}) {
-      if (D == 256 && g > 16) continue;  // the sub-grouping is the same at every D
-      Problem(rotating_case(it++, DType::BF16, D, g, g > 16 ? 1 : pick({1, 2}), g > 16 ? 1 : pick({1, 2})))
-          .run_and_compare();
+  for (DType kv : {DType::BF16, DType::F16})
+    for (int D : {64, 128, 256}) {
+      for (int g : {9, 16, 13, 17, 32, 71}) {
+        if (D == 256 && g > 16) continue;  // the sub-grouping is the same at every D
+        if (kv == DType::F16 && g > 16 && D != 64) continue;  // and the same for both types
+        Problem(rotating_case(it++, kv, D, g, g > 16 ? 1 : pick({1, 2}), g > 16 ? 1 : pick({1, 2})))
+            .run_and_compare();
+      }
     }
+}
+
+// f16 K/V on tensor cores with queries f16 cannot hold as they are: f32 and
+// bf16 q of magnitude ~1e5 (above f16's 65504) and ~1e-6 (below its normal
+// range, 6.1e-5), with the scale taking the logits back to O(1), and a
+// group whose heads differ by 1e10 in magnitude (each head is scaled by its
+// own power of two before the hi + lo split). Unscaled, the first gave inf
+// (NaN outputs) and the second lost most of q's bits. D 64, 128, 256, 8 and
+// 16 heads, dense and Quest, with H2O scores.
+KVSQ_TEST(cuda_decode_f16_mma_query_range) {
+  need_device();
+  int it = 0;
+  for (float qm : {1e5f, 1e-6f, 3e4f, 2e-5f}) {
+    for (int D : {64, 128, 256}) {
+      Config c = rotating_case(it++, DType::F16, D, pick({8, 16, 5}), pick({1, 2}), pick({1, 2}));
+      c.qdt = it % 2 ? DType::F32 : DType::BF16;
+      c.q_mult = qm;
+      c.scale_mult = 1.f / qm;
+      c.score = true;
+      Problem(c).run_and_compare();
+    }
+  }
+  // Heads of one group 1e10 apart: head h of q scaled by 10^(h % 11 - 5).
+  for (int D : {64, 128}) {
+    Config c = rotating_case(it++, DType::F16, D, 11, 1, 2);
+    c.qdt = DType::F32;
+    Problem pr(c);
+    for (int b = 0; b < c.B; ++b)
+      for (int h = 0; h < c.Hq; ++h)
+        for (int d = 0; d < c.D; ++d) {
+          const size_t i = (size_t(b) * c.Hq + h) * c.D + d;
+          pr.q.set(i, pr.q.val[i] * std::pow(10.f, float(h % 11 - 5)));
+        }
+    pr.run_and_compare();
   }
 }
 
@@ -935,6 +973,32 @@ KVSQ_TEST(cuda_decode_bench) {
     std::printf("BENCH decode_nopdl B=%d: plain %.3f ms (with PDL %.3f); H2O fused %.3f ms (%.3f, %.2fx plain); "
                 "Quest 1/8 pages %.3f ms (%.3f)\n",
                 B, plain_n, plain, h2o_n, h2o, h2o_n / plain_n, quest_n, quest);
+  }
+
+  // f16 K/V at the target shape (the tensor-core kernels since 2026-12-07,
+  // CUDA cores before): the bf16 buffers read as f16 (finite, |x| < 2), f16
+  // and f32 queries (f32: scaled per head and split into f16 hi + lo). No
+  // target of its own; beside the bf16 line.
+  for (int B : {1, 4}) {
+    if (quest_only) break;
+    const BenchPool bp(B, Hq, Hkv, D, P, ctx, 4);
+    DecodeAttnArgs a = bp.args();
+    a.q_dtype = DType::F16, a.kv_dtype = DType::F16;
+    sync_ok();
+    Status st = Status::Ok;
+    const double t = median_ms([&] { st = cuda_decode_attention(a, nullptr); }, flush.p, flush_bytes, 50);
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    std::vector<float> hq(size_t(B) * Hq * D);
+    for (float& x : hq) x = kvsqtest::normal();
+    Dev q32(hq);
+    a.q = q32.p, a.q_dtype = DType::F32;
+    const double t32 = median_ms([&] { st = cuda_decode_attention(a, nullptr); }, flush.p, flush_bytes, 50);
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    sync_ok();
+    const double gbs = 2.0 * bp.pool_el * 2 / t / 1e6;
+    std::printf("BENCH decode f16 B=%d Hq=%d Hkv=%d D=%d ctx=%d: plain %.3f ms %.0f GB/s = %.0f%% of copy; "
+                "f32 q %.3f ms\n",
+                B, Hq, Hkv, D, ctx, t, gbs, 100.0 * gbs / copy_gbs, t32);
   }
 
   // More than 16 query heads per KV head (sub-groups, each reading the KV
