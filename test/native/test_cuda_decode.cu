@@ -496,7 +496,7 @@ KVSQ_TEST(cuda_decode_subset_scores) {
 
 // More than 8 query heads per KV head (MQA, wide GQA): on CUDA cores
 // sub-groups of at most 8 heads, equal (16, 24) and not (9, 12, 17, 71 =
-// 8 x 8 + 7); bf16 D 64 / 128 on tensor cores one group up to 16, sub-groups
+// 8 x 8 + 7); f16 and bf16 D 64 / 128 on tensor cores one group up to 16, sub-groups
 // of up to 16 beyond (cuda_decode_mma_large_groups has more of those).
 // Dense and Quest subsets, every reduce of the H2O scores (the combine of
 // the sub-groups' reduces), empty lists included.
