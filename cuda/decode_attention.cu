@@ -660,7 +660,9 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
         if (m > 0.f && isfinite(m)) {
           int x;
           frexpf(m, &x);  // m = f 2^x, f in [0.5, 1): m 2^(15 - x) in [2^14, 2^15)
-          const int e = min(max(x - 15, -100), 100);
+          // x <= 128 (m finite): e <= 113, 2^-e normal. Below 2^-111 q
+          // is only scaled up by 2^126 (2^-e and 2^e must stay normal).
+          const int e = max(x - 15, -126);
           qmul = ldexpf(1.f, -e);
           zmul = ldexpf(p.qs, e);
         }

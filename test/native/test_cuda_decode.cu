@@ -551,7 +551,8 @@ KVSQ_TEST(cuda_decode_mma_large_groups) {
 
 // f16 K/V on tensor cores with queries f16 cannot hold as they are: f32 and
 // bf16 q of magnitude ~1e5 (above f16's 65504) and ~1e-6 (below its normal
-// range, 6.1e-5), with the scale taking the logits back to O(1), and a
+// range, 6.1e-5), and the ends of f32's range (1e36, 1e-30), with the scale
+// taking the logits back to O(1), and a
 // group whose heads differ by 1e10 in magnitude (each head is scaled by its
 // own power of two before the hi + lo split). Unscaled, the first gave inf
 // (NaN outputs) and the second lost most of q's bits. D 64, 128, 256, 8 and
@@ -559,7 +560,7 @@ KVSQ_TEST(cuda_decode_mma_large_groups) {
 KVSQ_TEST(cuda_decode_f16_mma_query_range) {
   need_device();
   int it = 0;
-  for (float qm : {1e5f, 1e-6f, 3e4f, 2e-5f}) {
+  for (float qm : {1e5f, 1e-6f, 3e4f, 2e-5f, 1e36f, 1e-30f}) {
     for (int D : {64, 128, 256}) {
       Config c = rotating_case(it++, DType::F16, D, pick({8, 16, 5}), pick({1, 2}), pick({1, 2}));
       c.qdt = it % 2 ? DType::F32 : DType::BF16;
