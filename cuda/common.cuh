@@ -16,7 +16,7 @@
 //   cu::warp_incl_sum(x, lane)           inclusive prefix sum of an int over a warp
 //   cu::block_sum / block_max            whole-block reductions through 32 floats of shared memory
 //   cu::with_float_dtype(DType, f)       calls f(T{}) for the storage type of a float DType
-//   cu::ldsm_x4 / ldsm_x4_trans, mma16816<F16>, pack_bf16, split_bf16, pack_f16, split_f16
+//   cu::ldsm_x4 / ldsm_x4_trans, mma16816<F16>, pack_bf16, split_bf16, pack_f16, split_f16, split_pair<F16>
 //                                        tensor-core fragments (sm_80+)
 //   cu::neg_inf(), cu::pos_inf(), cu::kLog2e, cu::kLn2
 //   cu::pdl_wait / pdl_trigger / pdl_wait_then_trigger, cu::launch_pdl / launch_ex, cu::pdl_capable()
@@ -284,6 +284,23 @@ __device__ __forceinline__ uint32_t pack_f16(float lo, float hi) {
 __device__ __forceinline__ void split_f16(float x, float& hi, float& lo) {
   hi = __half2float(__float2half_rn(x));
   lo = x - hi;  // exact in f32
+}
+// Two consecutive operand elements x0, x1 (x0 in the low half) as the
+// packed hi and lo registers of their splits, in f16 or bf16.
+template <bool F16>
+__device__ __forceinline__ void split_pair(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+  float h0, l0, h1, l1;
+  if constexpr (F16) {
+    split_f16(x0, h0, l0);
+    split_f16(x1, h1, l1);
+    hi = pack_f16(h0, h1);
+    lo = pack_f16(l0, l1);
+  } else {
+    split_bf16(x0, h0, l0);
+    split_bf16(x1, h1, l1);
+    hi = pack_bf16(h0, h1);
+    lo = pack_bf16(l0, l1);
+  }
 }
 __device__ __forceinline__ void ldsm_x4_trans(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"

@@ -679,18 +679,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
 #pragma unroll
           for (int e = 0; e < 2; ++e)
             x[e] = load_q(p.q, p.q_dtype, (sb.row0 + h) * D + ks * 16 + half * 8 + c0 + e) * qmul;
-        float h0, l0, h1, l1;
-        if constexpr (F16K) {
-          cu::split_f16(x[0], h0, l0);
-          cu::split_f16(x[1], h1, l1);
-          qh[ks][half] = cu::pack_f16(h0, h1);
-          ql[ks][half] = cu::pack_f16(l0, l1);
-        } else {
-          cu::split_bf16(x[0], h0, l0);
-          cu::split_bf16(x[1], h1, l1);
-          qh[ks][half] = cu::pack_bf16(h0, h1);
-          ql[ks][half] = cu::pack_bf16(l0, l1);
-        }
+        cu::split_pair<F16K>(x[0], x[1], qh[ks][half], ql[ks][half]);
       }
   } else {
 #pragma unroll
@@ -931,21 +920,11 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
         for (int nt = 0; nt < NT; ++nt) {
           const float2 p0 = *reinterpret_cast<const float2*>(&s_p[nt * 8 + hb][ks * 16 + rb0]);
           const float2 p1 = *reinterpret_cast<const float2*>(&s_p[nt * 8 + hb][ks * 16 + 8 + rb0]);
-          float hi[4], lo[4];
-          const float pv[4] = {p0.x, p0.y, p1.x, p1.y};
-          if constexpr (F16K) {
-            // p <= 1 times kPScale: its f16 hi + lo stay normal down to
-            // p = 2^-28 (unscaled, every p below 2^-14 would lose bits)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) cu::split_f16(pv[e] * kPScale, hi[e], lo[e]);
-            bh[nt][0] = cu::pack_f16(hi[0], hi[1]), bh[nt][1] = cu::pack_f16(hi[2], hi[3]);
-            bl[nt][0] = cu::pack_f16(lo[0], lo[1]), bl[nt][1] = cu::pack_f16(lo[2], lo[3]);
-          } else {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) cu::split_bf16(pv[e], hi[e], lo[e]);
-            bh[nt][0] = cu::pack_bf16(hi[0], hi[1]), bh[nt][1] = cu::pack_bf16(hi[2], hi[3]);
-            bl[nt][0] = cu::pack_bf16(lo[0], lo[1]), bl[nt][1] = cu::pack_bf16(lo[2], lo[3]);
-          }
+          // f16: p <= 1 times kPScale, so its hi + lo stay normal down to
+          // p = 2^-28 (unscaled, every p below 2^-14 would lose bits)
+          constexpr float ps = F16K ? kPScale : 1.f;
+          cu::split_pair<F16K>(p0.x * ps, p0.y * ps, bh[nt][0], bl[nt][0]);
+          cu::split_pair<F16K>(p1.x * ps, p1.y * ps, bh[nt][1], bl[nt][1]);
         }
         // A = V^T (dims x rows) by ldmatrix.trans of V rows: matrix mi holds
         // rows 16ks + (mi >> 1) * 8 + 0..7 at dims d0 + (mi & 1) * 8 + 0..7

@@ -151,11 +151,7 @@ template <class T>
 __device__ __forceinline__ void load_q_pair(const T* row, int c, uint32_t& hi, uint32_t& lo) {
   if constexpr (sizeof(T) == 4) {
     const float2 v = *reinterpret_cast<const float2*>(row + c);
-    float h0, l0, h1, l1;
-    split_bf16(v.x, h0, l0);
-    split_bf16(v.y, h1, l1);
-    hi = pack_bf16(h0, h1);
-    lo = pack_bf16(l0, l1);
+    cu::split_pair<false>(v.x, v.y, hi, lo);
   } else {
     hi = *reinterpret_cast<const uint32_t*>(row + c);
     lo = 0;
