@@ -587,9 +587,13 @@ inline int smem_optin(int dev) {
 // larger one between its own set and launch. Not more than the largest
 // need either: the limit plus the kernel's static shared memory must fit
 // the device's per-block opt-in, or the set fails. Kept per (device,
-// kernel, opt-in): the opt-in of a device is fixed on a card; the tests'
-// emulated device changes its part, and a limit one part took may not fit
-// another.
+// kernel), as the attribute is, with the opt-in it was set under: the
+// opt-in of a device is fixed on a card, but the tests' emulated device
+// changes its part, and a limit one part took may not fit another, so a
+// record made under another opt-in does not describe the attribute (a part
+// that set it lower since) and the limit is set again. (Keyed by opt-in as
+// well, a 96 KB record of sm_80 outlived an sm_86 run's 72 KB set of the
+// same kernel, and the next 96 KB launch on sm_80 failed.)
 struct SmemLimit {
   int dev;
   const void* fn;
@@ -612,11 +616,11 @@ inline cudaError_t raise_smem_limit(void (*k)(A...), size_t bytes, int dev, int 
   std::lock_guard<std::mutex> lk(smem_limit_mutex());
   SmemLimit* have = nullptr;
   for (SmemLimit& l : smem_limits())
-    if (l.dev == dev && l.fn == key && l.optin == optin) have = &l;
-  if (have && have->bytes >= bytes) return cudaSuccess;
+    if (l.dev == dev && l.fn == key) have = &l;
+  if (have && have->optin == optin && have->bytes >= bytes) return cudaSuccess;
   const cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
   if (e != cudaSuccess) return e;
-  if (have) have->bytes = bytes;
+  if (have) *have = {dev, key, optin, bytes};
   else smem_limits().push_back({dev, key, optin, bytes});
   return cudaSuccess;
 }

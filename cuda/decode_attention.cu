@@ -27,11 +27,13 @@
 //   vectors in registers. The g*rows partial dot products are reduced with a
 //   transposed butterfly (each step halves the values a lane holds), so a
 //   tile of 32 rows costs ~g*LPR/32 shuffles per row instead of g*log2(LPR).
-//   f16 and bf16 K/V with D in {64, 128, 256} use tensor cores instead (q.k
+//   f16 and bf16 K/V with D a multiple of 16 use tensor cores instead (q.k
 //   and p.V as mma.sync with the group's heads as N; see attn_kernel's MMA
 //   notes): on an H200 that took the bf16 32K batch-4 step from 55% to 69%
 //   of copy bandwidth and one sequence from 39% to 47% (docs/perf.md); f16
-//   K/V has taken the same kernels since 2026-12-07 (not yet timed).
+//   K/V has taken the same kernels since 2026-12-07, and head dims other
+//   than 64 / 128 / 256 (48, 80, 96, 112, 160, 192, ...) since session 18,
+//   each on the kernel of the next power-of-two row (not yet timed).
 // * Online softmax per 32-row tile (one warp per head: lane = row), V
 //   accumulated with each lane owning a 16-byte column slice for all g heads
 //   (MMA: each warp a quarter of D for all heads); the running-max rescale is
@@ -58,7 +60,7 @@
 // * Wide groups (MQA and wide GQA: g = Hq / Hkv up to Hq). The tensor-core
 //   kernels take up to 16 heads as two mma n tiles of 8 (phase A: each warp
 //   16 rows x 8 heads, all four warps busy; phase C: each warp a quarter of
-//   D for both tiles), so f16/bf16 K/V of D 64/128/256 with 9 to 16 heads per
+//   D for both tiles), so f16/bf16 K/V of D % 16 == 0 with 9 to 16 heads per
 //   KV head (GLM-4, Qwen3-235B: 16) read each K/V row once. Larger groups,
 //   and more than 8 heads on CUDA cores (which hold every head's q slice and
 //   accumulators in registers), run as ns = ceil(g / max) sub-groups of
@@ -89,7 +91,8 @@
 //   less than that would refuse them (cuda_decode_row_check says why).
 // * Shared memory per block: the stage tiles (dynamic) plus the static row
 //   tables and per-head arrays (3.7 KB, 6.1 KB with 16 heads) must fit the
-//   device's opt-in (attn_stages): 512-byte rows (f16/bf16 D 256, f32 D 128)
+//   device's opt-in (attn_stages): 512-byte tile rows (f16/bf16 D 208..256,
+//   f32 D 128)
 //   take three stages (96 KB of tiles) on sm_80/90 and two (64 KB) on the
 //   99 KB sm_86/89, where three leave no room for the static arrays.
 //
@@ -141,10 +144,18 @@ constexpr int kMaxGWide = 4;        // heads per sub-group with wide (f32, > 512
 constexpr int kMaxRowBytes = 1024;  // f32 D 256; 16-bit rows stop at 512 (D 256)
 // The longest K/V row the kernels take in dtype kv.
 constexpr int64_t max_row_bytes(DType kv) { return kv == DType::F32 ? kMaxRowBytes : 512; }
-// f16/bf16 K/V rows of nvr 16-byte vectors that the tensor-core kernels take: D
-// in {64, 128, 256} (chunks per row a power of two, >= 8 for the swizzle).
+// f16/bf16 K/V rows of nvr 16-byte vectors that the tensor-core kernels take:
+// D a multiple of 16 (whole mma k steps; nvr even), up to 256.
 constexpr bool mma_rows(DType kv, int nvr) {
-  return (kv == DType::BF16 || kv == DType::F16) && (nvr == 8 || nvr == 16 || nvr == 32);
+  return (kv == DType::BF16 || kv == DType::F16) && nvr % 2 == 0 && nvr >= 2 && nvr <= 32;
+}
+// Bytes per K/V row in the attention kernel's shared-memory tiles: the
+// tensor-core kernels' rows are padded to a multiple of 128 bytes (8 chunks),
+// so the row % 8 XOR swizzle of a chunk index stays inside its row's 8-chunk
+// block and the 8 rows of an ldmatrix meet distinct banks at any D (D 80:
+// 160 -> 256 bytes, D 144..192: 384); CUDA-core rows are packed.
+constexpr int64_t tile_row_bytes(DType kv, int64_t row_bytes) {
+  return mma_rows(kv, int(row_bytes / 16)) ? (row_bytes + 127) / 128 * 128 : row_bytes;
 }
 constexpr int kRowsPerWarp = kTR / kNW;
 constexpr int kMinItemSlots = 256;
@@ -502,11 +513,16 @@ __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_gr
 // ptxas cut some of them (CUDA-core G <= 2 on sm_90, f32 G 4 on sm_89, the D 64
 // tensor-core kernel) to 64-72 registers and spilled 4-12 bytes; the smaller
 // of the two counts lets every one keep its state in registers at no
-// occupancy cost. The D 128 / 256 tensor-core kernels (the measured target
-// shape among them) never spilled and keep ptxas's own allocation: no hint.
+// occupancy cost. The LPR 16 tensor-core kernels (the measured target
+// shape, D 128, among them) never spilled and keep ptxas's own allocation:
+// no hint. The LPR 32 ones did not either until they took rows shorter than
+// 32 vectors (session 18: the k steps and m tiles past D skipped at run
+// time), when ptxas, unhinted, held the 8-head kernels to 128 registers and
+// spilled 4 bytes; 2 (what 512-byte tile rows allow by shared memory)
+// leaves them 142-169, no spills.
 template <int LPR, int G, bool MMA>
 constexpr int attn_min_blocks() {
-  if (MMA && LPR != 8) return 0;
+  if (MMA && LPR != 8) return LPR == 32 ? 2 : 0;
   if (LPR > 32) return 1;  // wide f32 rows: 128 KB of tiles, one block per SM
   const int by_smem = LPR == 8 ? 7 : LPR == 16 ? 4 : 2;
   const int by_regs = MMA || G <= 2 ? 7 : G == 4 ? 4 : 2;
@@ -538,7 +554,9 @@ constexpr size_t attn_static_smem(int stages, int gs) {
 // and one stage (ST = 1: 64 KB, no copy in flight during the compute) on
 // sm_86/89, whose 99 KB take neither (attn_stages).
 //
-// MMA (f16 or bf16 K/V, D in {64, 128, 256}: LPR = nvr): q.k and p.V on
+// MMA (f16 or bf16 K/V, D a multiple of 16: LPR the power of two >= nvr,
+// the D / 16 k steps and m tiles of a shorter row skipped, its tile rows
+// padded to 128 bytes): q.k and p.V on
 // tensor cores (mma.sync m16n8k16, f32 accumulators, operands in K/V's
 // type), the group's heads as N: one n tile of 8 (G 8) or two (G 16).
 // Phase A: warp w takes 16 rows (w % 2) of n tile w / 2 (G 8: warps 0-1
@@ -547,8 +565,10 @@ constexpr size_t attn_static_smem(int stages, int gs) {
 // bf16 ~2^-17 relative; f16 ~2^-22 after a per-head power-of-two scaling
 // into f16's range), z = qs * (q.k): the CPU twin rounds q * qs first, a
 // difference far inside the tolerance. Phase C: O^T [d, h] += V^T [d,
-// rows] P^T [rows, h], each warp a quarter of D for every n tile (one A
-// fragment, NT mma pairs), A = V (ldmatrix.trans), B = p split into hi +
+// rows] P^T [rows, h], each warp LPR / 8 consecutive m tiles of 16 dims
+// (a quarter of LPR * 8; with a shorter D the last warps have fewer or
+// none: D 80 gives 2, 2, 1, 0) for every n tile (one A fragment, NT mma
+// pairs), A = V (ldmatrix.trans), B = p split into hi +
 // lo (p is not rounded to 16 bits: the two products sum to p within ~2^-17
 // in bf16; in f16 p is first scaled by 2^14 so small weights stay normal,
 // and the accumulators are scaled back when stored). K and V rows sit in shared memory
@@ -601,6 +621,12 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   // count held in a register through the tile loop made the 72-register
   // G <= 2 kernels spill; p.g sits in the constant bank).
   const int g = p.g, D = p.D, nvr = p.nvr, rb = p.row_bytes;
+  // Shared-memory row stride (tile_row_bytes): MMA rows padded to 128 bytes.
+  const int srb = MMA ? (rb + 127) & ~127 : rb;
+  // MMA: 16-element k steps of D (nvr / 2 <= KS: a kernel of LPR serves
+  // every even nvr in (LPR / 2, LPR]; the steps past nks are skipped, and
+  // so are the m tiles past nks in phase C).
+  const int nks = nvr >> 1;
   // This sub-group's first head: logits of slot s at p.logits[s * gq + s_hb + h]
   // (shared memory, read at the H2O-only logit stores, for the same reason).
   __shared__ int s_hb;
@@ -613,7 +639,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   const int rgl = lane / LL, vec = lane % LL;  // this lane's vectors: vec + j * LL, j < VPL
 
   unsigned char* sK = smem;
-  unsigned char* sV = smem + NST * kTR * rb;
+  unsigned char* sV = smem + NST * kTR * srb;
 
   if (tid == 0) s_hb = sb.hb;
   if (tid < GS) {
@@ -651,7 +677,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
       if (qsplit) {
         float m = 0.f;
         if (h < sb.g)
-          for (int ks = 0; ks < KS; ++ks)
+          for (int ks = 0; ks < nks; ++ks)
 #pragma unroll
             for (int j = 0; j < 4; ++j)
               m = fmaxf(m, fabsf(load_q(p.q, p.q_dtype, (sb.row0 + h) * D + ks * 16 + (j >> 1) * 8 + c0 + (j & 1))));
@@ -675,7 +701,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         float x[2] = {0.f, 0.f};
-        if (h < sb.g)
+        if (h < sb.g && ks < nks)
 #pragma unroll
           for (int e = 0; e < 2; ++e)
             x[e] = load_q(p.q, p.q_dtype, (sb.row0 + h) * D + ks * 16 + half * 8 + c0 + e) * qmul;
@@ -711,11 +737,13 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   auto issue = [&](int st) {
     const int n = s_n[st];
     if constexpr (MMA) {
-      // every row of the tile: rows >= n are zero-filled (n == 0: nothing)
+      // every row of the tile: rows >= n are zero-filled (n == 0: nothing);
+      // chunks >= nvr (a D short of LPR * 8) are never read
       const int chunks = n > 0 ? kTR * LPR : 0;
       for (int c = tid; c < chunks; c += kThreads) {
         const int r = c / LPR, v = c % LPR;
-        const int so = (st * kTR + r) * rb + ((v ^ (r & 7)) << 4);
+        if (v >= nvr) continue;
+        const int so = (st * kTR + r) * srb + ((v ^ (r & 7)) << 4);
         if (r < n) {
           const int64_t off = s_slot[st][r] * rb + v * 16;
           cp_async16(sK + so, p.k_pool + off);
@@ -731,7 +759,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
         const int r = c / LPR, v = c % LPR;
         if (v >= nvr) continue;
         const int64_t off = s_slot[st][r] * rb + v * 16;
-        const int so = (st * kTR + r) * rb + v * 16;
+        const int so = (st * kTR + r) * srb + v * 16;
         cp_async16(sK + so, p.k_pool + off);
         cp_async16(sV + so, p.v_pool + off);
       }
@@ -793,8 +821,8 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
     }
     const int n = s_n[st];
     if (n == 0) break;  // uniform; every later tile is empty too
-    const unsigned char* kt = sK + st * kTR * rb;
-    const unsigned char* vt = sV + st * kTR * rb;
+    const unsigned char* kt = sK + st * kTR * srb;
+    const unsigned char* vt = sV + st * kTR * srb;
 
     // Phase A: logits of the tile's rows for all heads.
     if constexpr (MMA) {
@@ -804,9 +832,10 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
         float c[4] = {0.f, 0.f, 0.f, 0.f};
         const int lr = (lane & 7) + ((lane >> 3) & 1) * 8;  // ldmatrix row of this lane's address
         const int row = st * kTR + wr * 16 + lr;
-        const uint32_t base = sK32 + uint32_t(row * rb);
+        const uint32_t base = sK32 + uint32_t(row * srb);
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks) {
+          if (ks >= nks) break;  // uniform
           const int chunk = 2 * ks + (lane >> 4);
           uint32_t a[4];
           cu::ldsm_x4(base + uint32_t((chunk ^ (lr & 7)) << 4), a[0], a[1], a[2], a[3]);
@@ -836,7 +865,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
 #pragma unroll
           for (int j = 0; j < VPL; ++j) {
             if (vec + j * LL < nvr && r < n) {
-              cu::unpack16<T>(*reinterpret_cast<const uint4*>(kt + r * rb + (vec + j * LL) * 16), kf[j]);
+              cu::unpack16<T>(*reinterpret_cast<const uint4*>(kt + r * srb + (vec + j * LL) * 16), kf[j]);
             } else {
 #pragma unroll
               for (int e = 0; e < E; ++e) kf[j][e] = 0.f;
@@ -931,9 +960,10 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
         const int r = st * kTR + ks * 16 + (mi >> 1) * 8 + mj;
 #pragma unroll
         for (int mt = 0; mt < MTW; ++mt) {
+          if (warp * MTW + mt >= nks) break;  // uniform: this warp's m tiles past D
           const int chunk = (warp * MTW + mt) * 2 + (mi & 1);
           uint32_t a[4];
-          cu::ldsm_x4_trans(sV32 + uint32_t(r * rb + ((chunk ^ (r & 7)) << 4)), a[0], a[1], a[2], a[3]);
+          cu::ldsm_x4_trans(sV32 + uint32_t(r * srb + ((chunk ^ (r & 7)) << 4)), a[0], a[1], a[2], a[3]);
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
             cu::mma16816<F16K>(oc[mt][nt], a, bh[nt][0], bh[nt][1]);
@@ -956,7 +986,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
             const int r = warp * kRowsPerWarp + rgl + k * RGW;
             if (r < n) {
               float vf[E];
-              cu::unpack16<T>(*reinterpret_cast<const uint4*>(vt + r * rb + (vec + j * LL) * 16), vf);
+              cu::unpack16<T>(*reinterpret_cast<const uint4*>(vt + r * srb + (vec + j * LL) * 16), vf);
 #pragma unroll
               for (int h = 0; h < G; ++h) {
                 const float pw = s_p[h][r];
@@ -982,7 +1012,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int d = (warp * MTW + mt) * 16 + (lane >> 2) + (e >> 1) * 8, h = nt * 8 + 2 * (lane & 3) + (e & 1);
-          if (h < g) pacc[h * D + d] = F16K ? oc[mt][nt][e] * (1.f / kPScale) : oc[mt][nt][e];
+          if (h < g && d < D) pacc[h * D + d] = F16K ? oc[mt][nt][e] * (1.f / kPScale) : oc[mt][nt][e];
         }
   } else {
     // Sum the row groups: inside the warp by shuffles, across warps in shared
@@ -1043,7 +1073,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   // thread per 4 outputs, 8 items in flight. (A chain of scalar loads, two in
   // flight, made the merging block of a 66-item list a ~20 us tail.)
   float2* wts = reinterpret_cast<float2*>(smem);  // [gv][count]: (weight, unused)
-  const bool wfit = int64_t(it.count) * gv * 8 <= int64_t(NST) * kTR * rb * 2;
+  const bool wfit = int64_t(it.count) * gv * 8 <= int64_t(NST) * kTR * srb * 2;
   const float2* ms = reinterpret_cast<const float2*>(p.part_ms);  // [item][kMaxGAll]: (m, s)
   for (int h = warp; h < gv; h += kNW) {
     float M = cu::neg_inf();
@@ -1303,17 +1333,18 @@ AttnFn pick_lpr(int nvr, int g, int stages) {
 // f16 or bf16 K/V (T): the tensor-core kernels (mma_rows), or CUDA cores.
 // Heads are the mma's N: one n tile of 8 for groups up to 8 (fewer heads:
 // zero queries), two for 9 to 16, which the sub-grouping above gives such
-// rows instead of 8. D 256 (512-byte rows) on 99 KB parts: two stages.
+// rows instead of 8. D 208..256 (512-byte tile rows) on 99 KB parts: two
+// stages. A row of nvr vectors takes the kernel of the power of two >= nvr.
 template <class T>
 AttnFn pick_16bit(int nvr, int g, int stages) {
   if (mma_rows(std::is_same_v<T, __half> ? DType::F16 : DType::BF16, nvr)) {
     if (g > kMaxG) {
-      if (nvr == 8) return attn_kernel<T, 8, kMaxGMma, true>;
-      if (nvr == 16) return attn_kernel<T, 16, kMaxGMma, true>;
+      if (nvr <= 8) return attn_kernel<T, 8, kMaxGMma, true>;
+      if (nvr <= 16) return attn_kernel<T, 16, kMaxGMma, true>;
       return stages < kStages ? attn_kernel<T, 32, kMaxGMma, true, 2> : attn_kernel<T, 32, kMaxGMma, true>;
     }
-    if (nvr == 8) return attn_kernel<T, 8, kMaxG, true>;
-    if (nvr == 16) return attn_kernel<T, 16, kMaxG, true>;
+    if (nvr <= 8) return attn_kernel<T, 8, kMaxG, true>;
+    if (nvr <= 16) return attn_kernel<T, 16, kMaxG, true>;
     return stages < kStages ? attn_kernel<T, 32, kMaxG, true, 2> : attn_kernel<T, 32, kMaxG, true>;
   }
   return pick_lpr<T>(nvr, g, stages);
@@ -1388,22 +1419,24 @@ DevInfo dev_info(int dev) {
 size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 
 // The attention kernel's dynamic shared memory (K and V tiles of every
-// pipeline stage) for rows of row_bytes.
-size_t attn_smem(int64_t row_bytes, int stages) { return size_t(stages) * kTR * size_t(row_bytes) * 2; }
+// pipeline stage) for K/V rows of row_bytes in dtype kv (padded: tile_row_bytes).
+size_t attn_smem(DType kv, int64_t row_bytes, int stages) {
+  return size_t(stages) * kTR * size_t(tile_row_bytes(kv, row_bytes)) * 2;
+}
 
 // Pipeline stages for rows of row_bytes, gs-head arrays (kMaxGMma for 16-bit
 // rows the tensor cores take and groups above 8, else kMaxG), on a device
 // that lets a block opt in to smem_optin bytes, tiles and static arrays
 // together: the deepest that fits, kStages down to two for rows up to 512
-// bytes (two only for 512-byte rows on 99 KB parts: 96 KB of tiles leave
+// bytes (two only for 512-byte tile rows on 99 KB parts: 96 KB of tiles leave
 // no room for the arrays), kStagesWide down to one for wide rows; 0 where
 // none fits (refused). An unknown opt-in (0): the deepest (the launch says).
-int attn_stages(int64_t row_bytes, int smem_optin, int gs) {
+int attn_stages(DType kv, int64_t row_bytes, int smem_optin, int gs) {
   const bool wide = row_bytes > 512;
   const int most = wide ? kStagesWide : kStages, least = wide ? 1 : 2;
   if (smem_optin <= 0) return most;
   for (int stages = most; stages >= least; --stages)
-    if (attn_smem(row_bytes, stages) + attn_static_smem(stages, gs) <= size_t(smem_optin)) return stages;
+    if (attn_smem(kv, row_bytes, stages) + attn_static_smem(stages, gs) <= size_t(smem_optin)) return stages;
   return 0;
 }
 // The gs a launch with rows of kv / nvr vectors and g heads per sub-group uses.
@@ -1420,11 +1453,11 @@ std::string row_check(DType kv, int64_t head_dim, int smem_optin) {
            dtype_name(kv) + "), not headDim " + std::to_string(head_dim);
   // The largest head arrays a launch with these rows may use (any group size).
   const int gs = mma_rows(kv, int(rb / 16)) ? kMaxGMma : kMaxG;
-  if (attn_stages(rb, smem_optin, gs) == 0) {
+  if (attn_stages(kv, rb, smem_optin, gs) == 0) {
     const int least = rb > 512 ? 1 : 2;
     return std::string(dtype_name(kv)) + " K/V rows of " + std::to_string(rb) + " bytes (headDim " +
            std::to_string(head_dim) + ") need " +
-           std::to_string((attn_smem(rb, least) + attn_static_smem(least, gs) + 1023) / 1024) +
+           std::to_string((attn_smem(kv, rb, least) + attn_static_smem(least, gs) + 1023) / 1024) +
            " KB of shared memory per block and this device allows " + std::to_string(smem_optin / 1024) +
            " KB (every GPU the build targets, sm_80 and up, allows enough)";
   }
@@ -1552,12 +1585,12 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   p.reduce = int(a.reduce);
   p.lse = a.lse;
   const int optin = cu::smem_optin(dev);
-  const int stages = attn_stages(row_bytes, optin, attn_gs(a.kv_dtype, nvr, g));
+  const int stages = attn_stages(a.kv_dtype, row_bytes, optin, attn_gs(a.kv_dtype, nvr, g));
   if (stages == 0) return Status::Shape;  // (row_check says why)
   const AttnFn fn = a.kv_dtype == DType::F16    ? pick_16bit<__half>(p.nvr, g, stages)
                     : a.kv_dtype == DType::BF16 ? pick_16bit<__nv_bfloat16>(p.nvr, g, stages)
                                                 : pick_lpr<float>(p.nvr, g, stages);
-  const size_t smem = attn_smem(row_bytes, stages);
+  const size_t smem = attn_smem(a.kv_dtype, row_bytes, stages);
   int bps = 1;
   if (Status o = attn_blocks_per_sm(dev, optin, fn, smem, &bps); o != Status::Ok) return o;
   // Whole waves: the plan makes at most target + nl items (each list's count

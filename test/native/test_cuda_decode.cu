@@ -549,6 +549,38 @@ KVSQ_TEST(cuda_decode_mma_large_groups) {
     }
 }
 
+// f16 and bf16 K/V of head dims other than 64 / 128 / 256 that are a whole
+// number of mma k steps (D % 16 == 0: 16, 48, 80, 96, 112, 144, 160, 192,
+// 240) on the tensor-core kernels of the next power-of-two row (the k steps
+// and m tiles past D skipped, tile rows padded to 128 bytes), groups of 1
+// to 16 heads (one or two n tiles; 1 and 5 leave padding heads), dense and
+// Quest, H2O scores, every query dtype; then the same rows on a 99 KB part
+// (emulated sm_86; the card's own part on a GPU), where tile rows of 384
+// bytes (D 144..192) keep three stages and 512 (D 208..240) take two; and
+// rows of one kernel interleaved, so its dynamic shared memory limit is
+// raised and reused across sizes.
+KVSQ_TEST(cuda_decode_mma_head_dims) {
+  need_device();
+  int it = 0;
+  const int gs[5] = {1, 5, 8, 12, 16};
+  for (DType kv : {DType::BF16, DType::F16})
+    for (int D : {16, 48, 80, 96, 112, 144, 160, 192, 240}) {
+      const int g = gs[it % 5];
+      Problem(rotating_case(it++, kv, D, g, pick({1, 2}), pick({1, 2}))).run_and_compare();
+    }
+  {
+#ifdef KVSQ_CUDA_EMU
+    cuda_emu::PartScope scope(cuda_emu::part("sm_86"));
+#endif
+    for (DType kv : {DType::BF16, DType::F16})
+      for (int D : {144, 192, 208, 240}) {
+        const int g = gs[it % 5];
+        Problem(rotating_case(it++, kv, D, g, 1, pick({1, 2}))).run_and_compare();
+      }
+  }
+  for (int D : {176, 256, 144, 224}) Problem(rotating_case(it++, DType::F16, D, 8, 1, 1)).run_and_compare();
+}
+
 // f16 K/V on tensor cores with queries f16 cannot hold as they are: f32 and
 // bf16 q of magnitude ~1e5 (above f16's 65504) and ~1e-6 (below its normal
 // range, 6.1e-5), and the ends of f32's range (1e36, 1e-30), with the scale
@@ -1000,6 +1032,24 @@ KVSQ_TEST(cuda_decode_bench) {
     std::printf("BENCH decode f16 B=%d Hq=%d Hkv=%d D=%d ctx=%d: plain %.3f ms %.0f GB/s = %.0f%% of copy; "
                 "f32 q %.3f ms\n",
                 B, Hq, Hkv, D, ctx, t, gbs, 100.0 * gbs / copy_gbs, t32);
+  }
+
+  // bf16 K/V of head dims other than 64 / 128 / 256 (tensor cores since
+  // session 18, CUDA cores before: D 80 Phi-2, D 96 Phi-3-mini; 112, 192 the
+  // padded tile rows of both row kernels), 32 query heads on 8 KV heads at
+  // 32K, batch 4, against copy like the D 128 line. No target.
+  for (int Dx : {80, 96, 112, 192}) {
+    if (quest_only) break;
+    const BenchPool bp(4, Hq, Hkv, Dx, P, ctx, 16);
+    const DecodeAttnArgs a = bp.args();
+    sync_ok();
+    Status st = Status::Ok;
+    const double t = median_ms([&] { st = cuda_decode_attention(a, nullptr); }, flush.p, flush_bytes, 50);
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    sync_ok();
+    const double gbs = 2.0 * bp.pool_el * 2 / t / 1e6;
+    std::printf("BENCH decode_dims bf16 B=4 Hq=%d Hkv=%d D=%d ctx=%d: plain %.3f ms %.0f GB/s = %.0f%% of copy\n", Hq,
+                Hkv, Dx, ctx, t, gbs, 100.0 * gbs / copy_gbs);
   }
 
   // More than 16 query heads per KV head (sub-groups, each reading the KV
