@@ -958,6 +958,17 @@ KVSQ_TEST(cuda_decode_bench) {
   const double copy_ms = median_ms([&] { cudaMemcpyAsync(c1.p, c0.p, cb, cudaMemcpyDeviceToDevice); }, flush.p, flush_bytes, 20);
   const double copy_gbs = 2.0 * cb / copy_ms / 1e6;
   std::printf("BENCH copy D2D %zu MB: %.3f ms, %.0f GB/s (read+write)\n", cb >> 20, copy_ms, copy_gbs);
+  // Median time of one decode call over bp's pool (checked), and its K and V
+  // bytes per second (each read once) in *gbs.
+  auto timed = [&](const DecodeAttnArgs& a, const BenchPool& bp, double* gbs) {
+    Status st = Status::Ok;
+    sync_ok();
+    const double t = median_ms([&] { st = cuda_decode_attention(a, nullptr); }, flush.p, flush_bytes, 50);
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    sync_ok();
+    *gbs = 2.0 * bp.pool_el * 2 / t / 1e6;
+    return t;
+  };
 
   const int Hq = 32, Hkv = 8, D = 128, P = 16, ctx = 32768;
   // KVSQ_CUDA_BENCH_ONLY=quest: only the 128K Quest case (profiling runs)
@@ -1017,18 +1028,13 @@ KVSQ_TEST(cuda_decode_bench) {
     const BenchPool bp(B, Hq, Hkv, D, P, ctx, 4);
     DecodeAttnArgs a = bp.args();
     a.q_dtype = DType::F16, a.kv_dtype = DType::F16;
-    sync_ok();
-    Status st = Status::Ok;
-    const double t = median_ms([&] { st = cuda_decode_attention(a, nullptr); }, flush.p, flush_bytes, 50);
-    CHECK_MSG(st == Status::Ok, status_name(st));
+    double gbs = 0, gbs32 = 0;
+    const double t = timed(a, bp, &gbs);
     std::vector<float> hq(size_t(B) * Hq * D);
     for (float& x : hq) x = kvsqtest::normal();
     Dev q32(hq);
     a.q = q32.p, a.q_dtype = DType::F32;
-    const double t32 = median_ms([&] { st = cuda_decode_attention(a, nullptr); }, flush.p, flush_bytes, 50);
-    CHECK_MSG(st == Status::Ok, status_name(st));
-    sync_ok();
-    const double gbs = 2.0 * bp.pool_el * 2 / t / 1e6;
+    const double t32 = timed(a, bp, &gbs32);
     std::printf("BENCH decode f16 B=%d Hq=%d Hkv=%d D=%d ctx=%d: plain %.3f ms %.0f GB/s = %.0f%% of copy; "
                 "f32 q %.3f ms\n",
                 B, Hq, Hkv, D, ctx, t, gbs, 100.0 * gbs / copy_gbs, t32);
@@ -1041,13 +1047,8 @@ KVSQ_TEST(cuda_decode_bench) {
   for (int Dx : {80, 96, 112, 192}) {
     if (quest_only) break;
     const BenchPool bp(4, Hq, Hkv, Dx, P, ctx, 16);
-    const DecodeAttnArgs a = bp.args();
-    sync_ok();
-    Status st = Status::Ok;
-    const double t = median_ms([&] { st = cuda_decode_attention(a, nullptr); }, flush.p, flush_bytes, 50);
-    CHECK_MSG(st == Status::Ok, status_name(st));
-    sync_ok();
-    const double gbs = 2.0 * bp.pool_el * 2 / t / 1e6;
+    double gbs = 0;
+    const double t = timed(bp.args(), bp, &gbs);
     std::printf("BENCH decode_dims bf16 B=4 Hq=%d Hkv=%d D=%d ctx=%d: plain %.3f ms %.0f GB/s = %.0f%% of copy\n", Hq,
                 Hkv, Dx, ctx, t, gbs, 100.0 * gbs / copy_gbs);
   }
@@ -1089,12 +1090,8 @@ KVSQ_TEST(cuda_decode_bench) {
     const BenchPool bp(B, Hq, Hkv, 2 * 256, P, ctx, 12);
     DecodeAttnArgs a = bp.args();
     a.head_dim = 256, a.q_dtype = DType::F32, a.kv_dtype = DType::F32, a.scale = 1.f / 16.f;
-    sync_ok();
-    Status st = Status::Ok;
-    const double t = median_ms([&] { st = cuda_decode_attention(a, nullptr); }, flush.p, flush_bytes, 50);
-    CHECK_MSG(st == Status::Ok, status_name(st));
-    sync_ok();
-    const double gbs = 2.0 * bp.pool_el * 2 / t / 1e6;
+    double gbs = 0;
+    const double t = timed(a, bp, &gbs);
     std::printf("BENCH decode_f32_d256 B=%d Hq=%d Hkv=%d D=256 ctx=%d: %.3f ms %.0f GB/s = %.0f%% of copy "
                 "(2 sub-groups of 4 heads per KV head)\n",
                 B, Hq, Hkv, ctx, t, gbs, 100.0 * gbs / copy_gbs);
