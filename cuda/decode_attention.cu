@@ -22,18 +22,20 @@
 // * One block (4 warps) per item loads each K/V row of its chunk once, through
 //   a 3-stage cp.async pipeline (16-byte copies, coalesced: a page is P
 //   contiguous rows), and computes all g query heads of the group from shared
-//   memory (GQA reuse). Rows are read as 16-byte vectors: LPR lanes per row,
-//   each lane holding the matching 16-byte slice of all g pre-scaled query
-//   vectors in registers. The g*rows partial dot products are reduced with a
-//   transposed butterfly (each step halves the values a lane holds), so a
-//   tile of 32 rows costs ~g*LPR/32 shuffles per row instead of g*log2(LPR).
-//   f16 and bf16 K/V with D a multiple of 16 use tensor cores instead (q.k
-//   and p.V as mma.sync with the group's heads as N; see attn_kernel's MMA
-//   notes): on an H200 that took the bf16 32K batch-4 step from 55% to 69%
-//   of copy bandwidth and one sequence from 39% to 47% (docs/perf.md); f16
+//   memory (GQA reuse). f32 K/V (CUDA cores): rows are read as 16-byte
+//   vectors, LPR lanes per row, each lane holding the matching 16-byte
+//   slice of all g pre-scaled query vectors in registers. The g*rows
+//   partial dot products are reduced with a transposed butterfly (each
+//   step halves the values a lane holds), so a tile of 32 rows costs
+//   ~g*LPR/32 shuffles per row instead of g*log2(LPR).
+//   f16 and bf16 K/V use tensor cores (q.k and p.V as mma.sync with the
+//   group's heads as N; see attn_kernel's MMA notes): on an H200 that took
+//   the bf16 32K batch-4 step from 55% (the same rows on CUDA cores) to 69%
+//   of copy bandwidth and one sequence from 39% to 47% (docs/perf.md). f16
 //   K/V has taken the same kernels since 2026-12-07, and head dims other
-//   than 64 / 128 / 256 (48, 80, 96, 112, 160, 192, ...) since session 18,
-//   each on the kernel of the next power-of-two row (not yet timed).
+//   than 64 / 128 / 256 (8 to 248, each on the kernel of the next
+//   power-of-two row) since session 18, where they ran on CUDA cores (not
+//   yet timed).
 // * Online softmax per 32-row tile (one warp per head: lane = row), V
 //   accumulated with each lane owning a 16-byte column slice for all g heads
 //   (MMA: each warp a quarter of D for all heads); the running-max rescale is
@@ -60,9 +62,9 @@
 // * Wide groups (MQA and wide GQA: g = Hq / Hkv up to Hq). The tensor-core
 //   kernels take up to 16 heads as two mma n tiles of 8 (phase A: each warp
 //   16 rows x 8 heads, all four warps busy; phase C: each warp a quarter of
-//   D for both tiles), so f16/bf16 K/V of D % 16 == 0 with 9 to 16 heads per
-//   KV head (GLM-4, Qwen3-235B: 16) read each K/V row once. Larger groups,
-//   and more than 8 heads on CUDA cores (which hold every head's q slice and
+//   D for both tiles), so f16/bf16 K/V with 9 to 16 heads per KV head
+//   (GLM-4, Qwen3-235B: 16) read each K/V row once. Larger groups, and
+//   more than 8 heads on CUDA cores (f32, which hold every head's q slice and
 //   accumulators in registers), run as ns = ceil(g / max) sub-groups of
 //   ceil(g / ns) heads (max 16, 8, or 4 for wide f32 rows), each planned,
 //   attended and merged as a list of its own, the last sub-group's missing
@@ -91,7 +93,7 @@
 //   less than that would refuse them (cuda_decode_row_check says why).
 // * Shared memory per block: the stage tiles (dynamic) plus the static row
 //   tables and per-head arrays (3.7 KB, 6.1 KB with 16 heads) must fit the
-//   device's opt-in (attn_stages): 512-byte tile rows (f16/bf16 D 208..256,
+//   device's opt-in (attn_stages): 512-byte tile rows (f16/bf16 D 200..256,
 //   f32 D 128)
 //   take three stages (96 KB of tiles) on sm_80/90 and two (64 KB) on the
 //   99 KB sm_86/89, where three leave no room for the static arrays.
@@ -144,16 +146,18 @@ constexpr int kMaxGWide = 4;        // heads per sub-group with wide (f32, > 512
 constexpr int kMaxRowBytes = 1024;  // f32 D 256; 16-bit rows stop at 512 (D 256)
 // The longest K/V row the kernels take in dtype kv.
 constexpr int64_t max_row_bytes(DType kv) { return kv == DType::F32 ? kMaxRowBytes : 512; }
-// f16/bf16 K/V rows of nvr 16-byte vectors that the tensor-core kernels take:
-// D a multiple of 16 (whole mma k steps; nvr even), up to 256.
+// K/V rows of nvr 16-byte vectors that the tensor-core kernels take: every
+// f16/bf16 row (D % 8 == 0, up to 256). D % 16 == 8 (an odd nvr) ends in half
+// an mma k step, whose other half is zero-filled in shared memory.
 constexpr bool mma_rows(DType kv, int nvr) {
-  return (kv == DType::BF16 || kv == DType::F16) && nvr % 2 == 0 && nvr >= 2 && nvr <= 32;
+  return (kv == DType::BF16 || kv == DType::F16) && nvr >= 1 && nvr <= 32;
 }
 // Bytes per K/V row in the attention kernel's shared-memory tiles: the
 // tensor-core kernels' rows are padded to a multiple of 128 bytes (8 chunks),
 // so the row % 8 XOR swizzle of a chunk index stays inside its row's 8-chunk
 // block and the 8 rows of an ldmatrix meet distinct banks at any D (D 80:
-// 160 -> 256 bytes, D 144..192: 384); CUDA-core rows are packed.
+// 160 -> 256 bytes, D 136..192: 384; an odd nvr's zero chunk always fits);
+// CUDA-core (f32) rows are packed.
 constexpr int64_t tile_row_bytes(DType kv, int64_t row_bytes) {
   return mma_rows(kv, int(row_bytes / 16)) ? (row_bytes + 127) / 128 * 128 : row_bytes;
 }
@@ -554,9 +558,10 @@ constexpr size_t attn_static_smem(int stages, int gs) {
 // and one stage (ST = 1: 64 KB, no copy in flight during the compute) on
 // sm_86/89, whose 99 KB take neither (attn_stages).
 //
-// MMA (f16 or bf16 K/V, D a multiple of 16: LPR the power of two >= nvr,
-// the D / 16 k steps and m tiles of a shorter row skipped, its tile rows
-// padded to 128 bytes): q.k and p.V on
+// MMA (f16 or bf16 K/V, any D: LPR the power of two >= nvr, at least 8;
+// the k steps and m tiles past ceil(D / 16) skipped, tile rows padded to
+// 128 bytes, and with D % 16 == 8 the last k step's second half a zero
+// chunk in shared memory and zero q): q.k and p.V on
 // tensor cores (mma.sync m16n8k16, f32 accumulators, operands in K/V's
 // type), the group's heads as N: one n tile of 8 (G 8) or two (G 16).
 // Phase A: warp w takes 16 rows (w % 2) of n tile w / 2 (G 8: warps 0-1
@@ -586,6 +591,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   static_assert(VPL == 1 || (!MMA && G <= 4 && sizeof(T) == 4), "wide rows: f32, CUDA cores, <= 4 heads");
   static_assert(NST >= 2 || VPL > 1, "one stage: wide rows only");
   static_assert(MMA ? (G == 8 || G == 16) : G <= kMaxG, "heads: one or two mma n tiles; <= 8 on CUDA cores");
+  static_assert(MMA || sizeof(T) == 4, "f16/bf16 K/V: tensor cores only (mma_rows)");
   constexpr int GS = G > kMaxG ? G : kMaxG;  // per-head shared arrays
   constexpr int NT = MMA ? G / 8 : 1;        // mma n tiles of 8 heads
   constexpr bool F16K = std::is_same_v<T, __half>;  // f16 K/V: f16 mma operands
@@ -623,10 +629,12 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   const int g = p.g, D = p.D, nvr = p.nvr, rb = p.row_bytes;
   // Shared-memory row stride (tile_row_bytes): MMA rows padded to 128 bytes.
   const int srb = MMA ? (rb + 127) & ~127 : rb;
-  // MMA: 16-element k steps of D (nvr / 2 <= KS: a kernel of LPR serves
-  // every even nvr in (LPR / 2, LPR]; the steps past nks are skipped, and
-  // so are the m tiles past nks in phase C).
-  const int nks = nvr >> 1;
+  // MMA: ceil(D / 16) 16-element k steps <= KS: a kernel of LPR serves
+  // every nvr in (LPR / 2, LPR] (LPR 8: 1..8); the k steps at or past D are
+  // skipped, and so are the m tiles in phase C. With D % 16 == 8 the last
+  // step is half D's, half a zero chunk. (Bounds are written against D,
+  // which is live anyway: a separate step count cost a register and made
+  // the f16 16-head LPR 8 kernel spill under its 72-register bound.)
   // This sub-group's first head: logits of slot s at p.logits[s * gq + s_hb + h]
   // (shared memory, read at the H2O-only logit stores, for the same reason).
   __shared__ int s_hb;
@@ -677,10 +685,11 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
       if (qsplit) {
         float m = 0.f;
         if (h < sb.g)
-          for (int ks = 0; ks < nks; ++ks)
+          for (int ks = 0; ks * 16 < D; ++ks)
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
-              m = fmaxf(m, fabsf(load_q(p.q, p.q_dtype, (sb.row0 + h) * D + ks * 16 + (j >> 1) * 8 + c0 + (j & 1))));
+            for (int j = 0; j < 4; ++j)  // (D % 8 == 0: the 8-element half decides)
+              if (ks * 16 + (j >> 1) * 8 < D)
+                m = fmaxf(m, fabsf(load_q(p.q, p.q_dtype, (sb.row0 + h) * D + ks * 16 + (j >> 1) * 8 + c0 + (j & 1))));
         m = fmaxf(m, __shfl_xor_sync(kFull, m, 1));
         m = fmaxf(m, __shfl_xor_sync(kFull, m, 2));
         if (m > 0.f && isfinite(m)) {
@@ -701,7 +710,8 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         float x[2] = {0.f, 0.f};
-        if (h < sb.g && ks < nks)
+        // elements past D (steps past it; the last half step of D % 16 == 8): 0
+        if (h < sb.g && ks * 16 + half * 8 < D)
 #pragma unroll
           for (int e = 0; e < 2; ++e)
             x[e] = load_q(p.q, p.q_dtype, (sb.row0 + h) * D + ks * 16 + half * 8 + c0 + e) * qmul;
@@ -737,14 +747,15 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   auto issue = [&](int st) {
     const int n = s_n[st];
     if constexpr (MMA) {
-      // every row of the tile: rows >= n are zero-filled (n == 0: nothing);
-      // chunks >= nvr (a D short of LPR * 8) are never read
+      // every row of the tile: rows >= n are zero-filled (n == 0: nothing),
+      // and so is chunk nvr of an odd nvr (the k step's half past D); chunks
+      // of k steps past D (a D short of LPR * 8) are never read
       const int chunks = n > 0 ? kTR * LPR : 0;
       for (int c = tid; c < chunks; c += kThreads) {
         const int r = c / LPR, v = c % LPR;
-        if (v >= nvr) continue;
+        if ((v & ~1) * 8 >= D) continue;  // chunk v: elements 8v .. 8v + 7
         const int so = (st * kTR + r) * srb + ((v ^ (r & 7)) << 4);
-        if (r < n) {
+        if (r < n && v * 8 < D) {
           const int64_t off = s_slot[st][r] * rb + v * 16;
           cp_async16(sK + so, p.k_pool + off);
           cp_async16(sV + so, p.v_pool + off);
@@ -835,7 +846,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
         const uint32_t base = sK32 + uint32_t(row * srb);
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks) {
-          if (ks >= nks) break;  // uniform
+          if (ks * 16 >= D) break;  // uniform
           const int chunk = 2 * ks + (lane >> 4);
           uint32_t a[4];
           cu::ldsm_x4(base + uint32_t((chunk ^ (lr & 7)) << 4), a[0], a[1], a[2], a[3]);
@@ -960,7 +971,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
         const int r = st * kTR + ks * 16 + (mi >> 1) * 8 + mj;
 #pragma unroll
         for (int mt = 0; mt < MTW; ++mt) {
-          if (warp * MTW + mt >= nks) break;  // uniform: this warp's m tiles past D
+          if ((warp * MTW + mt) * 16 >= D) break;  // uniform: this warp's m tiles past D
           const int chunk = (warp * MTW + mt) * 2 + (mi & 1);
           uint32_t a[4];
           cu::ldsm_x4_trans(sV32 + uint32_t(r * srb + ((chunk ^ (r & 7)) << 4)), a[0], a[1], a[2], a[3]);
@@ -1295,59 +1306,49 @@ __global__ void score_combine_kernel(Params p) {
 // ---------------------------------------------------------------- host side
 using AttnFn = void (*)(Params);
 
-template <class T, int LPR, int ST = kStages>
+template <int LPR, int ST = kStages>
 AttnFn pick_g(int g) {
-  if (g <= 1) return attn_kernel<T, LPR, 1, false, ST>;
-  if (g <= 2) return attn_kernel<T, LPR, 2, false, ST>;
-  if (g <= 4) return attn_kernel<T, LPR, 4, false, ST>;
-  return attn_kernel<T, LPR, 8, false, ST>;
+  if (g <= 1) return attn_kernel<float, LPR, 1, false, ST>;
+  if (g <= 2) return attn_kernel<float, LPR, 2, false, ST>;
+  if (g <= 4) return attn_kernel<float, LPR, 4, false, ST>;
+  return attn_kernel<float, LPR, 8, false, ST>;
 }
 
-template <class T, int WST>
+template <int WST>
 AttnFn pick_wide(int g) {
-  if (g <= 1) return attn_kernel<T, 64, 1, false, WST>;
-  if (g <= 2) return attn_kernel<T, 64, 2, false, WST>;
-  return attn_kernel<T, 64, 4, false, WST>;
+  if (g <= 1) return attn_kernel<float, 64, 1, false, WST>;
+  if (g <= 2) return attn_kernel<float, 64, 2, false, WST>;
+  return attn_kernel<float, 64, 4, false, WST>;
 }
 
-// stages: the pipeline depth (attn_stages). Rows up to 256 bytes always
-// have three (48 KB); 512-byte rows on CUDA cores (f32 D 128) two where
-// three do not fit (99 KB parts); wide rows two or one. (f16 and bf16 rows
-// of 272..496 bytes, the only other CUDA-core rows of 32 lanes, fit three
-// on every part the build targets; their 512-byte rows, D 256, are the
-// tensor-core kernels': no two-stage CUDA-core kernels for 16-bit rows.)
-template <class T>
-AttnFn pick_lpr(int nvr, int g, int stages) {
-  if (nvr <= 8) return pick_g<T, 8>(g);
-  if (nvr <= 16) return pick_g<T, 16>(g);
-  if constexpr (sizeof(T) == 4) {
-    if (nvr > 32)  // wide f32 rows: sub-groups of at most kMaxGWide heads
-      return stages >= kStagesWide ? pick_wide<T, kStagesWide>(g) : pick_wide<T, 1>(g);
-  }
-  if constexpr (sizeof(T) == 4) {
-    if (stages < kStages) return pick_g<T, 32, 2>(g);
-  }
-  return pick_g<T, 32>(g);
+// f32 K/V: the CUDA-core kernels. stages: the pipeline depth (attn_stages).
+// Rows up to 256 bytes always have three (48 KB); 512-byte rows (D 128) two
+// where three do not fit (99 KB parts); wide rows (D 132..256: sub-groups
+// of at most kMaxGWide heads) two or one.
+AttnFn pick_f32(int nvr, int g, int stages) {
+  if (nvr <= 8) return pick_g<8>(g);
+  if (nvr <= 16) return pick_g<16>(g);
+  if (nvr > 32) return stages >= kStagesWide ? pick_wide<kStagesWide>(g) : pick_wide<1>(g);
+  return stages < kStages ? pick_g<32, 2>(g) : pick_g<32>(g);
 }
 
-// f16 or bf16 K/V (T): the tensor-core kernels (mma_rows), or CUDA cores.
+// f16 or bf16 K/V (T): the tensor-core kernels (every such row: mma_rows).
 // Heads are the mma's N: one n tile of 8 for groups up to 8 (fewer heads:
 // zero queries), two for 9 to 16, which the sub-grouping above gives such
-// rows instead of 8. D 208..256 (512-byte tile rows) on 99 KB parts: two
-// stages. A row of nvr vectors takes the kernel of the power of two >= nvr.
+// rows instead of 8. A row of nvr vectors takes the kernel of the power of
+// two >= nvr (at least 8); 512-byte tile rows (D 200..256) on 99 KB parts
+// two stages. (Until session 18 the rows other than D 64 / 128 / 256 ran
+// on CUDA-core twins of the f32 kernels: 24 kernels, gone.)
 template <class T>
 AttnFn pick_16bit(int nvr, int g, int stages) {
-  if (mma_rows(std::is_same_v<T, __half> ? DType::F16 : DType::BF16, nvr)) {
-    if (g > kMaxG) {
-      if (nvr <= 8) return attn_kernel<T, 8, kMaxGMma, true>;
-      if (nvr <= 16) return attn_kernel<T, 16, kMaxGMma, true>;
-      return stages < kStages ? attn_kernel<T, 32, kMaxGMma, true, 2> : attn_kernel<T, 32, kMaxGMma, true>;
-    }
-    if (nvr <= 8) return attn_kernel<T, 8, kMaxG, true>;
-    if (nvr <= 16) return attn_kernel<T, 16, kMaxG, true>;
-    return stages < kStages ? attn_kernel<T, 32, kMaxG, true, 2> : attn_kernel<T, 32, kMaxG, true>;
+  if (g > kMaxG) {
+    if (nvr <= 8) return attn_kernel<T, 8, kMaxGMma, true>;
+    if (nvr <= 16) return attn_kernel<T, 16, kMaxGMma, true>;
+    return stages < kStages ? attn_kernel<T, 32, kMaxGMma, true, 2> : attn_kernel<T, 32, kMaxGMma, true>;
   }
-  return pick_lpr<T>(nvr, g, stages);
+  if (nvr <= 8) return attn_kernel<T, 8, kMaxG, true>;
+  if (nvr <= 16) return attn_kernel<T, 16, kMaxG, true>;
+  return stages < kStages ? attn_kernel<T, 32, kMaxG, true, 2> : attn_kernel<T, 32, kMaxG, true>;
 }
 
 // Resident blocks per SM of an attention kernel with this much dynamic shared
@@ -1589,7 +1590,7 @@ Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream) {
   if (stages == 0) return Status::Shape;  // (row_check says why)
   const AttnFn fn = a.kv_dtype == DType::F16    ? pick_16bit<__half>(p.nvr, g, stages)
                     : a.kv_dtype == DType::BF16 ? pick_16bit<__nv_bfloat16>(p.nvr, g, stages)
-                                                : pick_lpr<float>(p.nvr, g, stages);
+                                                : pick_f32(p.nvr, g, stages);
   const size_t smem = attn_smem(a.kv_dtype, row_bytes, stages);
   int bps = 1;
   if (Status o = attn_blocks_per_sm(dev, optin, fn, smem, &bps); o != Status::Ok) return o;

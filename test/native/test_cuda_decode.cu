@@ -549,14 +549,15 @@ KVSQ_TEST(cuda_decode_mma_large_groups) {
     }
 }
 
-// f16 and bf16 K/V of head dims other than 64 / 128 / 256 that are a whole
-// number of mma k steps (D % 16 == 0: 16, 48, 80, 96, 112, 144, 160, 192,
-// 240) on the tensor-core kernels of the next power-of-two row (the k steps
-// and m tiles past D skipped, tile rows padded to 128 bytes), groups of 1
-// to 16 heads (one or two n tiles; 1 and 5 leave padding heads), dense and
-// Quest, H2O scores, every query dtype; then the same rows on a 99 KB part
+// f16 and bf16 K/V of head dims other than 64 / 128 / 256 on the
+// tensor-core kernels of the next power-of-two row (the k steps and m tiles
+// past D skipped, tile rows padded to 128 bytes): whole k steps (D % 16 ==
+// 0: 16, 48, 80, 96, 112, 144, 160, 192, 240) and half a last one (D % 16
+// == 8, its other half a zero chunk: 8, 24, 40, 72, 136, 200, 248), groups
+// of 1 to 16 heads (one or two n tiles; 1 and 5 leave padding heads), dense
+// and Quest, H2O scores, every query dtype; then such rows on a 99 KB part
 // (emulated sm_86; the card's own part on a GPU), where tile rows of 384
-// bytes (D 144..192) keep three stages and 512 (D 208..240) take two; and
+// bytes (D 136..192) keep three stages and 512 (D 200..248) take two; and
 // rows of one kernel interleaved, so its dynamic shared memory limit is
 // raised and reused across sizes.
 KVSQ_TEST(cuda_decode_mma_head_dims) {
@@ -564,7 +565,7 @@ KVSQ_TEST(cuda_decode_mma_head_dims) {
   int it = 0;
   const int gs[5] = {1, 5, 8, 12, 16};
   for (DType kv : {DType::BF16, DType::F16})
-    for (int D : {16, 48, 80, 96, 112, 144, 160, 192, 240}) {
+    for (int D : {16, 48, 80, 96, 112, 144, 160, 192, 240, 8, 24, 40, 72, 136, 200, 248}) {
       const int g = gs[it % 5];
       Problem(rotating_case(it++, kv, D, g, pick({1, 2}), pick({1, 2}))).run_and_compare();
     }
@@ -573,12 +574,12 @@ KVSQ_TEST(cuda_decode_mma_head_dims) {
     cuda_emu::PartScope scope(cuda_emu::part("sm_86"));
 #endif
     for (DType kv : {DType::BF16, DType::F16})
-      for (int D : {144, 192, 208, 240}) {
+      for (int D : {136, 192, 200, 248}) {
         const int g = gs[it % 5];
         Problem(rotating_case(it++, kv, D, g, 1, pick({1, 2}))).run_and_compare();
       }
   }
-  for (int D : {176, 256, 144, 224}) Problem(rotating_case(it++, DType::F16, D, 8, 1, 1)).run_and_compare();
+  for (int D : {176, 256, 136, 232}) Problem(rotating_case(it++, DType::F16, D, 8, 1, 1)).run_and_compare();
 }
 
 // f16 K/V on tensor cores with queries f16 cannot hold as they are: f32 and
