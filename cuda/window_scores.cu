@@ -141,9 +141,6 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 using cu::ldsm_x4;
 using cu::mma16816;
-using cu::pack_bf16;
-using cu::split_bf16;
-
 
 // Two consecutive elements (columns c, c+1) of a q row as one 32-bit MMA
 // operand; for f32 the hi and lo halves.
@@ -289,13 +286,11 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 || D > 128 ? 1 : 2) ws_pas
       const int64_t t = t0 + row;
       float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
       if (t < tg.Lr && col < dk) v = __ldg(reinterpret_cast<const float4*>(kbase + t * dk + col));
-      float h0, l0, h1, l1, h2, l2, h3, l3;
-      split_bf16(v.x, h0, l0);
-      split_bf16(v.y, h1, l1);
-      split_bf16(v.z, h2, l2);
-      split_bf16(v.w, h3, l3);
-      *reinterpret_cast<uint2*>(dh + row * LDS + col) = make_uint2(pack_bf16(h0, h1), pack_bf16(h2, h3));
-      *reinterpret_cast<uint2*>(dl + row * LDS + col) = make_uint2(pack_bf16(l0, l1), pack_bf16(l2, l3));
+      uint2 hi, lo;
+      cu::split_pair<false>(v.x, v.y, hi.x, lo.x);
+      cu::split_pair<false>(v.z, v.w, hi.y, lo.y);
+      *reinterpret_cast<uint2*>(dh + row * LDS + col) = hi;
+      *reinterpret_cast<uint2*>(dl + row * LDS + col) = lo;
     }
   };
   // The first NS - 1 chunks are in flight while the Q fragments load.
