@@ -87,7 +87,7 @@ for (const [name, mk] of [['H2O', () => new k.H2O({ heavy, recent: heavy })], ['
   compare(`SnapKV + ${name}`, mk, main);
 // 2b. Another head dim (80: the window-scores kernel zero-pads it to 128, the
 // decode kernel runs it on the tensor cores of the D 128 row, tile rows
-// padded to 256 bytes; 96 with f16 and Quest below) and
+// padded to 256 bytes; 96 with f16 and Quest, 72 below) and
 // wide groups of query heads per KV head (bf16 on the decode kernel's tensor
 // cores: 20 = 10 + 10 sub-groups with H2O's score combine; MQA's 16 on one
 // KV head as one 16-head group, with Quest's union of 16 selections).
@@ -99,6 +99,8 @@ compare('SnapKV + Quest, 16 query heads on 1 KV head', () => new k.Quest({ budge
 compare('SnapKV + H2O, f16', () => new k.H2O({ heavy: 32, recent: 32 }), shape(16, 2, 128, 300, 1, 3, 96, 'f16'));
 compare('SnapKV + Quest, f16, 12 query heads on 1 KV head', () => new k.Quest({ budget: 64, denseLayers: 0 }), shape(12, 1, 64, 400, 1, 3, 160, 'f16'));
 compare('SnapKV + Quest, f16 at head dim 96', () => new k.Quest({ budget: 64, denseLayers: 0 }), shape(8, 2, 96, 300, 1, 3, 96, 'f16'));
+// head dim 72: 9 16-byte vectors, the last mma k step half zero padding
+compare('SnapKV + H2O at head dim 72', () => new k.H2O({ heavy: 32, recent: 32 }), shape(8, 2, 72, 300, 1, 3, 96));
 // f32 K/V at head dim 256 (1 KiB rows: the decode kernel's wide-row variant,
 // sub-groups of at most 4 heads: 6 = 3 + 3; on a 99 KB part one pipeline
 // stage).
