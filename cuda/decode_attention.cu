@@ -158,8 +158,9 @@ constexpr bool mma_rows(DType kv, int nvr) {
 // block and the 8 rows of an ldmatrix meet distinct banks at any D (D 80:
 // 160 -> 256 bytes, D 136..192: 384; an odd nvr's zero chunk always fits);
 // CUDA-core (f32) rows are packed.
+constexpr int pad_row128(int row_bytes) { return (row_bytes + 127) & ~127; }
 constexpr int64_t tile_row_bytes(DType kv, int64_t row_bytes) {
-  return mma_rows(kv, int(row_bytes / 16)) ? (row_bytes + 127) / 128 * 128 : row_bytes;
+  return mma_rows(kv, int(row_bytes / 16)) ? pad_row128(int(row_bytes)) : row_bytes;
 }
 constexpr int kRowsPerWarp = kTR / kNW;
 constexpr int kMinItemSlots = 256;
@@ -628,7 +629,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
   // G <= 2 kernels spill; p.g sits in the constant bank).
   const int g = p.g, D = p.D, nvr = p.nvr, rb = p.row_bytes;
   // Shared-memory row stride (tile_row_bytes): MMA rows padded to 128 bytes.
-  const int srb = MMA ? (rb + 127) & ~127 : rb;
+  const int srb = MMA ? pad_row128(rb) : rb;
   // MMA: ceil(D / 16) 16-element k steps <= KS: a kernel of LPR serves
   // every nvr in (LPR / 2, LPR] (LPR 8: 1..8); the k steps at or past D are
   // skipped, and so are the m tiles in phase C. With D % 16 == 8 the last
