@@ -9,12 +9,30 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "../native/core/ops.h"
 
 namespace kvsq {
 
 Status cuda_decode_attention(const DecodeAttnArgs& a, void* stream);
+// The work plan of a dense cuda_decode_attention call made on the host, for
+// callers that hold the lists' lengths there (the bindings read every index
+// array on the host to validate it): a.kv_len (and only it) a host pointer,
+// the other arguments as for the call, its device current. The image goes
+// to device memory with the call's other index arrays (one copy, any
+// 256-byte aligned address) and the call takes it through a.plan /
+// a.plan_items / a.plan_lists instead of launching the plan kernel: one
+// kernel and its latency fewer per step (the plan kernel: ~7 us on an
+// H200). An empty image (Quest subsets, whose plan depends on device data,
+// or a list with nothing to attend) means: call without one. Same items,
+// same results as the plan kernel's.
+struct DecodePlan {
+  std::vector<uint8_t> image;
+  int32_t items = 0;  // capacity the call must find (its items_max)
+  int32_t lists = 0;  // sub-group lists it was made for
+};
+Status cuda_decode_plan(const DecodeAttnArgs& a, DecodePlan* out);
 // "" when cuda_decode_attention takes K/V rows of head_dim elements of
 // kv_dtype on `device`, else why not (what a cache on that device checks
 // when it is made): rows of whole 16-byte vectors up to 512 bytes, or f32

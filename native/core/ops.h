@@ -85,6 +85,14 @@ struct DecodeAttnArgs {
   int32_t* evict_slot = nullptr;           // [B*Hkv]
   // Optional log-sum-exp of the scaled logits per (b, h), natural log. Null = none.
   float* lse = nullptr;                  // [B, Hq]
+  // CUDA twin only (the CPU twin ignores them): the split of the lists into
+  // work items made on the host by cuda_decode_plan (cuda/launchers.h) for
+  // exactly these arguments on this device, copied to device memory, which
+  // the call writes (its per-list counters). Null: a plan kernel makes it on
+  // the device from the device's kv_len.
+  void* plan = nullptr;
+  int32_t plan_items = 0;  // DecodePlan::items
+  int32_t plan_lists = 0;  // DecodePlan::lists
 };
 
 // ---------------------------------------------------------------- window scores

@@ -558,13 +558,29 @@ std::unique_ptr<Job> parse_decode_attention(const Napi::CallbackInfo& info) {
     const int32_t* d_sel_indptr = sel_on_device ? static_cast<const int32_t*>(S(sel_indptr).data) : nullptr;
     const int32_t* d_sel_pages = sel_on_device ? static_cast<const int32_t*>(S(sel_pages).data) : nullptr;
     const size_t s_epos = want_evict ? st.add(h_epos, i32_bytes(epos)) : 0, s_emax = want_evict ? st.add(h_emax, i32_bytes(emax)) : 0;
+    const bool dense = !sel_indptr;
     job->run = [j, args, bind_outputs, s_indptr, s_ids, s_len, s_sel_indptr, s_sel_pages, stage_sel, d_sel_indptr, d_sel_pages,
-                s_epos, s_emax, want_evict]() mutable {
+                s_epos, s_emax, want_evict, dense]() mutable {
       bind_outputs(args);
       // host index pointers (a device-resident selection is valid by construction: not read here)
       if (Status s = validate_decode_attention(args); s != Status::Ok) return s;
+      // A dense call's work plan, made here from the validated host lengths
+      // and uploaded with the index arrays: the device runs no plan kernel.
+      // (Made on the job's device: it sizes the plan to that device's SMs.)
+      DecodePlan plan;
+      size_t s_plan = 0;
+      if (dense) {
+        if (Status s = device_select(j->device); s != Status::Ok) return s;
+        if (Status s = cuda_decode_plan(args, &plan); s != Status::Ok) return s;
+        if (!plan.image.empty()) s_plan = j->staging->add(plan.image.data(), plan.image.size());
+      }
       return on_device(j, [&] {
         const Staging& sg = *j->staging;
+        if (!plan.image.empty()) {  // written by the call (its counters): the job's own copy
+          args.plan = const_cast<uint8_t*>(sg.dev<uint8_t>(s_plan));
+          args.plan_items = plan.items;
+          args.plan_lists = plan.lists;
+        }
         args.page_indptr = sg.dev<int32_t>(s_indptr);
         args.page_ids = sg.dev<int32_t>(s_ids);
         args.kv_len = sg.dev<int32_t>(s_len);

@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <string>
 #include <utility>
@@ -243,8 +244,25 @@ struct Problem {
     }
     Dev depos(epos), demax(emax), dslot(size_t(nl) * sizeof(int32_t));
     if (evict) d.evict_pos = depos.as<int32_t>(), d.evict_max_pos = demax.as<int32_t>(), d.evict_slot = dslot.as<int32_t>();
-    st = cuda_decode_attention(d, nullptr);
     const std::string why = cuda_decode_row_check(0, c.kvdt, c.D);
+    // Dense calls take a plan made on the host in about half the runs, as
+    // the bindings' calls do (made from the host's kv_len; none when a list
+    // is empty: the plan kernel writes such lists' outputs).
+    std::unique_ptr<Dev> dplan;
+    if (!c.subset && randint(0, 1) == 1) {
+      DecodeAttnArgs hp = d;
+      hp.kv_len = kv_len.data();
+      DecodePlan plan;
+      const Status ps = cuda_decode_plan(hp, &plan);
+      CHECK_MSG(ps == (why.empty() ? Status::Ok : Status::Shape), "plan status " << status_name(ps));
+      const bool some_empty = std::any_of(kv_len.begin(), kv_len.end(), [](int32_t n) { return n <= 0; });
+      CHECK_MSG(ps != Status::Ok || plan.image.empty() == some_empty, "plan image " << plan.image.size() << " bytes");
+      if (!plan.image.empty()) {
+        dplan = std::make_unique<Dev>(plan.image);
+        d.plan = dplan->p, d.plan_items = plan.items, d.plan_lists = plan.lists;
+      }
+    }
+    st = cuda_decode_attention(d, nullptr);
     if (!why.empty()) {  // rows this device cannot take (f32 D > 128 below 68 KB per block): refused, nothing written
       CHECK_MSG(st == Status::Shape, "cuda status " << status_name(st) << " for rows the device refuses: " << why);
       sync_ok();
@@ -437,6 +455,93 @@ KVSQ_TEST(cuda_decode_ragged_empty) {
   Config n = c;  // no lse output
   n.lse = false;
   Problem(n).run_and_compare();
+}
+
+// The plan made on the host (cuda_decode_plan, what the bindings use for
+// dense calls) against the plan kernel's: the same items, so bit-identical
+// outputs, lse and scores, with sub-groups (ns > 1) too; one uploaded image
+// serving two calls (each leaves its counters at zero); and the refusals: a
+// plan made for other lists or with a Quest subset is a Shape error before
+// anything is written; Quest calls and empty lists get no image.
+KVSQ_TEST(cuda_decode_host_plan) {
+  need_device();
+  for (int rep = 0; rep < 10; ++rep) {
+    Config c;
+    c.B = randint(1, 3), c.Hkv = pick({1, 2}), c.P = pick({16, 7, 1});
+    c.kvdt = kDts[randint(0, 2)], c.qdt = kDts[randint(0, 2)];
+    c.D = c.kvdt == DType::F32 ? pick({64, 132}) : pick({64, 80, 128});
+    c.Hq = c.Hkv * pick({1, 5, 24, 40});  // 24 / 40: sub-groups (f32 8 heads, wide f32 4, 16-bit 16)
+    c.score = randint(0, 1) == 1;
+    for (int l = 0; l < c.B * c.Hkv; ++l) c.lens.push_back(pick({1, 17, 1000, randint(1, 3000)}));
+    const Problem pr(c);
+    if (!cuda_decode_row_check(0, c.kvdt, c.D).empty()) continue;  // (covered by run_and_compare)
+    const size_t no = size_t(c.B) * c.Hq * c.D * dtype_size(c.qdt), nq = size_t(c.B) * c.Hq;
+    Dev dq(pr.q.bytes), dk(pr.k.bytes), dv(pr.v.bytes), dind(pr.indptr), dids(pr.ids), dlen(pr.kv_len);
+    struct Out {
+      std::vector<uint8_t> o;
+      std::vector<float> lse, score;
+    };
+    // One call with an optional plan on fresh outputs (o 0x5a bytes, lse 7, score0).
+    auto call = [&](const Dev* plan, int32_t items, int32_t lists, Status want, int times) {
+      Dev dout(no), dlse(std::vector<float>(nq, 7.f)), dsc(pr.score0);
+      CU_OK(cudaMemset(dout.p, 0x5a, no));
+      DecodeAttnArgs d = pr.base();
+      d.q = dq.p, d.o = dout.p, d.k_pool = dk.p, d.v_pool = dv.p;
+      d.page_indptr = dind.as<int32_t>(), d.page_ids = dids.as<int32_t>(), d.kv_len = dlen.as<int32_t>();
+      d.lse = dlse.as<float>(), d.score_pool = c.score ? dsc.as<float>() : nullptr;
+      if (plan) d.plan = plan->p, d.plan_items = items, d.plan_lists = lists;
+      for (int t = 0; t < times; ++t) {
+        const Status st = cuda_decode_attention(d, nullptr);
+        CHECK_MSG(st == want, "status " << status_name(st) << " want " << status_name(want));
+      }
+      sync_ok();
+      return Out{dout.get<uint8_t>(no), dlse.get<float>(nq), dsc.get<float>(pr.score0.size())};
+    };
+    DecodeAttnArgs h = pr.base();
+    h.q = dq.p, h.o = dq.p, h.k_pool = dk.p, h.v_pool = dv.p;
+    h.page_indptr = dind.as<int32_t>(), h.page_ids = dids.as<int32_t>(), h.kv_len = pr.kv_len.data();
+    DecodePlan plan;
+    CHECK(cuda_decode_plan(h, &plan) == Status::Ok);
+    CHECK(!plan.image.empty() && plan.items > 0 && plan.lists >= c.B * c.Hkv);
+    Dev dplan(plan.image);
+    const Out ref = call(nullptr, 0, 0, Status::Ok, 1);
+    // Twice on one image (H2O: scores added twice, so compare only o and lse there).
+    const Out got = call(&dplan, plan.items, plan.lists, Status::Ok, c.score ? 1 : 2);
+    CHECK_MSG(got.o == ref.o, "o differs with the host plan (D " << c.D << " g " << c.Hq / c.Hkv << ")");
+    for (size_t i = 0; i < nq; ++i) CHECK_MSG(f32_bits(got.lse[i]) == f32_bits(ref.lse[i]), "lse " << i);
+    for (size_t i = 0; i < ref.score.size(); ++i) CHECK_MSG(f32_bits(got.score[i]) == f32_bits(ref.score[i]), "score " << i);
+    if (c.score) {  // the second call on the same image, scores included
+      const Out again = call(&dplan, plan.items, plan.lists, Status::Ok, 1);
+      CHECK(again.o == ref.o);
+    }
+    // Made for other lists: refused, nothing written.
+    const Out bad1 = call(&dplan, plan.items + 1, plan.lists, Status::Shape, 1);
+    const Out bad2 = call(&dplan, plan.items, plan.lists - 1, Status::Shape, 1);
+    for (const Out* b : {&bad1, &bad2}) {
+      CHECK(std::all_of(b->o.begin(), b->o.end(), [](uint8_t x) { return x == 0x5a; }));
+      CHECK(std::all_of(b->lse.begin(), b->lse.end(), [](float x) { return x == 7.f; }));
+      CHECK(b->score == pr.score0);
+    }
+    // A Quest subset: no image made, and a plan given with one is refused.
+    std::vector<int32_t> si(nq + 1, 0), sp;
+    Dev dsi(si), dsp(std::vector<int32_t>{0});
+    DecodeAttnArgs qh = h;
+    qh.sel_indptr = dsi.as<int32_t>(), qh.sel_pages = dsp.as<int32_t>(), qh.sel_count = 0;
+    DecodePlan none;
+    CHECK(cuda_decode_plan(qh, &none) == Status::Ok && none.image.empty());
+    DecodeAttnArgs qd = pr.base();
+    qd.q = dq.p, qd.o = dq.p, qd.k_pool = dk.p, qd.v_pool = dv.p;
+    qd.page_indptr = dind.as<int32_t>(), qd.page_ids = dids.as<int32_t>(), qd.kv_len = dlen.as<int32_t>();
+    qd.sel_indptr = qh.sel_indptr, qd.sel_pages = qh.sel_pages;
+    qd.plan = dplan.p, qd.plan_items = plan.items, qd.plan_lists = plan.lists;
+    CHECK(cuda_decode_attention(qd, nullptr) == Status::Shape);
+    // An empty list: no image (the plan kernel writes its outputs).
+    std::vector<int32_t> lens0 = pr.kv_len;
+    lens0[size_t(randint(0, int(lens0.size()) - 1))] = 0;
+    DecodeAttnArgs eh = h;
+    eh.kv_len = lens0.data();
+    CHECK(cuda_decode_plan(eh, &none) == Status::Ok && none.image.empty());
+  }
 }
 
 // More lists than the attention blocks plan for themselves (128): the
@@ -1018,6 +1123,25 @@ KVSQ_TEST(cuda_decode_bench) {
     std::printf("BENCH decode_nopdl B=%d: plain %.3f ms (with PDL %.3f); H2O fused %.3f ms (%.3f, %.2fx plain); "
                 "Quest 1/8 pages %.3f ms (%.3f)\n",
                 B, plain_n, plain, h2o_n, h2o, h2o_n / plain_n, quest_n, quest);
+    // The plan made on the host (what the bindings do for dense calls): the
+    // same calls without the plan kernel. The image is uploaded once; each
+    // call leaves its counters at zero, so it serves every repetition.
+    DecodeAttnArgs ha = a;
+    ha.kv_len = bp.lists.len.data();
+    DecodePlan plan;
+    const Status ps = cuda_decode_plan(ha, &plan);
+    CHECK_MSG(ps == Status::Ok && !plan.image.empty(), "plan " << status_name(ps));
+    Dev dplan(plan.image);
+    DecodeAttnArgs hp = a, hh = h;
+    for (DecodeAttnArgs* x : {&hp, &hh}) x->plan = dplan.p, x->plan_items = plan.items, x->plan_lists = plan.lists;
+    const double plain_h = median_ms([&] { run(hp); }, flush.p, flush_bytes, 50);
+    const double h2o_h = median_ms([&] { run(hh); }, flush.p, flush_bytes, 50);
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    sync_ok();
+    const double gbs_h = bytes / plain_h / 1e6;
+    std::printf("BENCH decode_host_plan B=%d: plain %.3f ms %.0f GB/s = %.0f%% of copy (device plan %.3f); "
+                "H2O fused %.3f ms (%.2fx plain; device plan %.3f)\n",
+                B, plain_h, gbs_h, 100.0 * gbs_h / copy_gbs, plain, h2o_h, h2o_h / plain_h, h2o);
   }
 
   // f16 K/V at the target shape (the tensor-core kernels since 2026-12-07,
