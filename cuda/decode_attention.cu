@@ -550,6 +550,125 @@ constexpr size_t attn_static_smem(int stages, int gs) {
          2 * sizeof(int) + 64;
 }
 
+// The end of an attention block's item, after it has written its partials
+// (part_ms, part_acc): counts the item in, and the list's last block to
+// finish merges every item of the list into o, lse and lse2. smem: scratch
+// of `scratch` bytes (the stage buffers, free by now); s_m, s_s: shared
+// arrays of at least p.g floats; s_last: a shared int.
+__device__ __forceinline__ void merge_list(const Params& p, const Item& it, int list, unsigned char* smem, size_t scratch,
+                                           float* s_m, float* s_s, int& s_last) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int D = p.D;
+  // The score pass (launched as this kernel's dependent) may be scheduled
+  // once every block is past its tile loop: its preamble (items, page ids,
+  // pool scores) overlaps the merges below; it waits for this grid before
+  // reading logits or lse.
+  cu::pdl_trigger();
+
+  // Last block of the list merges (threadfence reduction pattern).
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) s_last = atomicAdd(&p.counters[list], 1) == it.count - 1;
+  __syncthreads();
+  if (!s_last) return;
+  // Every block of the list has counted: back to zero, so a plan image made
+  // on the host serves repeated calls with the same lengths (benchmarks).
+  if (tid == 0) p.counters[list] = 0;
+  __threadfence();
+  // The sub-group's real heads and their first q row (recomputed: not held
+  // in registers through the tile loop). Partials have the item stride p.g.
+  const Sub sm = sub_of(p, list);
+  const int gv = sm.g;
+  const int64_t qrow0 = sm.row0;
+
+  // Per head: M = max m_i, S = sum s_i 2^(m_i - M) (warp per head, lanes over
+  // items). When they fit, the items' (m_i, s_i) pairs are loaded once into
+  // the (now free) stage buffers and turned into weights 2^(m_i - M) there,
+  // so the output loop below is a stream of independent 16-byte loads: one
+  // thread per 4 outputs, 8 items in flight. (A chain of scalar loads, two in
+  // flight, made the merging block of a 66-item list a ~20 us tail.)
+  float2* wts = reinterpret_cast<float2*>(smem);  // [gv][count]: (weight, unused)
+  const bool wfit = int64_t(it.count) * gv * 8 <= int64_t(scratch);
+  const float2* ms = reinterpret_cast<const float2*>(p.part_ms);  // [item][kMaxGAll]: (m, s)
+  for (int h = warp; h < gv; h += kNW) {
+    float M = cu::neg_inf();
+    for (int i = lane; i < it.count; i += 32) {
+      const float2 v = __ldcg(&ms[int64_t(it.first + i) * kMaxGAll + h]);
+      if (wfit) wts[h * it.count + i] = v;
+      M = fmaxf(M, v.x);
+    }
+    M = cu::warp_max(M);
+    float S = 0.f;
+    for (int i = lane; i < it.count; i += 32) {
+      const float2 v = wfit ? wts[h * it.count + i] : __ldcg(&ms[int64_t(it.first + i) * kMaxGAll + h]);
+      const float w = (M == cu::neg_inf() || v.x == cu::neg_inf()) ? 0.f : exp2f(v.x - M);
+      if (w != 0.f) S += v.y * w;
+      if (wfit) wts[h * it.count + i].x = w;
+    }
+    S = cu::warp_sum(S);
+    if (lane == 0) {
+      s_m[h] = M;
+      s_s[h] = S;
+      const float l2 = S > 0.f ? M + log2f(S) : cu::neg_inf();
+      p.lse2[int64_t(list) * p.g + h] = l2;
+      if (p.lse) p.lse[qrow0 + h] = S > 0.f ? l2 * cu::kLn2 : cu::neg_inf();
+    }
+  }
+  __syncthreads();
+  const int gd = gv * D;  // a multiple of 4: D * sizeof(kv) is a multiple of 16 bytes
+  const int64_t ist = int64_t(p.g) * D;  // item stride of part_acc
+  for (int i4 = tid; i4 < gd / 4; i4 += kThreads) {
+    const int h = i4 * 4 / D;
+    const float M = s_m[h], S = s_s[h];
+    float4 out = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (wfit) {
+      const float2* wh = wts + h * it.count;
+      const float4* src = reinterpret_cast<const float4*>(p.part_acc + it.first * ist) + i4;
+      const int64_t st4 = ist / 4;
+      int t = 0;
+      for (; t + 8 <= it.count; t += 8) {
+        float4 a[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) a[u] = __ldcg(src + (t + u) * st4);
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const float w = wh[t + u].x;
+          out.x += w * a[u].x;
+          out.y += w * a[u].y;
+          out.z += w * a[u].z;
+          out.w += w * a[u].w;
+        }
+      }
+      for (; t < it.count; ++t) {
+        const float4 a = __ldcg(src + t * st4);
+        const float w = wh[t].x;
+        out.x += w * a.x;
+        out.y += w * a.y;
+        out.z += w * a.z;
+        out.w += w * a.w;
+      }
+    } else if (M != cu::neg_inf()) {
+      for (int t = 0; t < it.count; ++t) {
+        const int64_t ii = it.first + t;
+        const float mi = __ldcg(&p.part_ms[(ii * kMaxGAll + h) * 2]);
+        if (mi == cu::neg_inf()) continue;
+        const float w = exp2f(mi - M);
+        const float4 a = __ldcg(reinterpret_cast<const float4*>(p.part_acc + ii * ist) + i4);
+        out.x += w * a.x;
+        out.y += w * a.y;
+        out.z += w * a.z;
+        out.w += w * a.w;
+      }
+    }
+    const float inv = S > 0.f ? 1.f / S : 1.f;
+    const int64_t o0 = qrow0 * D + int64_t(i4) * 4;
+    store_o(p.o, p.q_dtype, o0, out.x * inv);
+    store_o(p.o, p.q_dtype, o0 + 1, out.y * inv);
+    store_o(p.o, p.q_dtype, o0 + 2, out.z * inv);
+    store_o(p.o, p.q_dtype, o0 + 3, out.w * inv);
+  }
+}
+
 // ---------------------------------------------------------------- attention
 // T: K/V storage type; LPR: pow2 >= 16-byte vectors per row, the lanes per
 // row up to 32; G: group size rounded up to a power of two (heads >= g are
@@ -1064,114 +1183,336 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
     p.part_ms[(int64_t(item_idx) * kMaxGAll + tid) * 2 + 1] = s_s[tid];
   }
 
-  // The score pass (launched as this kernel's dependent) may be scheduled
-  // once every block is past its tile loop: its preamble (items, page ids,
-  // pool scores) overlaps the merges below; it waits for this grid before
-  // reading logits or lse.
-  cu::pdl_trigger();
+  merge_list(p, it, list, smem, size_t(NST) * kTR * srb * 2, s_m, s_s, s_last);
+}
 
-  // Last block of the list merges (threadfence reduction pattern).
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) s_last = atomicAdd(&p.counters[list], 1) == it.count - 1;
-  __syncthreads();
-  if (!s_last) return;
-  // Every block of the list has counted: back to zero, so a plan image made
-  // on the host serves repeated calls with the same lengths (benchmarks).
-  if (tid == 0) p.counters[list] = 0;
-  __threadfence();
-  // The sub-group's real heads and their first q row (recomputed: not held
-  // in registers through the tile loop). Partials have the item stride p.g.
-  const Sub sm = sub_of(p, list);
-  const int gv = sm.g;
-  const int64_t qrow0 = sm.row0;
+// ---------------------------------------------------------------- warp-page kernel
+// f16/bf16 K/V of head dim 128 in pages of 16 slots (the common case: Llama,
+// Mistral, Qwen at the default page size), without block barriers in the
+// tile loop. The tile kernel above shares each 32-row tile between its four
+// warps (phase A: q.k on two warps, B: softmax one warp per head, C: p.V one
+// quarter of D per warp), so every tile costs three block barriers and two
+// round trips of logits and weights through shared memory; its H200
+// profile read as latency-bound on them (24% occupancy, 0.65 eligible warps
+// per scheduler, DRAM 65% of peak). Here each warp owns whole pages: page j
+// of the item goes to warp j % 4, which copies it into its own 3-stage
+// cp.async ring (16 rows of K and V, 8 KB per stage; every wait is a
+// cp.async.wait_group and a __syncwarp), computes S = Q K^T with the heads as
+// the mma's M (16: q rows of the group, zero past it) and the page's rows as
+// N, keeps its own online softmax in registers (a head is a quad of lanes:
+// max and sum by two shuffles) and multiplies P V with P straight from S's
+// accumulators (the m16n8 C layout of two row tiles is the m16n8k16 A layout),
+// each lane accumulating O for its two heads over all of D (16 n tiles). The
+// four warps' (m, s, O) meet once, after the loop, in shared memory.
+//   Layout: warp w's stages at smem + w * kWPStages * 16 KB, stage s: K rows
+//   then V rows, 256 bytes each, 16-byte chunks XOR-swizzled by row % 8
+//   (ldmatrix rows in distinct banks); rows past the page's length
+//   zero-filled. Numerics as the tile kernel's MMA path: q not of K's type
+//   split into hi + lo (f16: per-head power-of-two scaling first), p split
+//   into hi + lo (f16: times 2^14), f32 accumulators; same tolerance.
+// Half the mma's M is padding with groups of 8 or fewer heads; the tensor
+// cores are not what limits a decode step.
+constexpr int kWPRows = 16;   // rows per warp tile: one page
+constexpr int kWPStages = 3;  // per-warp cp.async ring
+constexpr int kWPD = 128;     // head dim
+constexpr int kWPStage = 2 * kWPRows * kWPD * 2;  // K + V bytes per stage
+constexpr size_t wp_smem() { return size_t(kNW) * kWPStages * kWPStage; }
 
-  // Per head: M = max m_i, S = sum s_i 2^(m_i - M) (warp per head, lanes over
-  // items). When they fit, the items' (m_i, s_i) pairs are loaded once into
-  // the (now free) stage buffers and turned into weights 2^(m_i - M) there,
-  // so the output loop below is a stream of independent 16-byte loads: one
-  // thread per 4 outputs, 8 items in flight. (A chain of scalar loads, two in
-  // flight, made the merging block of a 66-item list a ~20 us tail.)
-  float2* wts = reinterpret_cast<float2*>(smem);  // [gv][count]: (weight, unused)
-  const bool wfit = int64_t(it.count) * gv * 8 <= int64_t(NST) * kTR * srb * 2;
-  const float2* ms = reinterpret_cast<const float2*>(p.part_ms);  // [item][kMaxGAll]: (m, s)
-  for (int h = warp; h < gv; h += kNW) {
-    float M = cu::neg_inf();
-    for (int i = lane; i < it.count; i += 32) {
-      const float2 v = __ldcg(&ms[int64_t(it.first + i) * kMaxGAll + h]);
-      if (wfit) wts[h * it.count + i] = v;
-      M = fmaxf(M, v.x);
-    }
-    M = cu::warp_max(M);
-    float S = 0.f;
-    for (int i = lane; i < it.count; i += 32) {
-      const float2 v = wfit ? wts[h * it.count + i] : __ldcg(&ms[int64_t(it.first + i) * kMaxGAll + h]);
-      const float w = (M == cu::neg_inf() || v.x == cu::neg_inf()) ? 0.f : exp2f(v.x - M);
-      if (w != 0.f) S += v.y * w;
-      if (wfit) wts[h * it.count + i].x = w;
-    }
-    S = cu::warp_sum(S);
-    if (lane == 0) {
-      s_m[h] = M;
-      s_s[h] = S;
-      const float l2 = S > 0.f ? M + log2f(S) : cu::neg_inf();
-      p.lse2[int64_t(list) * p.g + h] = l2;
-      if (p.lse) p.lse[qrow0 + h] = S > 0.f ? l2 * cu::kLn2 : cu::neg_inf();
+template <class T>
+__global__ void __launch_bounds__(kThreads) wp_kernel(Params p) {
+  constexpr int D = kWPD, RB = D * 2, KS = D / 16, NTD = D / 8;
+  constexpr int NS = kWPStages;
+  constexpr bool F16K = std::is_same_v<T, __half>;
+  constexpr float kPScale = 16384.f;  // f16: p scaled by 2^14 (exact) for its split
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ float s_wm[kNW][16], s_ws[kNW][16];
+  __shared__ float s_m[16], s_s[16];
+  __shared__ int s_tn[kNW][NS];
+  __shared__ unsigned s_tmask[kNW][NS];
+  __shared__ int64_t s_tslot[kNW][NS];
+  __shared__ int s_last;
+
+  // Launched as a dependent of the plan kernel (sm_90+), or after the
+  // upload of a plan made on the host.
+  cu::pdl_wait();
+  const int item_idx = blockIdx.x;
+  if (item_idx >= *p.n_items) return;  // uniform
+  const Item it = p.items[item_idx];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int list = it.list;
+  const Sub sb = sub_of(p, list);
+  const bool subset = p.sel_indptr != nullptr;
+  const int* ids = p.page_ids + p.page_indptr[sb.list];
+  const int len = p.kv_len[sb.list];
+  const int g = p.g;
+  unsigned char* wb = smem + size_t(warp) * NS * kWPStage;
+  const uint32_t wb32 = static_cast<uint32_t>(__cvta_generic_to_shared(wb));
+
+  // Q as the A operand: lane holds heads hA = lane / 4 (a0, a2) and hA + 8
+  // (a1, a3), elements 16 ks + c0 + {0, 1} (a0, a1) and + 8 (a2, a3).
+  const int c0 = 2 * (lane & 3), hA = lane >> 2, hB = hA + 8;
+  const bool qsplit = p.q_dtype != (F16K ? DType::F16 : DType::BF16);
+  float zsA = p.qs, zsB = p.qs, qmA = 1.f, qmB = 1.f;
+  if constexpr (F16K) {
+    // f16: each head's q scaled by 2^-e into [2^14, 2^15) before its split
+    // (as the tile kernel; the quad lane & ~3 holds all of a head's D).
+    if (qsplit) {
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int h = hA + hh * 8;
+        float m = 0.f;
+        if (h < sb.g)
+          for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+              m = fmaxf(m, fabsf(load_q(p.q, p.q_dtype, (sb.row0 + h) * D + ks * 16 + (j >> 1) * 8 + c0 + (j & 1))));
+        m = fmaxf(m, __shfl_xor_sync(kFull, m, 1));
+        m = fmaxf(m, __shfl_xor_sync(kFull, m, 2));
+        float qm = 1.f, zm = p.qs;
+        if (m > 0.f && isfinite(m)) {
+          int x;
+          frexpf(m, &x);
+          const int e = max(x - 15, -126);
+          qm = ldexpf(1.f, -e);
+          zm = ldexpf(p.qs, e);
+        }
+        if (hh == 0) qmA = qm, zsA = zm;
+        else qmB = qm, zsB = zm;
+      }
     }
   }
-  __syncthreads();
-  const int gd = gv * D;  // a multiple of 4: D * sizeof(kv) is a multiple of 16 bytes
-  const int64_t ist = int64_t(p.g) * D;  // item stride of part_acc
-  for (int i4 = tid; i4 < gd / 4; i4 += kThreads) {
-    const int h = i4 * 4 / D;
-    const float M = s_m[h], S = s_s[h];
-    float4 out = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (wfit) {
-      const float2* wh = wts + h * it.count;
-      const float4* src = reinterpret_cast<const float4*>(p.part_acc + it.first * ist) + i4;
-      const int64_t st4 = ist / 4;
-      int t = 0;
-      for (; t + 8 <= it.count; t += 8) {
-        float4 a[8];
+  uint32_t qh[KS][4], ql[KS][4];
 #pragma unroll
-        for (int u = 0; u < 8; ++u) a[u] = __ldcg(src + (t + u) * st4);
+  for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
-        for (int u = 0; u < 8; ++u) {
-          const float w = wh[t + u].x;
-          out.x += w * a[u].x;
-          out.y += w * a[u].y;
-          out.z += w * a[u].z;
-          out.w += w * a[u].w;
+    for (int r = 0; r < 4; ++r) {
+      const int h = (r & 1) ? hB : hA, k = ks * 16 + (r >> 1) * 8 + c0;
+      const float qm = (r & 1) ? qmB : qmA;
+      float x0 = 0.f, x1 = 0.f;
+      if (h < sb.g) {
+        x0 = load_q(p.q, p.q_dtype, (sb.row0 + h) * D + k) * qm;
+        x1 = load_q(p.q, p.q_dtype, (sb.row0 + h) * D + k + 1) * qm;
+      }
+      cu::split_pair<F16K>(x0, x1, qh[ks][r], ql[ks][r]);
+    }
+
+  // The warp's pages: item entries it.p0 + warp + 4 j. Lane x of the window
+  // holds the physical id (and, with Quest subsets, the logical page and the
+  // head mask) of page j = wj + x: one load per 32 pages.
+  int wj = -64, idw = 0, pgw = 0;
+  unsigned mw = 0u;
+  auto issue = [&](int j, int st) {
+    const int e = it.p0 + warp + kNW * j;
+    if (e < it.p1) {  // uniform
+      if (j - wj >= 32) {
+        wj = j;
+        const int ex = it.p0 + warp + kNW * (j + lane);
+        const bool in = ex < it.p1;
+        if (subset) {
+          idw = in ? p.u_id[ex] : 0;
+          pgw = in ? p.u_pg[ex] : 0;
+          mw = in ? p.u_mask[ex] : 0u;
+        } else {
+          idw = in ? ids[ex] : 0;
         }
       }
-      for (; t < it.count; ++t) {
-        const float4 a = __ldcg(src + t * st4);
-        const float w = wh[t].x;
-        out.x += w * a.x;
-        out.y += w * a.y;
-        out.z += w * a.z;
-        out.w += w * a.w;
-      }
-    } else if (M != cu::neg_inf()) {
-      for (int t = 0; t < it.count; ++t) {
-        const int64_t ii = it.first + t;
-        const float mi = __ldcg(&p.part_ms[(ii * kMaxGAll + h) * 2]);
-        if (mi == cu::neg_inf()) continue;
-        const float w = exp2f(mi - M);
-        const float4 a = __ldcg(reinterpret_cast<const float4*>(p.part_acc + ii * ist) + i4);
-        out.x += w * a.x;
-        out.y += w * a.y;
-        out.z += w * a.z;
-        out.w += w * a.w;
+      const int id = __shfl_sync(kFull, idw, j - wj);
+      const int pg = subset ? __shfl_sync(kFull, pgw, j - wj) : e;
+      const unsigned mask = subset ? __shfl_sync(kFull, mw, j - wj) : kFull;
+      const int nv = min(kWPRows, len - pg * kWPRows);
+      const int64_t slot0 = int64_t(id) * kWPRows;
+      if (lane == 0) s_tn[warp][st] = nv, s_tmask[warp][st] = mask, s_tslot[warp][st] = slot0;
+      unsigned char* kst = wb + st * kWPStage;
+      unsigned char* vst = kst + kWPRows * RB;
+#pragma unroll
+      for (int i = 0; i < kWPRows * (RB / 16) / 32; ++i) {
+        const int c = lane + 32 * i, r = c / (RB / 16), v = c % (RB / 16);
+        const int so = r * RB + ((v ^ (r & 7)) << 4);
+        if (r < nv) {
+          const int64_t off = (slot0 + r) * RB + v * 16;
+          cp_async16(kst + so, p.k_pool + off);
+          cp_async16(vst + so, p.v_pool + off);
+        } else {  // zero rows: a 0 weight never meets stale data
+          cp_async16_zero(kst + so, p.k_pool);
+          cp_async16_zero(vst + so, p.v_pool);
+        }
       }
     }
-    const float inv = S > 0.f ? 1.f / S : 1.f;
-    const int64_t o0 = qrow0 * D + int64_t(i4) * 4;
-    store_o(p.o, p.q_dtype, o0, out.x * inv);
-    store_o(p.o, p.q_dtype, o0 + 1, out.y * inv);
-    store_o(p.o, p.q_dtype, o0 + 2, out.z * inv);
-    store_o(p.o, p.q_dtype, o0 + 3, out.w * inv);
+    cp_async_commit();  // (an empty group past the last page keeps the count uniform)
+  };
+
+  float oc[NTD][4];
+#pragma unroll
+  for (int n = 0; n < NTD; ++n) oc[n][0] = oc[n][1] = oc[n][2] = oc[n][3] = 0.f;
+  float mA = cu::neg_inf(), mB = cu::neg_inf(), sA = 0.f, sB = 0.f;  // s: this lane's share
+  const int mi = lane >> 3, lr = lane & 7;
+
+#pragma unroll
+  for (int j = 0; j < NS - 1; ++j) issue(j, j);
+  for (int j = 0;; ++j) {
+    if (it.p0 + warp + kNW * j >= it.p1) break;  // uniform
+    const int st = j % NS;
+    issue(j + NS - 1, (j + NS - 1) % NS);  // the stage computed at j - 1 (freed by its __syncwarp)
+    cp_async_wait<NS - 1>();               // this lane's copies of page j
+    __syncwarp();                          // ... and every lane's
+    const int nv = s_tn[warp][st];
+    const unsigned mask = s_tmask[warp][st];
+    const uint32_t kb = wb32 + uint32_t(st * kWPStage), vb = kb + uint32_t(kWPRows * RB);
+
+    // S = Q K^T: n tile 0 rows 0-7, n tile 1 rows 8-15. ldmatrix x4: matrix
+    // mi covers rows (mi >> 1) * 8 + 0..7, chunk 2 ks + (mi & 1): B fragments
+    // (b0, b1) of both n tiles.
+    float s0[4] = {0.f, 0.f, 0.f, 0.f}, s1[4] = {0.f, 0.f, 0.f, 0.f};
+    {
+      const int row = (mi >> 1) * 8 + lr;
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        const int chunk = 2 * ks + (mi & 1);
+        uint32_t b0, b1, b2, b3;
+        cu::ldsm_x4(kb + uint32_t(row * RB + ((chunk ^ (row & 7)) << 4)), b0, b1, b2, b3);
+        cu::mma16816<F16K>(s0, qh[ks], b0, b1);
+        cu::mma16816<F16K>(s1, qh[ks], b2, b3);
+        if (qsplit) {
+          cu::mma16816<F16K>(s0, ql[ks], b0, b1);
+          cu::mma16816<F16K>(s1, ql[ks], b2, b3);
+        }
+      }
+    }
+    // Logits: zA rows c0, c0 + 1, 8 + c0, 9 + c0 of head hA; zB of hB.
+    float zA[4] = {s0[0], s0[1], s1[0], s1[1]}, zB[4] = {s0[2], s0[3], s1[2], s1[3]};
+    const bool onA = (mask >> hA) & 1u, onB = (mask >> hB) & 1u;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = (e >> 1) * 8 + c0 + (e & 1);
+      zA[e] = r < nv && onA ? zA[e] * zsA : cu::neg_inf();
+      zB[e] = r < nv && onB ? zB[e] * zsB : cu::neg_inf();
+    }
+    if (p.logits) {  // H2O: the raw base-2 logits per (slot, head)
+      const int64_t slot0 = s_tslot[warp][st];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = (e >> 1) * 8 + c0 + (e & 1);
+        if (r < nv && hA < sb.g) p.logits[(slot0 + r) * p.gq + sb.hb + hA] = zA[e];
+        if (r < nv && hB < sb.g) p.logits[(slot0 + r) * p.gq + sb.hb + hB] = zB[e];
+      }
+    }
+    // Online softmax per head: the quad's max, this lane's share of the sum.
+    float tA = fmaxf(fmaxf(zA[0], zA[1]), fmaxf(zA[2], zA[3]));
+    float tB = fmaxf(fmaxf(zB[0], zB[1]), fmaxf(zB[2], zB[3]));
+    tA = fmaxf(tA, __shfl_xor_sync(kFull, tA, 1));
+    tB = fmaxf(tB, __shfl_xor_sync(kFull, tB, 1));
+    tA = fmaxf(tA, __shfl_xor_sync(kFull, tA, 2));
+    tB = fmaxf(tB, __shfl_xor_sync(kFull, tB, 2));
+    const float nA = fmaxf(mA, tA), nB = fmaxf(mB, tB);
+    float pA[4] = {0.f, 0.f, 0.f, 0.f}, pB[4] = {0.f, 0.f, 0.f, 0.f}, aA = 1.f, aB = 1.f;
+    if (nA != cu::neg_inf()) {
+      aA = mA == nA ? 1.f : exp2f(mA - nA);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) pA[e] = exp2f(zA[e] - nA);
+    }
+    if (nB != cu::neg_inf()) {
+      aB = mB == nB ? 1.f : exp2f(mB - nB);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) pB[e] = exp2f(zB[e] - nB);
+    }
+    mA = nA, mB = nB;
+    sA = sA * aA + ((pA[0] + pA[1]) + (pA[2] + pA[3]));
+    sB = sB * aB + ((pB[0] + pB[1]) + (pB[2] + pB[3]));
+#pragma unroll
+    for (int n = 0; n < NTD; ++n) {
+      oc[n][0] *= aA;
+      oc[n][1] *= aA;
+      oc[n][2] *= aB;
+      oc[n][3] *= aB;
+    }
+    // P as the A operand (rows of S's two n tiles = the k step's 16 rows),
+    // split into hi + lo.
+    constexpr float ps = F16K ? kPScale : 1.f;
+    uint32_t ph[4], pl[4];
+    cu::split_pair<F16K>(pA[0] * ps, pA[1] * ps, ph[0], pl[0]);
+    cu::split_pair<F16K>(pB[0] * ps, pB[1] * ps, ph[1], pl[1]);
+    cu::split_pair<F16K>(pA[2] * ps, pA[3] * ps, ph[2], pl[2]);
+    cu::split_pair<F16K>(pB[2] * ps, pB[3] * ps, ph[3], pl[3]);
+    // O += P V: ldmatrix.trans x4, matrix mi: rows (mi & 1) * 8 + 0..7,
+    // chunk 2 n2 + (mi >> 1): B fragments of the n tiles 2 n2 and 2 n2 + 1.
+    {
+      const int row = (mi & 1) * 8 + lr;
+#pragma unroll
+      for (int n2 = 0; n2 < NTD / 2; ++n2) {
+        const int chunk = 2 * n2 + (mi >> 1);
+        uint32_t b0, b1, b2, b3;
+        cu::ldsm_x4_trans(vb + uint32_t(row * RB + ((chunk ^ (row & 7)) << 4)), b0, b1, b2, b3);
+        cu::mma16816<F16K>(oc[2 * n2], ph, b0, b1);
+        cu::mma16816<F16K>(oc[2 * n2], pl, b0, b1);
+        cu::mma16816<F16K>(oc[2 * n2 + 1], ph, b2, b3);
+        cu::mma16816<F16K>(oc[2 * n2 + 1], pl, b2, b3);
+      }
+    }
+    __syncwarp();  // every lane is done with stage st before it is refilled
   }
+  cp_async_wait<0>();
+
+  // The four warps' states: M = max m_w, S = sum s_w 2^(m_w - M), O the
+  // same weights' sum of the warps' accumulators (through the stage buffers,
+  // free once every warp is past its loop).
+  sA += __shfl_xor_sync(kFull, sA, 1);
+  sB += __shfl_xor_sync(kFull, sB, 1);
+  sA += __shfl_xor_sync(kFull, sA, 2);
+  sB += __shfl_xor_sync(kFull, sB, 2);
+  if ((lane & 3) == 0) {
+    s_wm[warp][hA] = mA, s_ws[warp][hA] = sA;
+    s_wm[warp][hB] = mB, s_ws[warp][hB] = sB;
+  }
+  __syncthreads();
+  float MA = cu::neg_inf(), MB = cu::neg_inf();
+#pragma unroll
+  for (int w = 0; w < kNW; ++w) MA = fmaxf(MA, s_wm[w][hA]), MB = fmaxf(MB, s_wm[w][hB]);
+  const float fA = mA == cu::neg_inf() ? 0.f : exp2f(mA - MA), fB = mB == cu::neg_inf() ? 0.f : exp2f(mB - MB);
+  float* red = reinterpret_cast<float*>(smem);  // [kNW][16][D]
+  constexpr float os = F16K ? 1.f / kPScale : 1.f;
+#pragma unroll
+  for (int n = 0; n < NTD; ++n) {
+    const int d = n * 8 + c0;
+    *reinterpret_cast<float2*>(&red[(warp * 16 + hA) * D + d]) = make_float2(oc[n][0] * fA * os, oc[n][1] * fA * os);
+    *reinterpret_cast<float2*>(&red[(warp * 16 + hB) * D + d]) = make_float2(oc[n][2] * fB * os, oc[n][3] * fB * os);
+  }
+  if (tid < 16) {
+    float M = cu::neg_inf(), S = 0.f;
+#pragma unroll
+    for (int w = 0; w < kNW; ++w) M = fmaxf(M, s_wm[w][tid]);
+#pragma unroll
+    for (int w = 0; w < kNW; ++w)
+      if (s_wm[w][tid] != cu::neg_inf()) S += s_ws[w][tid] * exp2f(s_wm[w][tid] - M);
+    s_m[tid] = M;
+    s_s[tid] = S;
+  }
+  __syncthreads();
+  float* pacc = p.part_acc + int64_t(item_idx) * g * D;  // item stride p.g * D
+  for (int i = tid; i < g * D; i += kThreads) {
+    float o = 0.f;
+#pragma unroll
+    for (int w = 0; w < kNW; ++w) o += red[w * 16 * D + i];
+    pacc[i] = o;
+  }
+  if (tid < g) {
+    p.part_ms[(int64_t(item_idx) * kMaxGAll + tid) * 2] = s_m[tid];
+    p.part_ms[(int64_t(item_idx) * kMaxGAll + tid) * 2 + 1] = s_s[tid];
+  }
+  merge_list(p, it, list, smem, wp_smem(), s_m, s_s, s_last);
+}
+
+// Whether a call takes the warp-page kernel: switched on (off by default
+// until a card has timed it against the tile kernel: BENCH decode_warp_pages),
+// f16/bf16 K/V of head dim 128 in pages of 16, and the device lets a block
+// have its 96 KB of stages plus its static arrays (< 1 KB; an unknown
+// opt-in, 0: the launch says).
+std::atomic<bool>& wp_flag() {
+  static std::atomic<bool> on{false};
+  return on;
+}
+bool wp_rows(DType kv, int head_dim, int page_size, int smem_optin) {
+  return wp_flag().load(std::memory_order_relaxed) && (kv == DType::F16 || kv == DType::BF16) && head_dim == kWPD &&
+         page_size == kWPRows && (smem_optin <= 0 || wp_smem() + 1024 <= size_t(smem_optin));
 }
 
 // ---------------------------------------------------------------- score pass
@@ -1531,6 +1872,7 @@ std::string cuda_decode_row_check(int device, DType kv_dtype, int64_t head_dim) 
 }
 
 void cuda_set_dependent_launch(bool on) { cu::dependent_launch_flag().store(on, std::memory_order_relaxed); }
+void cuda_decode_set_warp_pages(bool on) { wp_flag().store(on, std::memory_order_relaxed); }
 
 namespace {
 
@@ -1612,10 +1954,14 @@ Status attn_prepare(const DecodeAttnArgs& a, Prep* out) {
   const int optin = cu::smem_optin(dev);
   const int stages = attn_stages(a.kv_dtype, row_bytes, optin, attn_gs(a.kv_dtype, nvr, g));
   if (stages == 0) return Status::Shape;  // (row_check says why)
-  const AttnFn fn = a.kv_dtype == DType::F16    ? pick_16bit<__half>(p.nvr, g, stages)
-                    : a.kv_dtype == DType::BF16 ? pick_16bit<__nv_bfloat16>(p.nvr, g, stages)
-                                                : pick_f32(p.nvr, g, stages);
-  const size_t smem = attn_smem(a.kv_dtype, row_bytes, stages);
+  AttnFn fn = a.kv_dtype == DType::F16    ? pick_16bit<__half>(p.nvr, g, stages)
+              : a.kv_dtype == DType::BF16 ? pick_16bit<__nv_bfloat16>(p.nvr, g, stages)
+                                          : pick_f32(p.nvr, g, stages);
+  size_t smem = attn_smem(a.kv_dtype, row_bytes, stages);
+  if (wp_rows(a.kv_dtype, a.head_dim, a.page_size, optin)) {
+    fn = a.kv_dtype == DType::F16 ? wp_kernel<__half> : wp_kernel<__nv_bfloat16>;
+    smem = wp_smem();
+  }
   int bps = 1;
   if (Status o = attn_blocks_per_sm(dev, optin, fn, smem, &bps); o != Status::Ok) return o;
   // Whole waves: the plan makes at most target + nl items (each list's count

@@ -51,6 +51,12 @@ Status topk_flag_status(unsigned host_flag);
 // Tests and benchmarks: false makes cuda_topk skip its sampled one-pass
 // kernel and radix-select every row (same results; default true).
 void cuda_topk_set_filter(bool on);
+// Tests and benchmarks: true runs decode attention over f16/bf16 K/V of
+// head dim 128 in pages of 16 on the warp-page kernel (each warp owns whole
+// pages; no block barriers in its loop) instead of the tile kernel (same
+// results within the stated tolerance; default false until a card has
+// timed the two: BENCH decode_warp_pages).
+void cuda_decode_set_warp_pages(bool on);
 // Benchmarks: false launches every kernel in the ordinary way, without
 // programmatic dependent launch (sm_90+; same results; default true).
 void cuda_set_dependent_launch(bool on);

@@ -120,6 +120,15 @@ struct Config {
   Reduce reduce = Reduce::Mean;
   float scale_mult = 1.f;
   float q_mult = 1.f;  // q ~ q_mult * N(0, 1)
+  // The warp-page kernel (f16/bf16 K/V, D 128, P 16; other rows ignore the
+  // switch): -1 in about half the runs, 0 off, 1 on.
+  int warp_pages = -1;
+};
+
+// cuda_decode_set_warp_pages for a scope (back to the default, off, at its end).
+struct WarpPages {
+  explicit WarpPages(bool on) { cuda_decode_set_warp_pages(on); }
+  ~WarpPages() { cuda_decode_set_warp_pages(false); }
 };
 
 struct Problem {
@@ -245,6 +254,7 @@ struct Problem {
     Dev depos(epos), demax(emax), dslot(size_t(nl) * sizeof(int32_t));
     if (evict) d.evict_pos = depos.as<int32_t>(), d.evict_max_pos = demax.as<int32_t>(), d.evict_slot = dslot.as<int32_t>();
     const std::string why = cuda_decode_row_check(0, c.kvdt, c.D);
+    const WarpPages wp(c.warp_pages < 0 ? randint(0, 1) == 1 : c.warp_pages == 1);  // (before the plan: it sizes it)
     // Dense calls take a plan made on the host in about half the runs, as
     // the bindings' calls do (made from the host's kv_len; none when a list
     // is empty: the plan kernel writes such lists' outputs).
@@ -455,6 +465,49 @@ KVSQ_TEST(cuda_decode_ragged_empty) {
   Config n = c;  // no lse output
   n.lse = false;
   Problem(n).run_and_compare();
+}
+
+// The warp-page kernel (f16/bf16 K/V, D 128, pages of 16; switched on here)
+// against the CPU: groups of 1 to 16 heads (the mma's M is 16) and 24 / 40
+// (sub-groups), every query dtype, dense and Quest, H2O scores with each
+// reduce, lengths around the page size and ragged lists (an item's pages
+// spread over the four warps: some warps get none), the target shape
+// shortened, a 99 KB sm_86, and f16 queries over a wide range (the per-head
+// scaling before the split).
+KVSQ_TEST(cuda_decode_warp_pages) {
+  need_device();
+  int it = 0;
+  for (DType kv : {DType::BF16, DType::F16})
+    for (int g : {1, 4, 8, 12, 16, 24, 40, 5}) {
+      Config c = rotating_case(it++, kv, 128, g, pick({1, 2}), pick({1, 3}));
+      c.P = 16, c.warp_pages = 1;
+      if (it % 3 == 0)
+        for (auto& l : c.lens) l = pick({1, 15, 16, 17, 63, 64, 65, 1000});
+      Problem(c).run_and_compare();
+    }
+  Config t;  // the benchmark shape, shortened: one sequence, 8 KV heads
+  t.B = 1, t.Hkv = 8, t.Hq = 32, t.D = 128, t.P = 16, t.warp_pages = 1;
+  t.qdt = DType::BF16, t.kvdt = DType::BF16, t.score = true;
+  for (int l = 0; l < 8; ++l) t.lens.push_back(4096 - randint(0, 20));
+  Problem(t).run_and_compare();
+  {
+#ifdef KVSQ_CUDA_EMU
+    cuda_emu::PartScope scope(cuda_emu::part("sm_86"));
+#endif
+    for (DType kv : {DType::BF16, DType::F16}) {
+      Config c = rotating_case(it++, kv, 128, 8, 1, 2);
+      c.P = 16, c.warp_pages = 1;
+      Problem(c).run_and_compare();
+    }
+  }
+  for (float qm : {1e5f, 1e-6f, 1e36f, 1e-30f}) {
+    Config c = rotating_case(it++, DType::F16, 128, pick({8, 16, 5}), 1, pick({1, 2}));
+    c.P = 16, c.warp_pages = 1, c.score = true;
+    c.qdt = it % 2 ? DType::F32 : DType::BF16;
+    c.q_mult = qm;
+    c.scale_mult = 1.f / qm;
+    Problem(c).run_and_compare();
+  }
 }
 
 // The plan made on the host (cuda_decode_plan, what the bindings use for
@@ -1142,6 +1195,21 @@ KVSQ_TEST(cuda_decode_bench) {
     std::printf("BENCH decode_host_plan B=%d: plain %.3f ms %.0f GB/s = %.0f%% of copy (device plan %.3f); "
                 "H2O fused %.3f ms (%.2fx plain; device plan %.3f)\n",
                 B, plain_h, gbs_h, 100.0 * gbs_h / copy_gbs, plain, h2o_h, h2o_h / plain_h, h2o);
+    // The warp-page kernel (off by default until these lines say it wins):
+    // the same three calls, plan kernel as in the first line.
+    double plain_w = 0, h2o_w = 0, quest_w = 0;
+    {
+      const WarpPages on(true);
+      plain_w = median_ms([&] { run(a); }, flush.p, flush_bytes, 50);
+      h2o_w = median_ms([&] { run(h); }, flush.p, flush_bytes, 50);
+      quest_w = median_ms([&] { run(qs); }, flush.p, flush_bytes, 50);
+    }
+    CHECK_MSG(st == Status::Ok, status_name(st));
+    sync_ok();
+    const double gbs_w = bytes / plain_w / 1e6;
+    std::printf("BENCH decode_warp_pages B=%d: plain %.3f ms %.0f GB/s = %.0f%% of copy (tile kernel %.3f); "
+                "H2O fused %.3f ms (%.2fx plain; tile %.3f); Quest 1/8 pages %.3f ms (tile %.3f)\n",
+                B, plain_w, gbs_w, 100.0 * gbs_w / copy_gbs, plain, h2o_w, h2o_w / plain_w, h2o, quest_w, quest);
   }
 
   // f16 K/V at the target shape (the tensor-core kernels since 2026-12-07,
