@@ -41,6 +41,9 @@
 //   than 64 / 128 / 256 (8 to 248, each on the kernel of the next
 //   power-of-two row) since session 18, where they ran on CUDA cores (not
 //   yet timed).
+// * A second kernel, off by default until a card times it
+//   (cuda_decode_set_warp_pages): f16/bf16 D 128 in pages of 16 with each
+//   warp owning whole pages and no block barrier in its loop (wp_kernel).
 // * Online softmax per 32-row tile (one warp per head: lane = row), V
 //   accumulated with each lane owning a 16-byte column slice for all g heads
 //   (MMA: each warp a quarter of D for all heads); the running-max rescale is

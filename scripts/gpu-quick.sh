@@ -26,7 +26,11 @@ echo "bench rc=$?"; grep BENCH "$log/bench.txt"
 timeout 60 "$NCU" --clock-control none --metrics gpu__time_duration.sum -k 'regex:plan|attn|score_kernel|read_scores' -s 102 -c 10 "$tests" cuda_decode_bench > /tmp/dd.txt 2>&1
 short /tmp/dd.txt > "$log/durations.txt"; head -12 "$log/durations.txt"
 sections="--section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis"
-# attention launches before batch 4's plain step: 3 + 50 for each of B=1's plain, H2O and Quest runs
-timeout 60 "$NCU" --clock-control none $sections -k regex:attn_kernel -s 165 -c 1 "$tests" cuda_decode_bench > "$log/attn.txt" 2>&1
+# tile-kernel launches before batch 4's plain step: 3 + 50 for each of B=1's
+# plain, H2O and Quest runs, the same without dependent launches, and plain
+# and H2O with a host plan (8 x 53), then 6 of batch 4's; warp-page kernel
+# launches before batch 4's: B=1's plain, H2O and Quest (3 x 53), then 6
+timeout 60 "$NCU" --clock-control none $sections -k regex:attn_kernel -s 430 -c 1 "$tests" cuda_decode_bench > "$log/attn.txt" 2>&1
+timeout 60 "$NCU" --clock-control none $sections -k regex:wp_kernel -s 165 -c 1 "$tests" cuda_decode_bench > "$log/wp.txt" 2>&1
 timeout 60 "$NCU" --clock-control none $sections -k regex:topk_kernel -s 1 -c 1 "$tests" cuda_bench_scores > "$log/topk.txt" 2>&1
-grep -ihE 'attn_kernel|topk_kernel|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued|Issue Slots Busy|SM Active|Elapsed Cycles' "$log/attn.txt" "$log/topk.txt" | cut -c1-150
+grep -ihE 'attn_kernel|wp_kernel|topk_kernel|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued|Issue Slots Busy|SM Active|Elapsed Cycles' "$log/attn.txt" "$log/wp.txt" "$log/topk.txt" | cut -c1-150
