@@ -129,6 +129,8 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -1505,12 +1507,17 @@ __global__ void __launch_bounds__(kThreads) wp_kernel(Params p) {
 }
 
 // Whether a call takes the warp-page kernel: switched on (off by default
-// until a card has timed it against the tile kernel: BENCH decode_warp_pages),
-// f16/bf16 K/V of head dim 128 in pages of 16, and the device lets a block
-// have its 96 KB of stages plus its static arrays (< 1 KB; an unknown
-// opt-in, 0: the launch says).
+// until a card has timed it against the tile kernel: BENCH decode_warp_pages;
+// KVSQ_DECODE_WARP_PAGES=1 in the environment starts the process with it on,
+// so a whole run, Node included, can take it without a rebuild), f16/bf16
+// K/V of head dim 128 in pages of 16, and the device lets a block have its
+// 96 KB of stages plus its static arrays (< 1 KB; an unknown opt-in, 0: the
+// launch says).
 std::atomic<bool>& wp_flag() {
-  static std::atomic<bool> on{false};
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("KVSQ_DECODE_WARP_PAGES");
+    return e && std::strcmp(e, "1") == 0;
+  }()};
   return on;
 }
 bool wp_rows(DType kv, int head_dim, int page_size, int smem_optin) {
@@ -1876,6 +1883,7 @@ std::string cuda_decode_row_check(int device, DType kv_dtype, int64_t head_dim) 
 
 void cuda_set_dependent_launch(bool on) { cu::dependent_launch_flag().store(on, std::memory_order_relaxed); }
 void cuda_decode_set_warp_pages(bool on) { wp_flag().store(on, std::memory_order_relaxed); }
+bool cuda_decode_warp_pages() { return wp_flag().load(std::memory_order_relaxed); }
 
 namespace {
 

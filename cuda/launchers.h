@@ -55,8 +55,10 @@ void cuda_topk_set_filter(bool on);
 // head dim 128 in pages of 16 on the warp-page kernel (each warp owns whole
 // pages; no block barriers in its loop) instead of the tile kernel (same
 // results within the stated tolerance; default false until a card has
-// timed the two: BENCH decode_warp_pages).
+// timed the two: BENCH decode_warp_pages; KVSQ_DECODE_WARP_PAGES=1 in the
+// environment starts the process with it on).
 void cuda_decode_set_warp_pages(bool on);
+bool cuda_decode_warp_pages();
 // Benchmarks: false launches every kernel in the ordinary way, without
 // programmatic dependent launch (sm_90+; same results; default true).
 void cuda_set_dependent_launch(bool on);

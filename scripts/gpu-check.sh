@@ -64,6 +64,9 @@ step() { # name, time limit in seconds, command...
 step wgmma 15 "$tests" cuda_wgmma_fragment_layout
 step native 100 "$tests" -emu_  # the emulated copies of the CUDA tests ran in CI already
 step smoke 60 env KVSQ_ADDON="$carry/kvsqueeze.node" KVSQ_DIST="$carry/dist" "$NODE" scripts/gpu-smoke.js
+# The same smoke test (small) with decode on the warp-page kernel, which is
+# off by default until this card has timed it (BENCH decode_warp_pages).
+step smoke-wp 45 env KVSQ_DECODE_WARP_PAGES=1 KVSQ_SMOKE_SMALL=1 KVSQ_ADDON="$carry/kvsqueeze.node" KVSQ_DIST="$carry/dist" "$NODE" scripts/gpu-smoke.js
 step bench 90 env KVSQ_CUDA_BENCH=1 "$tests" bench
 # The same kernels through the library, as a user runs them (L2 flushed
 # between launches by the bench itself).
@@ -79,8 +82,8 @@ step racecheck 100 "$CS" --tool racecheck --error-exitcode 9 "$tests" cuda_
 
 echo
 echo "== kvsqueeze GPU check: $(head -1 "$log/gpu.txt"), $((SECONDS - t_start)) s"
-for k in wgmma native smoke bench cli-bench torch memcheck racecheck; do printf '%-10s %s\n' "$k" "${result[$k]:-not run}"; done
-grep -hE 'FAIL|ERROR SUMMARY|RACECHECK SUMMARY' "$log/wgmma.txt" "$log/native.txt" "$log/smoke.txt" "$log/memcheck.txt" "$log/racecheck.txt" 2>/dev/null | head -20 || true
+for k in wgmma native smoke smoke-wp bench cli-bench torch memcheck racecheck; do printf '%-10s %s\n' "$k" "${result[$k]:-not run}"; done
+grep -hE 'FAIL|ERROR SUMMARY|RACECHECK SUMMARY' "$log/wgmma.txt" "$log/native.txt" "$log/smoke.txt" "$log/smoke-wp.txt" "$log/memcheck.txt" "$log/racecheck.txt" 2>/dev/null | head -20 || true
 grep -hE '^(BENCH|TORCH|SMOKE)' "$log/bench.txt" "$log/torch.txt" "$log/smoke.txt" 2>/dev/null || true
 grep -hE '^[a-zA-Z]+ +(f16|bf16|f32) ' "$log/cli-bench.txt" 2>/dev/null | cut -c1-160 || true
 grep -hE 'passed, [0-9]+ failed' "$log/native.txt" || true

@@ -125,10 +125,11 @@ struct Config {
   int warp_pages = -1;
 };
 
-// cuda_decode_set_warp_pages for a scope (back to the default, off, at its end).
+// cuda_decode_set_warp_pages for a scope (back to what it was at its end).
 struct WarpPages {
+  bool before = cuda_decode_warp_pages();
   explicit WarpPages(bool on) { cuda_decode_set_warp_pages(on); }
-  ~WarpPages() { cuda_decode_set_warp_pages(false); }
+  ~WarpPages() { cuda_decode_set_warp_pages(before); }
 };
 
 struct Problem {
