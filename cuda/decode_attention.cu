@@ -555,6 +555,26 @@ constexpr size_t attn_static_smem(int stages, int gs) {
          2 * sizeof(int) + 64;
 }
 
+// f16 K/V, q of another type: the power of two 2^-e that brings a head's
+// largest |q| into [2^14, 2^15) before q's f16 hi + lo split (f16 overflows
+// at 65504 and goes subnormal below 2^-14), and the logit multiplier qs 2^e
+// that takes it back. m: this lane's largest |q| of the head, whose four
+// lanes are a quad (lane & ~3); qmul / zmul are left as they are (1, qs) for
+// a zero or non-finite head. Exact: powers of two.
+__device__ __forceinline__ void f16_q_scale(float m, float qs, float& qmul, float& zmul) {
+  m = fmaxf(m, __shfl_xor_sync(kFull, m, 1));
+  m = fmaxf(m, __shfl_xor_sync(kFull, m, 2));
+  if (m > 0.f && isfinite(m)) {
+    int x;
+    frexpf(m, &x);  // m = f 2^x, f in [0.5, 1): m 2^(15 - x) in [2^14, 2^15)
+    // x <= 128 (m finite): e <= 113, 2^-e normal. Below 2^-111 q is only
+    // scaled up by 2^126 (2^-e and 2^e must stay normal).
+    const int e = max(x - 15, -126);
+    qmul = ldexpf(1.f, -e);
+    zmul = ldexpf(qs, e);
+  }
+}
+
 // The end of an attention block's item, after it has written its partials
 // (part_ms, part_acc): counts the item in, and the list's last block to
 // finish merges every item of the list into o, lse and lse2. smem: scratch
@@ -820,17 +840,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
             for (int j = 0; j < 4; ++j)  // (D % 8 == 0: the 8-element half decides)
               if (ks * 16 + (j >> 1) * 8 < D)
                 m = fmaxf(m, fabsf(load_q(p.q, p.q_dtype, (sb.row0 + h) * D + ks * 16 + (j >> 1) * 8 + c0 + (j & 1))));
-        m = fmaxf(m, __shfl_xor_sync(kFull, m, 1));
-        m = fmaxf(m, __shfl_xor_sync(kFull, m, 2));
-        if (m > 0.f && isfinite(m)) {
-          int x;
-          frexpf(m, &x);  // m = f 2^x, f in [0.5, 1): m 2^(15 - x) in [2^14, 2^15)
-          // x <= 128 (m finite): e <= 113, 2^-e normal. Below 2^-111 q
-          // is only scaled up by 2^126 (2^-e and 2^e must stay normal).
-          const int e = max(x - 15, -126);
-          qmul = ldexpf(1.f, -e);
-          zmul = ldexpf(p.qs, e);
-        }
+        f16_q_scale(m, p.qs, qmul, zmul);
       }
       zs[0] = __shfl_sync(kFull, zmul, c0 * 4);  // lanes 4j .. 4j + 3 hold head j of the tile
       zs[1] = __shfl_sync(kFull, zmul, (c0 + 1) * 4);
@@ -1271,16 +1281,8 @@ __global__ void __launch_bounds__(kThreads) wp_kernel(Params p) {
 #pragma unroll
             for (int j = 0; j < 4; ++j)
               m = fmaxf(m, fabsf(load_q(p.q, p.q_dtype, (sb.row0 + h) * D + ks * 16 + (j >> 1) * 8 + c0 + (j & 1))));
-        m = fmaxf(m, __shfl_xor_sync(kFull, m, 1));
-        m = fmaxf(m, __shfl_xor_sync(kFull, m, 2));
         float qm = 1.f, zm = p.qs;
-        if (m > 0.f && isfinite(m)) {
-          int x;
-          frexpf(m, &x);
-          const int e = max(x - 15, -126);
-          qm = ldexpf(1.f, -e);
-          zm = ldexpf(p.qs, e);
-        }
+        f16_q_scale(m, p.qs, qm, zm);
         if (hh == 0) qmA = qm, zsA = zm;
         else qmB = qm, zsB = zm;
       }
