@@ -236,7 +236,7 @@ struct Sub {
   int list, hb, g;
   int64_t row0;
 };
-__device__ __forceinline__ int phys_list(const Params& p, int v) { return p.ns == 1 ? v : v / p.ns; }
+__host__ __device__ __forceinline__ int phys_list(const Params& p, int v) { return p.ns == 1 ? v : v / p.ns; }
 __device__ __forceinline__ Sub sub_of(const Params& p, int v) {
   Sub s;
   s.list = phys_list(p, v);
@@ -575,15 +575,20 @@ __device__ __forceinline__ void f16_q_scale(float m, float qs, float& qmul, floa
   }
 }
 
-// The end of an attention block's item, after it has written its partials
-// (part_ms, part_acc): counts the item in, and the list's last block to
-// finish merges every item of the list into o, lse and lse2. smem: scratch
-// of `scratch` bytes (the stage buffers, free by now); s_m, s_s: shared
-// arrays of at least p.g floats; s_last: a shared int.
-__device__ __forceinline__ void merge_list(const Params& p, const Item& it, int list, unsigned char* smem, size_t scratch,
-                                           float* s_m, float* s_s, int& s_last) {
+// The end of an attention block's item, after it has written part_acc and
+// its per-head (m, s) into s_m / s_s (visible to the block): writes part_ms,
+// counts the item in, and the list's last block to finish merges every item
+// of the list into o, lse and lse2. smem: scratch of `scratch` bytes (the
+// stage buffers, free by now); s_m, s_s: shared arrays of at least p.g
+// floats (reused by the merge); s_last: a shared int.
+__device__ __forceinline__ void finish_item(const Params& p, const Item& it, int item_idx, unsigned char* smem,
+                                            size_t scratch, float* s_m, float* s_s, int& s_last) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int D = p.D;
+  const int D = p.D, list = it.list;
+  if (tid < p.g) {
+    p.part_ms[(int64_t(item_idx) * kMaxGAll + tid) * 2] = s_m[tid];
+    p.part_ms[(int64_t(item_idx) * kMaxGAll + tid) * 2 + 1] = s_s[tid];
+  }
   // The score pass (launched as this kernel's dependent) may be scheduled
   // once every block is past its tile loop: its preamble (items, page ids,
   // pool scores) overlaps the merges below; it waits for this grid before
@@ -1193,12 +1198,7 @@ __global__ void __launch_bounds__(kThreads, (attn_min_blocks<LPR, G, MMA>())) at
       pacc[i] = s;
     }
   }
-  if (tid < g) {
-    p.part_ms[(int64_t(item_idx) * kMaxGAll + tid) * 2] = s_m[tid];
-    p.part_ms[(int64_t(item_idx) * kMaxGAll + tid) * 2 + 1] = s_s[tid];
-  }
-
-  merge_list(p, it, list, smem, size_t(NST) * kTR * srb * 2, s_m, s_s, s_last);
+  finish_item(p, it, item_idx, smem, size_t(NST) * kTR * srb * 2, s_m, s_s, s_last);
 }
 
 // ---------------------------------------------------------------- warp-page kernel
@@ -1501,11 +1501,7 @@ __global__ void __launch_bounds__(kThreads) wp_kernel(Params p) {
     for (int w = 0; w < kNW; ++w) o += red[w * 16 * D + i];
     pacc[i] = o;
   }
-  if (tid < g) {
-    p.part_ms[(int64_t(item_idx) * kMaxGAll + tid) * 2] = s_m[tid];
-    p.part_ms[(int64_t(item_idx) * kMaxGAll + tid) * 2 + 1] = s_s[tid];
-  }
-  merge_list(p, it, list, smem, wp_smem(), s_m, s_s, s_last);
+  finish_item(p, it, item_idx, smem, wp_smem(), s_m, s_s, s_last);
 }
 
 // Whether a call takes the warp-page kernel: switched on (off by default
@@ -2035,8 +2031,7 @@ Status cuda_decode_plan(const DecodeAttnArgs& a, DecodePlan* out) {
   std::vector<long long> work(size_t(r.nl64));
   long long total = 0;
   for (int64_t v = 0; v < r.nl64; ++v) {
-    const int l = p.ns == 1 ? int(v) : int(v / p.ns);
-    work[v] = (a.kv_len[l] + (long long)p.P - 1) / p.P;
+    work[v] = (a.kv_len[phys_list(p, int(v))] + (long long)p.P - 1) / p.P;
     if (work[v] <= 0) return Status::Ok;  // the plan kernel writes its outputs
     total += work[v];
   }
